@@ -1,0 +1,86 @@
+"""Fault injection for tests and drills: SAGA_FAULTS=name:kind[:times],...
+
+Honoured only with SAGA_FAULTS_ENABLED=1 (config/settings.py warns and drops it otherwise).
+`times` counts per (order, name) in Redis, so it holds across processes and redeliveries:
+`decrease_stock:timeout:2` makes each order's stock step time out twice, then succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from app.errors import InjectedBusinessError, StepTimeout, TransientError
+from app.saga.definition import COMPENSATION_NAMES, STEP_NAMES
+
+KINDS = ("business", "timeout", "transient", "crash")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    kind: str
+    times: int | None  # None: every time
+
+
+def parse_faults(spec: str) -> dict[str, Fault]:
+    """Parse `name:kind[:times],...`; raises ValueError naming the bad part."""
+    faults: dict[str, Fault] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        fields = part.split(":")
+        if len(fields) not in (2, 3):
+            raise ValueError(f"SAGA_FAULTS entry {part!r} is not name:kind[:times]")
+        name, kind = fields[0], fields[1]
+        if name not in STEP_NAMES + COMPENSATION_NAMES:
+            raise ValueError(f"SAGA_FAULTS names unknown step {name!r}")
+        if kind not in KINDS:
+            raise ValueError(f"SAGA_FAULTS kind {kind!r} is not one of {', '.join(KINDS)}")
+        times = None
+        if len(fields) == 3:
+            if not fields[2].isdigit() or int(fields[2]) < 1:
+                raise ValueError(f"SAGA_FAULTS times {fields[2]!r} is not a positive integer")
+            times = int(fields[2])
+        faults[name] = Fault(name, kind, times)
+    return faults
+
+
+class FaultInjector:
+    def __init__(self, faults: dict[str, Fault], count: Callable[[str], int], overrun: float):
+        self.faults = faults
+        self._count = count  # increments and returns a shared counter
+        self._overrun = overrun
+
+    def _fires(self, name: str, order_id: int, kinds: tuple[str, ...]) -> Fault | None:
+        fault = self.faults.get(name)
+        if fault is None or fault.kind not in kinds:
+            return None
+        seen = self._count(f"saga:faults:{order_id}:{name}")
+        if fault.times is not None and seen > fault.times:
+            return None
+        log.warning("injecting fault order_id=%s step=%s kind=%s occurrence=%s",
+                    order_id, name, fault.kind, seen)
+        return fault
+
+    def before(self, name: str, order_id: int) -> None:
+        """Faults that strike before the step changes anything."""
+        fault = self._fires(name, order_id, ("business", "transient", "timeout"))
+        if fault is None:
+            return
+        if fault.kind == "business":
+            raise InjectedBusinessError(f"injected business error in {name}")
+        if fault.kind == "transient":
+            raise TransientError(f"injected connection error in {name}")
+        # Overrun: under a worker the soft time limit interrupts this sleep first.
+        time.sleep(self._overrun)
+        raise StepTimeout(f"injected timeout in {name}: overran {self._overrun:.1f}s")
+
+    def after(self, name: str, order_id: int) -> None:
+        """A crash after the change committed but before the message is acknowledged: the
+        worst moment, since the redelivered message must then change nothing."""
+        if self._fires(name, order_id, ("crash",)) is not None:
+            logging.shutdown()
+            os._exit(70)

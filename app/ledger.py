@@ -1,0 +1,105 @@
+"""Idempotency for saga steps, keyed by (order id, step), kept in each service's own database.
+
+A step and its compensation share one ledger row. Whichever arrives first decides:
+- step first: the row says APPLIED (with what was applied); a repeat is a no-op, and the
+  compensation later undoes exactly what the row records, then marks it COMPENSATED;
+- compensation first (the step timed out and may never have run): the row says VOIDED, and
+  a late step refuses to apply.
+The row is written in the same local transaction as the business change, so the two can
+never disagree. Concurrent duplicates collide on the primary key and the loser re-reads.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from sqlalchemy import DateTime, Integer, String, Text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Database
+from app.errors import AlreadyCompensated
+
+APPLIED = "APPLIED"
+COMPENSATED = "COMPENSATED"
+VOIDED = "VOIDED"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def make_ledger_model(base) -> type:
+    """The ledger table for one service's declarative base."""
+
+    class SagaLedger(base):
+        __tablename__ = "saga_ledger"
+        order_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        step: Mapped[str] = mapped_column(String(40), primary_key=True)
+        status: Mapped[str] = mapped_column(String(16))
+        payload: Mapped[str] = mapped_column(Text, default="{}")
+        updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    return SagaLedger
+
+
+def _retry_on_duplicate(db: Database, work: Callable):
+    """Run `work(session)` in a transaction; if a concurrent duplicate won the key, re-run
+    once so this call sees the winner's row."""
+    try:
+        with db.write() as session:
+            return work(session)
+    except IntegrityError:
+        with db.write() as session:
+            return work(session)
+
+
+def apply_once(
+    db: Database, ledger, order_id: int, step: str, apply: Callable[[Any], dict]
+) -> dict:
+    """Apply `apply(session)` once for (order_id, step) and return what it applied."""
+
+    def work(session):
+        entry = session.get(ledger, (order_id, step), with_for_update=True)
+        if entry is not None:
+            if entry.status == APPLIED:
+                return json.loads(entry.payload)
+            raise AlreadyCompensated(f"{step} for order {order_id} was already compensated")
+        # Claim the key first: a concurrent duplicate blocks here, then fails on the key.
+        entry = ledger(order_id=order_id, step=step, status=APPLIED, payload="{}")
+        session.add(entry)
+        session.flush()
+        applied = apply(session)
+        entry.payload = json.dumps(applied)
+        return applied
+
+    return _retry_on_duplicate(db, work)
+
+
+def compensate_once(
+    db: Database, ledger, order_id: int, step: str, undo: Callable[[Any, dict], None]
+) -> str:
+    """Undo (order_id, step) once; if it never applied, void it so it never will."""
+
+    def work(session):
+        entry = session.get(ledger, (order_id, step), with_for_update=True)
+        if entry is None:
+            session.add(ledger(order_id=order_id, step=step, status=VOIDED, payload="{}"))
+            session.flush()
+            return "nothing to undo: step never applied (voided)"
+        if entry.status == APPLIED:
+            undo(session, json.loads(entry.payload))
+            entry.status = COMPENSATED
+            entry.updated_at = utcnow()
+            return "undone"
+        return f"nothing to do: already {entry.status.lower()}"
+
+    return _retry_on_duplicate(db, work)
+
+
+def ledger_status(db: Database, ledger, order_id: int, step: str) -> str | None:
+    with db.read() as session:
+        entry = session.get(ledger, (order_id, step))
+        return entry.status if entry else None

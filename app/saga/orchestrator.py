@@ -1,0 +1,165 @@
+"""The saga's rules: run one step or compensation with its bookkeeping, and route each
+failure to its handling (failure classes in DESIGN.md section 3).
+
+It knows nothing of Celery: a Dispatcher puts the next pieces of work on their queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Protocol
+
+from app.errors import AlreadyCompensated, BusinessError
+from app.saga import definition as saga
+from app.saga import log as saga_log
+from app.saga.steps import COMPENSATE, FORWARD
+
+log = logging.getLogger("saga")
+
+
+class Dispatcher(Protocol):
+    def forward(self, ctx: dict, steps: list[str]) -> None: ...
+    def compensate(self, order_id: int, compensations: list[str]) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    def push(self, **entry) -> dict: ...
+    def resolve_work(self, order_id: int, name: str, note: str) -> None: ...
+
+
+class Saga:
+    def __init__(self, rt, dispatcher: Dispatcher):
+        self.rt = rt
+        self.log = rt.saga_log
+        self.dispatcher = dispatcher
+
+    # --- starting ---------------------------------------------------------------------
+
+    @staticmethod
+    def plan() -> list[tuple[str, str]]:
+        return [(step.name, "step") for step in saga.SAGA]
+
+    def start(self, order_id: int) -> None:
+        self.dispatcher.forward({"order_id": order_id}, list(saga.STEP_NAMES))
+
+    # --- running one piece of work ----------------------------------------------------
+
+    def run_step(self, name: str, ctx: dict) -> dict:
+        """Run forward step `name` once, recording it in the saga log. Business errors are
+        recorded as the step's failure and re-raised; other errors count as an attempt."""
+        order_id = ctx["order_id"]
+        self.log.started(order_id, name, "step")
+        try:
+            self.rt.faults.before(name, order_id)
+            result, detail = FORWARD[name](self.rt, ctx)
+        except BusinessError as exc:
+            self.log.failed(order_id, name, exc)
+            log.info("step failed order_id=%s step=%s error=%r", order_id, name, str(exc))
+            raise
+        except AlreadyCompensated as exc:
+            self.log.refused(order_id, name, str(exc))
+            log.warning("late step refused order_id=%s step=%s", order_id, name)
+            raise
+        except Exception as exc:
+            self.log.attempt_failed(order_id, name, exc)
+            raise
+        self.rt.faults.after(name, order_id)
+        payment = (result["paid"], "PAID") if name == "use_balance" else None
+        self.log.succeeded(order_id, name, detail or "skipped: no coupon", skipped=detail is None,
+                           completes_order=name == saga.PIVOT, payment=payment)
+        self.rt.dead_letters.resolve_work(order_id, name, "step succeeded")
+        log.info("step succeeded order_id=%s step=%s detail=%r", order_id, name, detail)
+        return result
+
+    def run_compensation(self, name: str, order_id: int) -> str:
+        self.log.started(order_id, name, "compensation")
+        try:
+            self.rt.faults.before(name, order_id)
+            outcome = COMPENSATE[name](self.rt, order_id)
+        except Exception as exc:
+            self.log.attempt_failed(order_id, name, exc)
+            raise
+        self.rt.faults.after(name, order_id)
+        payment = (0, "REFUNDED") if name == "refund_balance" and outcome == "undone" else None
+        self.log.succeeded(order_id, name, outcome, payment=payment)
+        self.rt.dead_letters.resolve_work(order_id, name, "compensation succeeded")
+        log.info("compensation done order_id=%s step=%s outcome=%r", order_id, name, outcome)
+        return outcome
+
+    # --- routing failures -------------------------------------------------------------
+
+    def step_failed(self, order_id: int, name: str) -> str:
+        """The link_error callback of a forward step: decide what its failure means."""
+        step = self.log.step(order_id, name) or {"status": None}
+        if step["status"] == saga_log.FAILED_STEP:  # class 1: compensate
+            self.start_compensation(order_id, name, step["error"], include_failed=False)
+            return "compensating"
+        if step["status"] in (saga_log.RUNNING, saga_log.RETRYING, saga_log.PENDING_STEP, None):
+            # Failed without reaching our own handler (hard time limit, lost worker):
+            # park it like an exhausted retry rather than guess.
+            self.dead_letter(order_id, name, {"order_id": order_id},
+                             "failed outside the step (hard time limit or lost worker)")
+            return "dead_lettered"
+        return "nothing to do"  # dead-lettered, refused or already done
+
+    def start_compensation(self, order_id: int, failed_step: str, reason: str | None,
+                           include_failed: bool) -> list[str]:
+        """Undo, newest first, every step that applied. With include_failed, also void the
+        failed step itself (it may or may not have run)."""
+        statuses = self.log.statuses(order_id)
+        index = saga.STEP_NAMES.index(failed_step)
+        owed = [s for s in saga.SAGA[:index] if statuses.get(s.name) == saga_log.SUCCEEDED]
+        if include_failed:
+            owed.append(saga.SAGA[index])
+        compensations = [s.compensation for s in reversed(owed) if s.compensation]
+        self.log.begin_compensation(order_id, failed_step, reason or f"{failed_step} failed",
+                                    compensations)
+        log.info("compensating order_id=%s failed_step=%s compensations=%s",
+                 order_id, failed_step, compensations)
+        if compensations:
+            self.dispatcher.compensate(order_id, compensations)
+        return compensations
+
+    def dead_letter(self, order_id: int, name: str, args: dict,
+                    error: BaseException | str, task: str | None = None) -> dict:
+        """Retries ran out (classes 2, 3, 4): park the work in the DLQ."""
+        kind = saga.kind_of(name)
+        self.log.dead_lettered(order_id, name, error, keep_order_status=kind == "publish")
+        trace = ("".join(traceback.format_exception(error))[-4000:]
+                 if isinstance(error, BaseException) else "")
+        entry = self.rt.dead_letters.push(
+            order_id=order_id, name=name, kind=kind, task=task or f"saga.{name}", args=args,
+            error_class=type(error).__name__ if isinstance(error, BaseException) else "Error",
+            error=saga_log._error_text(error), traceback=trace,
+        )
+        log.error("dead-lettered order_id=%s step=%s kind=%s error=%r dlq_id=%s",
+                  order_id, name, kind, saga_log._error_text(error), entry["id"])
+        return entry
+
+    # --- after the DLQ or an operator ------------------------------------------------
+
+    def retry(self, order_id: int, name: str) -> str:
+        """Run parked work once, here, then let the saga continue on the queues. Raises
+        what the work raises, except a business error, which starts compensation."""
+        if name in saga.BY_COMPENSATION:
+            self.run_compensation(name, order_id)
+            remaining = [c for c in self.log.owed_compensations(order_id) if c != name]
+            if remaining:
+                self.dispatcher.compensate(order_id, remaining)
+            return f"{name} succeeded; remaining compensations: {remaining or 'none'}"
+        ctx = self.rt.orders.context(order_id) if name != "create_order" else {"order_id": order_id}
+        try:
+            ctx = self.run_step(name, ctx)
+        except BusinessError as exc:
+            self.start_compensation(order_id, name, str(exc), include_failed=False)
+            return f"{name} failed with a business error; compensating: {exc}"
+        rest = [s.name for s in saga.steps_after(name)]
+        if rest:
+            self.dispatcher.forward(ctx, rest)
+        return f"{name} succeeded; saga continues with {rest or 'nothing'}"
+
+    def give_up(self, order_id: int, name: str) -> list[str]:
+        """Stop retrying a stuck forward step and compensate instead (operator's call)."""
+        return self.start_compensation(order_id, name, f"{name} abandoned by an operator",
+                                       include_failed=True)

@@ -1,0 +1,45 @@
+"""Create or migrate each service's database with Alembic, one history per service."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+
+from app.services import balances, coupons, dataplatform, orders, products
+from config.settings import REPO_ROOT, SERVICES, Settings
+
+METADATA = {
+    "orders": orders.Base.metadata,
+    "products": products.Base.metadata,
+    "balances": balances.Base.metadata,
+    "coupons": coupons.Base.metadata,
+    "dataplatform": dataplatform.Base.metadata,
+}
+
+
+def alembic_config(service: str, url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    cfg.set_main_option("version_locations", str(REPO_ROOT / "migrations" / "versions" / service))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["service"] = service
+    return cfg
+
+
+def upgrade_all(settings: Settings) -> None:
+    """Bring every service's database to its latest schema (safe to run again)."""
+    for service in SERVICES:
+        url = settings.database_url(service)
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        command.upgrade(alembic_config(service, url), "head")
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    upgrade_all(Settings.from_env())
+    print("databases migrated:", ", ".join(SERVICES))

@@ -1,0 +1,82 @@
+"""Balance service: a user's prepaid balance.
+
+Step: use_balance. Compensation: refund_balance.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, DateTime, Integer, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.db import Database
+from app.errors import InsufficientBalance, NotFound
+from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Balance(Base):
+    __tablename__ = "balances"
+    __table_args__ = (CheckConstraint("balance >= 0", name="balance_not_negative"),)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    balance: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+Ledger = make_ledger_model(Base)
+
+
+class BalanceService:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def charge(self, user_id: int, amount: int) -> dict:
+        """Top up a user's balance (creating the account on first charge)."""
+        with self.db.write() as session:
+            account = session.get(Balance, user_id, with_for_update=True)
+            if account is None:
+                account = Balance(user_id=user_id, balance=0)
+                session.add(account)
+            account.balance += amount
+            account.updated_at = utcnow()
+            session.flush()
+            return {"user_id": user_id, "balance": account.balance}
+
+    def get(self, user_id: int) -> dict:
+        with self.db.read() as session:
+            account = session.get(Balance, user_id)
+            if account is None:
+                raise NotFound(f"user {user_id} has no balance account")
+            return {"user_id": user_id, "balance": account.balance}
+
+    def use_balance(self, order_id: int, user_id: int, amount: int) -> dict:
+        """Take `amount` from the user's balance. Undone by refund_balance."""
+
+        def apply(session):
+            if amount > 0:
+                taken = session.execute(
+                    update(Balance)
+                    .where(Balance.user_id == user_id, Balance.balance >= amount)
+                    .values(balance=Balance.balance - amount, updated_at=utcnow())
+                )
+                if taken.rowcount != 1:
+                    raise InsufficientBalance(f"user {user_id} has less than {amount}")
+            return {"user_id": user_id, "amount": amount}
+
+        return apply_once(self.db, Ledger, order_id, "use_balance", apply)
+
+    def refund_balance(self, order_id: int) -> str:
+        """Give back exactly what use_balance took for this order."""
+
+        def undo(session, applied):
+            session.execute(
+                update(Balance)
+                .where(Balance.user_id == applied["user_id"])
+                .values(balance=Balance.balance + applied["amount"], updated_at=utcnow())
+            )
+
+        return compensate_once(self.db, Ledger, order_id, "use_balance", undo)

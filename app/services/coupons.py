@@ -1,0 +1,237 @@
+"""Coupon service: coupon definitions, coupons issued to users, and first-come-first-served
+issue requests.
+
+Step: use_coupon. Compensation: restore_coupon.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.db import Database
+from app.errors import CouponUnavailable, NotFound
+from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
+
+UNUSED, USED = "UNUSED", "USED"
+PENDING, ISSUED, REJECTED = "PENDING", "ISSUED", "REJECTED"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Coupon(Base):
+    __tablename__ = "coupons"
+    __table_args__ = (CheckConstraint("issued <= quantity", name="never_over_issued"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    discount: Mapped[int] = mapped_column(Integer)
+    quantity: Mapped[int] = mapped_column(Integer)
+    issued: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IssuedCoupon(Base):
+    __tablename__ = "issued_coupons"
+    # At most one coupon of a kind per user, whatever the concurrency.
+    __table_args__ = (UniqueConstraint("coupon_id", "user_id", name="one_per_user"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    coupon_id: Mapped[int] = mapped_column(ForeignKey("coupons.id"))
+    user_id: Mapped[int] = mapped_column(Integer, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=UNUSED)
+    order_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IssueRequest(Base):
+    __tablename__ = "issue_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    coupon_id: Mapped[int] = mapped_column(ForeignKey("coupons.id"))
+    user_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    issued_coupon_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+Ledger = make_ledger_model(Base)
+
+
+def _coupon_view(c: Coupon) -> dict:
+    return {"id": c.id, "name": c.name, "discount": c.discount, "quantity": c.quantity,
+            "issued": c.issued}
+
+
+def _issued_view(c: IssuedCoupon) -> dict:
+    return {"id": c.id, "coupon_id": c.coupon_id, "user_id": c.user_id, "status": c.status,
+            "order_id": c.order_id}
+
+
+def _request_view(r: IssueRequest) -> dict:
+    return {"request_id": r.id, "coupon_id": r.coupon_id, "user_id": r.user_id,
+            "status": r.status, "reason": r.reason, "issued_coupon_id": r.issued_coupon_id}
+
+
+class CouponService:
+    """Coupon definitions."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def create(self, name: str, discount: int, quantity: int) -> dict:
+        with self.db.write() as session:
+            coupon = Coupon(name=name, discount=discount, quantity=quantity, issued=0)
+            session.add(coupon)
+            session.flush()
+            return _coupon_view(coupon)
+
+    def get(self, coupon_id: int) -> dict:
+        with self.db.read() as session:
+            coupon = session.get(Coupon, coupon_id)
+            if coupon is None:
+                raise NotFound(f"coupon {coupon_id} does not exist")
+            return _coupon_view(coupon)
+
+
+class IssueRequestService:
+    """Requests to be issued a coupon, served first come first served by a worker."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def request(self, coupon_id: int, user_id: int) -> dict:
+        with self.db.write() as session:
+            if session.get(Coupon, coupon_id) is None:
+                raise NotFound(f"coupon {coupon_id} does not exist")
+            req = IssueRequest(coupon_id=coupon_id, user_id=user_id, status=PENDING)
+            session.add(req)
+            session.flush()
+            return _request_view(req)
+
+    def get(self, request_id: int) -> dict:
+        with self.db.read() as session:
+            req = session.get(IssueRequest, request_id)
+            if req is None:
+                raise NotFound(f"issue request {request_id} does not exist")
+            return _request_view(req)
+
+    def process(self, request_id: int) -> dict:
+        """Issue the coupon if one is left and the user has none yet; idempotent."""
+        try:
+            with self.db.write() as session:
+                return self._process(session, request_id)
+        except IntegrityError:
+            # The user already holds this coupon (a concurrent request won): reject.
+            with self.db.write() as session:
+                return self._reject(session, request_id, "already issued to this user")
+
+    def _process(self, session, request_id: int) -> dict:
+        req = session.get(IssueRequest, request_id, with_for_update=True)
+        if req is None:
+            raise NotFound(f"issue request {request_id} does not exist")
+        if req.status != PENDING:
+            return _request_view(req)
+        held = session.scalar(
+            select(IssuedCoupon.id).where(
+                IssuedCoupon.coupon_id == req.coupon_id, IssuedCoupon.user_id == req.user_id
+            )
+        )
+        if held is not None:
+            return self._reject(session, request_id, "already issued to this user")
+        # The conditional increment is what makes "never more than quantity" hold.
+        taken = session.execute(
+            update(Coupon)
+            .where(Coupon.id == req.coupon_id, Coupon.issued < Coupon.quantity)
+            .values(issued=Coupon.issued + 1)
+        )
+        if taken.rowcount != 1:
+            return self._reject(session, request_id, "sold out")
+        issued = IssuedCoupon(coupon_id=req.coupon_id, user_id=req.user_id, status=UNUSED)
+        session.add(issued)
+        session.flush()
+        req.status, req.issued_coupon_id, req.processed_at = ISSUED, issued.id, utcnow()
+        return _request_view(req)
+
+    def _reject(self, session, request_id: int, reason: str) -> dict:
+        req = session.get(IssueRequest, request_id, with_for_update=True)
+        if req.status == PENDING:
+            req.status, req.reason, req.processed_at = REJECTED, reason, utcnow()
+        return _request_view(req)
+
+
+class IssuedCouponService:
+    """Coupons held by users, and their use in orders."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def for_user(self, user_id: int) -> list[dict]:
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(IssuedCoupon).where(IssuedCoupon.user_id == user_id).order_by(IssuedCoupon.id)
+            )
+            return [_issued_view(c) for c in rows]
+
+    def get(self, issued_coupon_id: int) -> dict:
+        with self.db.read() as session:
+            issued = session.get(IssuedCoupon, issued_coupon_id)
+            if issued is None:
+                raise NotFound(f"issued coupon {issued_coupon_id} does not exist")
+            return _issued_view(issued)
+
+    def discount_for(self, issued_coupon_id: int, user_id: int) -> int:
+        """The discount this user's coupon gives; raises CouponUnavailable if it can't be used."""
+        with self.db.read() as session:
+            issued = session.get(IssuedCoupon, issued_coupon_id)
+            if issued is None or issued.user_id != user_id:
+                raise CouponUnavailable(f"coupon {issued_coupon_id} is not held by user {user_id}")
+            if issued.status != UNUSED:
+                raise CouponUnavailable(f"coupon {issued_coupon_id} was already used")
+            return session.get(Coupon, issued.coupon_id).discount
+
+    def use_coupon(self, order_id: int, issued_coupon_id: int, user_id: int) -> dict:
+        """Mark the user's coupon USED by this order. Undone by restore_coupon."""
+
+        def apply(session):
+            taken = session.execute(
+                update(IssuedCoupon)
+                .where(
+                    IssuedCoupon.id == issued_coupon_id,
+                    IssuedCoupon.user_id == user_id,
+                    IssuedCoupon.status == UNUSED,
+                )
+                .values(status=USED, order_id=order_id)
+            )
+            if taken.rowcount != 1:
+                raise CouponUnavailable(
+                    f"coupon {issued_coupon_id} is used or not held by user {user_id}"
+                )
+            return {"issued_coupon_id": issued_coupon_id}
+
+        return apply_once(self.db, Ledger, order_id, "use_coupon", apply)
+
+    def restore_coupon(self, order_id: int) -> str:
+        """Put the coupon this order used back to UNUSED."""
+
+        def undo(session, applied):
+            session.execute(
+                update(IssuedCoupon)
+                .where(IssuedCoupon.id == applied["issued_coupon_id"], IssuedCoupon.order_id == order_id)
+                .values(status=UNUSED, order_id=None)
+            )
+
+        return compensate_once(self.db, Ledger, order_id, "use_coupon", undo)

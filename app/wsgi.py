@@ -1,0 +1,9 @@
+"""Entry point for gunicorn: `gunicorn app.wsgi:app`."""
+
+from app import create_app
+from app.logs import configure_logging
+from config.settings import Settings
+
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+app = create_app(settings)

@@ -1,0 +1,155 @@
+"""Every setting the processes read, from the environment, with defaults that work locally.
+
+Settings are read once per process into an immutable object and passed to whatever needs
+them; tests pass their own values through the environment of the processes they start,
+never by patching.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("orders", "products", "balances", "coupons", "dataplatform")
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_default(service: str, var_dir: Path) -> str:
+    return f"sqlite:///{var_dir / f'{service}.db'}"
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_urls: Mapping[str, str] = field(default_factory=dict)
+    port: int = 8000
+    flower_port: int = 5555
+    flower_basic_auth: str = "operator:change-me"
+    log_level: str = "INFO"
+
+    # Step execution: a soft limit raises inside the step, the hard limit kills it.
+    step_soft_time_limit: float = 10.0
+    step_time_limit: float = 20.0
+    # Celery's autoretry backoff is in whole seconds: delay = random(0, min(max, base * 2**n)).
+    step_max_retries: int = 4
+    step_retry_backoff: int = 1
+    step_retry_backoff_max: int = 30
+    step_retry_jitter: bool = True
+    # Redis redelivers any task unacknowledged for this long, so it must exceed the longest
+    # retry countdown plus the hard time limit, or retries run twice.
+    broker_visibility_timeout: int = 3600
+    # How often a worker looks for unacknowledged messages whose visibility timeout passed.
+    broker_restore_interval: int = 10
+
+    faults_enabled: bool = False
+    faults_spec: str = ""
+
+    dlq_max_attempts: int = 5
+    dlq_backoff: float = 5.0
+    dlq_backoff_max: float = 300.0
+    dlq_poll_interval: float = 1.0
+    dlq_lease_seconds: float = 60.0
+    dlq_alert_retry_seconds: float = 30.0
+
+    slack_webhook_url: str = ""
+    slack_bot_token: str = ""
+    slack_channel: str = ""
+    slack_api_url: str = "https://slack.com/api/"
+    slack_timeout: float = 5.0
+
+    def database_url(self, service: str) -> str:
+        return self.database_urls[service]
+
+    @property
+    def longest_retry_delay(self) -> int:
+        return self.step_retry_backoff_max
+
+    def validate(self) -> "Settings":
+        """Refuse combinations that would silently break delivery guarantees."""
+        worst_case = self.longest_retry_delay + self.step_time_limit
+        if self.broker_visibility_timeout <= worst_case:
+            raise ValueError(
+                f"BROKER_VISIBILITY_TIMEOUT={self.broker_visibility_timeout}s must exceed the "
+                f"longest retry delay plus the hard time limit ({worst_case}s): "
+                "otherwise Redis delivers a waiting retry a second time"
+            )
+        if self.step_soft_time_limit >= self.step_time_limit:
+            raise ValueError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
+        return self
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        var_dir = Path(env.get("VAR_DIR", REPO_ROOT / "var"))
+        urls = {
+            name: env.get(f"{name.upper()}_DATABASE_URL") or _sqlite_default(name, var_dir)
+            for name in SERVICES
+        }
+        defaults = cls()
+
+        def number(key: str, default, kind=float):
+            raw = env.get(key)
+            if raw is None or raw == "":
+                return default
+            try:
+                return kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{key}={raw!r} is not a number") from exc
+
+        faults_enabled = _flag(env.get("SAGA_FAULTS_ENABLED"), False)
+        faults_spec = env.get("SAGA_FAULTS", "")
+        if faults_spec and not faults_enabled:
+            log.warning("SAGA_FAULTS is set but ignored: set SAGA_FAULTS_ENABLED=1 to inject faults")
+            faults_spec = ""
+
+        return cls(
+            redis_url=env.get("REDIS_URL") or defaults.redis_url,
+            database_urls=urls,
+            port=number("PORT", defaults.port, int),
+            flower_port=number("FLOWER_PORT", defaults.flower_port, int),
+            flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or defaults.flower_basic_auth,
+            log_level=env.get("LOG_LEVEL") or defaults.log_level,
+            step_soft_time_limit=number("STEP_SOFT_TIME_LIMIT", defaults.step_soft_time_limit),
+            step_time_limit=number("STEP_TIME_LIMIT", defaults.step_time_limit),
+            step_max_retries=number("STEP_MAX_RETRIES", defaults.step_max_retries, int),
+            step_retry_backoff=number("STEP_RETRY_BACKOFF", defaults.step_retry_backoff, int),
+            step_retry_backoff_max=number(
+                "STEP_RETRY_BACKOFF_MAX", defaults.step_retry_backoff_max, int
+            ),
+            step_retry_jitter=_flag(env.get("STEP_RETRY_JITTER"), defaults.step_retry_jitter),
+            broker_visibility_timeout=number(
+                "BROKER_VISIBILITY_TIMEOUT", defaults.broker_visibility_timeout, int
+            ),
+            broker_restore_interval=number(
+                "BROKER_RESTORE_INTERVAL", defaults.broker_restore_interval, int
+            ),
+            faults_enabled=faults_enabled,
+            faults_spec=faults_spec,
+            dlq_max_attempts=number("DLQ_MAX_ATTEMPTS", defaults.dlq_max_attempts, int),
+            dlq_backoff=number("DLQ_BACKOFF", defaults.dlq_backoff),
+            dlq_backoff_max=number("DLQ_BACKOFF_MAX", defaults.dlq_backoff_max),
+            dlq_poll_interval=number("DLQ_POLL_INTERVAL", defaults.dlq_poll_interval),
+            dlq_lease_seconds=number("DLQ_LEASE_SECONDS", defaults.dlq_lease_seconds),
+            dlq_alert_retry_seconds=number(
+                "DLQ_ALERT_RETRY_SECONDS", defaults.dlq_alert_retry_seconds
+            ),
+            slack_webhook_url=env.get("SLACK_WEBHOOK_URL", ""),
+            slack_bot_token=env.get("SLACK_BOT_TOKEN", ""),
+            slack_channel=env.get("SLACK_CHANNEL", ""),
+            slack_api_url=env.get("SLACK_API_URL") or defaults.slack_api_url,
+            slack_timeout=number("SLACK_TIMEOUT", defaults.slack_timeout),
+        ).validate()

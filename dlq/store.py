@@ -1,0 +1,177 @@
+"""A durable Redis-backed store of stuck saga work, one entry per (order, step).
+
+Layout (all keys under `dlq:`):
+- `dlq:entry:<id>`  hash: the entry (id is "<order_id>:<name>", so the same piece of work
+  is never in the DLQ twice: a second hand-off updates the first entry);
+- `dlq:ids`         sorted set of every entry by first failure time, for listing;
+- `dlq:due`         sorted set of entries the worker must act on, by when.
+
+Why a sorted set and not a stream: retries need delays, and a worker takes an entry by
+pushing its due time forward by a lease, atomically. A worker killed mid-retry loses
+nothing: when the lease runs out the entry is due again. Entries survive a Redis restart
+when Redis persists (the Redis that `make run` starts uses appendonly yes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Iterable
+
+RETRYING, NEEDS_HUMAN, RESOLVED = "retrying", "needs_human", "resolved"
+STATUSES = (RETRYING, NEEDS_HUMAN, RESOLVED)
+
+ENTRY, IDS, DUE = "dlq:entry:", "dlq:ids", "dlq:due"
+
+# Create the entry, or fold a repeated hand-off of the same work into it.
+_PUSH = """
+local key = KEYS[1]
+local now = ARGV[1]
+local status = redis.call('HGET', key, 'status')
+if status and status ~= 'resolved' then
+  redis.call('HSET', key, 'error_class', ARGV[3], 'error', ARGV[4], 'traceback', ARGV[5],
+             'last_failed_at', now)
+  redis.call('HINCRBY', key, 'handoffs', 1)
+  return 0
+end
+redis.call('DEL', key)
+redis.call('HSET', key, unpack(cjson.decode(ARGV[6])))
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
+return 1
+"""
+
+# Take the earliest due entry and push its due time forward by the lease.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if #ids == 0 then return nil end
+redis.call('ZADD', KEYS[1], ARGV[2], ids[1])
+return ids[1]
+"""
+
+
+def entry_id(order_id: int, name: str) -> str:
+    return f"{order_id}:{name}"
+
+
+def _decode(raw: dict) -> dict:
+    entry = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+             for k, v in raw.items()}
+    for field in ("order_id", "attempts", "handoffs"):
+        if field in entry:
+            entry[field] = int(entry[field])
+    for field in ("first_failed_at", "last_failed_at", "next_attempt_at", "resolved_at"):
+        if entry.get(field):
+            entry[field] = float(entry[field])
+    entry["alerted"] = entry.get("alerted") == "1"
+    entry["args"] = json.loads(entry.get("args") or "{}")
+    return entry
+
+
+class DeadLetterStore:
+    def __init__(self, redis, backoff: Callable[[int], float], clock=time.time):
+        self.redis = redis
+        self.backoff = backoff  # attempts so far -> seconds until the next try
+        self.clock = clock
+        self._push = redis.register_script(_PUSH)
+        self._claim = redis.register_script(_CLAIM)
+
+    def push(self, *, order_id: int, name: str, kind: str, task: str, args: dict,
+             error_class: str, error: str, traceback: str) -> dict:
+        """Hand stuck work to the DLQ; the first retry comes after one backoff."""
+        now = self.clock()
+        eid = entry_id(order_id, name)
+        fields = {
+            "id": eid, "order_id": order_id, "name": name, "kind": kind, "task": task,
+            "args": json.dumps(args), "error_class": error_class, "error": error,
+            "traceback": traceback, "attempts": 0, "handoffs": 1, "status": RETRYING,
+            "first_failed_at": now, "last_failed_at": now, "next_attempt_at": now + self.backoff(0),
+            "alerted": 0, "note": "",
+        }
+        flat = [str(x) for pair in fields.items() for x in pair]
+        self._push(keys=[ENTRY + eid, IDS, DUE],
+                   args=[now, eid, error_class, error, traceback, json.dumps(flat),
+                         fields["next_attempt_at"]])
+        return self.get(eid)
+
+    def get(self, eid: str) -> dict | None:
+        raw = self.redis.hgetall(ENTRY + eid)
+        return _decode(raw) if raw else None
+
+    def entries(self, status: str | None = None, name: str | None = None,
+                order_id: int | None = None) -> list[dict]:
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(IDS, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for eid in ids:
+            pipe.hgetall(ENTRY + eid)
+        found = [_decode(raw) for raw in pipe.execute() if raw]
+        return [e for e in found
+                if (status is None or e["status"] == status)
+                and (name is None or e["name"] == name)
+                and (order_id is None or e["order_id"] == order_id)]
+
+    def claim(self, lease_seconds: float) -> dict | None:
+        """Take the next due entry for `lease_seconds`; None when nothing is due."""
+        now = self.clock()
+        eid = self._claim(keys=[DUE], args=[now, now + lease_seconds])
+        if eid is None:
+            return None
+        entry = self.get(eid.decode() if isinstance(eid, bytes) else eid)
+        if entry is None or (entry["status"] == RESOLVED) or (
+            entry["status"] == NEEDS_HUMAN and entry["alerted"]
+        ):
+            self.redis.zrem(DUE, eid)
+            return None
+        return entry
+
+    def update(self, eid: str, **fields) -> None:
+        encoded = {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items()}
+        self.redis.hset(ENTRY + eid, mapping={k: str(v) for k, v in encoded.items()})
+
+    def start_attempt(self, eid: str) -> int:
+        """Count an attempt before running it, so a crash mid-attempt still counts."""
+        return int(self.redis.hincrby(ENTRY + eid, "attempts", 1))
+
+    def schedule(self, eid: str, when: float) -> None:
+        self.update(eid, next_attempt_at=when)
+        self.redis.zadd(DUE, {eid: when})
+
+    def unschedule(self, eid: str) -> None:
+        self.redis.zrem(DUE, eid)
+
+    def attempt_failed(self, eid: str, error_class: str, error: str, give_up: bool) -> None:
+        fields = {"error_class": error_class, "error": error, "last_failed_at": self.clock()}
+        if give_up:
+            self.update(eid, status=NEEDS_HUMAN, **fields)
+            self.schedule(eid, self.clock())  # due now: the alert
+        else:
+            attempts = self.get(eid)["attempts"]
+            self.update(eid, **fields)
+            self.schedule(eid, self.clock() + self.backoff(attempts))
+
+    def resolve(self, eid: str, note: str) -> bool:
+        if not self.redis.exists(ENTRY + eid):
+            return False
+        self.update(eid, status=RESOLVED, note=note, resolved_at=self.clock())
+        self.unschedule(eid)
+        return True
+
+    def resolve_work(self, order_id: int, name: str, note: str) -> None:
+        """Called when the work itself succeeded, by whatever path: close its entry."""
+        eid = entry_id(order_id, name)
+        status = self.redis.hget(ENTRY + eid, "status")
+        if status is not None and status not in (b"resolved", "resolved"):
+            self.resolve(eid, note)
+
+    def reopen(self, eid: str) -> None:
+        """Give an entry a fresh retry budget, due now (requeue)."""
+        self.update(eid, status=RETRYING, attempts=0, alerted=False, note="requeued")
+        self.schedule(eid, self.clock())
+
+    def purge(self, ids: Iterable[str]) -> int:
+        removed = 0
+        for eid in ids:
+            pipe = self.redis.pipeline()
+            pipe.delete(ENTRY + eid).zrem(IDS, eid).zrem(DUE, eid)
+            removed += pipe.execute()[0]
+        return removed
