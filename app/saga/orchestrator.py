@@ -92,6 +92,10 @@ class Saga:
     def step_failed(self, order_id: int, name: str) -> str:
         """The link_error callback of a forward step: decide what its failure means."""
         step = self.log.step(order_id, name) or {"status": None}
+        if saga.kind_of(name) == "publish" and step["status"] == saga_log.FAILED_STEP:
+            # Class 3: the order already succeeded; publishing is retried, never undone.
+            self.dead_letter(order_id, name, self.rt.orders.context(order_id), step["error"])
+            return "dead_lettered"
         if step["status"] == saga_log.FAILED_STEP:  # class 1: compensate
             self.start_compensation(order_id, name, step["error"], include_failed=False)
             return "compensating"
@@ -151,7 +155,12 @@ class Saga:
         ctx = self.rt.orders.context(order_id) if name != "create_order" else {"order_id": order_id}
         try:
             ctx = self.run_step(name, ctx)
+        except AlreadyCompensated:
+            return f"{name} was already compensated: nothing to retry"
         except BusinessError as exc:
+            if saga.kind_of(name) == "publish":
+                raise
+
             self.start_compensation(order_id, name, str(exc), include_failed=False)
             return f"{name} failed with a business error; compensating: {exc}"
         rest = [s.name for s in saga.steps_after(name)]

@@ -194,13 +194,12 @@ class IssuedCouponService:
             return _issued_view(issued)
 
     def discount_for(self, issued_coupon_id: int, user_id: int) -> int:
-        """The discount this user's coupon gives; raises CouponUnavailable if it can't be used."""
+        """The discount this user's coupon gives. Whether it is still unused is decided when
+        use_coupon takes it, so two orders racing for one coupon cannot both get it."""
         with self.db.read() as session:
             issued = session.get(IssuedCoupon, issued_coupon_id)
             if issued is None or issued.user_id != user_id:
                 raise CouponUnavailable(f"coupon {issued_coupon_id} is not held by user {user_id}")
-            if issued.status != UNUSED:
-                raise CouponUnavailable(f"coupon {issued_coupon_id} was already used")
             return session.get(Coupon, issued.coupon_id).discount
 
     def use_coupon(self, order_id: int, issued_coupon_id: int, user_id: int) -> dict:

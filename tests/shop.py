@@ -1,0 +1,128 @@
+"""A customer's-eye helper over the HTTP API, plus the invariants every test checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from app.ledger import APPLIED
+from app.services import balances, coupons, dataplatform, orders, products
+from tests.support import wait_for
+
+FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
+
+
+class Shop:
+    def __init__(self, client, rt, user_ids):
+        self.client, self.rt, self._user_ids = client, rt, user_ids
+
+    def new_user(self, balance: int = 0) -> int:
+        user_id = next(self._user_ids)
+        if balance:
+            self.ok(self.client.post(f"/balances/{user_id}/charge", json={"amount": balance}))
+        return user_id
+
+    def product(self, stock: int = 10, price: int = 100) -> int:
+        return self.ok(self.client.post("/products", json={"name": "widget", "price": price,
+                                                           "stock": stock}), 201)["id"]
+
+    def coupon_for(self, user_id: int, discount: int = 30) -> int:
+        """Issue one coupon to the user through the real issue flow; the issued coupon id."""
+        coupon = self.ok(self.client.post("/coupons", json={"name": "promo", "discount": discount,
+                                                            "quantity": 1}), 201)
+        req = self.ok(self.client.post(f"/coupons/{coupon['id']}/issue",
+                                       json={"user_id": user_id}), 202)
+        done = wait_for(lambda: self._issued(req["request_id"]), 20, what="coupon issue")
+        return done["issued_coupon_id"]
+
+    def _issued(self, request_id):
+        body = self.client.get(f"/coupons/requests/{request_id}").get_json()
+        return body if body["status"] != "PENDING" else None
+
+    def order(self, user_id: int, product_id: int, quantity: int = 1,
+              issued_coupon_id: int | None = None, key: str | None = None) -> int:
+        headers = {"Idempotency-Key": key} if key else {}
+        body = {"user_id": user_id, "items": [{"product_id": product_id, "quantity": quantity}],
+                "issued_coupon_id": issued_coupon_id}
+        return self.ok(self.client.post("/orders", json=body, headers=headers), 202)["order_id"]
+
+    def get_order(self, order_id: int) -> dict:
+        return self.ok(self.client.get(f"/orders/{order_id}"))
+
+    def wait_order(self, order_id: int, statuses=FINAL, timeout: float = 60) -> dict:
+        return wait_for(lambda: (o := self.get_order(order_id))["status"] in statuses and o,
+                        timeout, what=f"order {order_id} to reach {statuses}")
+
+    def stock(self, product_id: int) -> int:
+        return self.ok(self.client.get(f"/products/{product_id}"))["stock"]
+
+    def balance(self, user_id: int) -> int:
+        return self.ok(self.client.get(f"/balances/{user_id}"))["balance"]
+
+    @staticmethod
+    def ok(response, status: int = 200) -> dict:
+        assert response.status_code == status, (response.status_code, response.get_data(True))
+        return response.get_json()
+
+    # --- reading the services' own records ------------------------------------------
+
+    def ledger(self, service_module, db_name: str, order_id: int) -> dict[str, str]:
+        with self.rt.databases[db_name].read() as session:
+            rows = session.scalars(select(service_module.Ledger)
+                                   .where(service_module.Ledger.order_id == order_id))
+            return {row.step: row.status for row in rows}
+
+    def issued_coupon(self, issued_coupon_id: int) -> dict:
+        return self.rt.issued_coupons.get(issued_coupon_id)
+
+    def published(self, order_id: int) -> int:
+        return self.rt.dataplatform.count(order_id)
+
+    def snapshot(self) -> dict:
+        """Every row of every service's database, to prove a request changed nothing."""
+        tables = {}
+        for name, module in (("orders", orders), ("products", products), ("balances", balances),
+                             ("coupons", coupons), ("dataplatform", dataplatform)):
+            with self.rt.databases[name].read() as session:
+                for table in module.Base.metadata.sorted_tables:
+                    rows = session.execute(select(table)).all()
+                    tables[f"{name}.{table.name}"] = sorted(map(tuple, rows), key=repr)
+        return tables
+
+    def check_invariants(self, order_ids: list[int], product_id: int, initial_stock: int,
+                         user_id: int, charged: int, issued_coupon_id: int | None = None):
+        """Stock and money are conserved, and only what an order still holds is taken."""
+        held_units, held_money = 0, 0
+        coupon_holders = []
+        for order_id in order_ids:
+            order = self.get_order(order_id)
+            stock_ledger = self.ledger(products, "products", order_id)
+            money_ledger = self.ledger(balances, "balances", order_id)
+            coupon_ledger = self.ledger(coupons, "coupons", order_id)
+            holds_stock = stock_ledger.get("decrease_stock") == APPLIED
+            holds_money = money_ledger.get("use_balance") == APPLIED
+            if order["status"] == "COMPLETED":
+                assert holds_stock and holds_money, (order_id, stock_ledger, money_ledger)
+            if order["status"] == "FAILED":
+                assert not holds_stock and not holds_money, (order_id, stock_ledger, money_ledger)
+                assert coupon_ledger.get("use_coupon") != APPLIED
+            if holds_stock:
+                held_units += sum(i["quantity"] for i in order["items"]
+                                  if i["product_id"] == product_id)
+            if holds_money:
+                held_money += order["paid"]
+            if coupon_ledger.get("use_coupon") == APPLIED:
+                coupon_holders.append((order_id, order["status"]))
+            expected_records = 1 if order["status"] == "COMPLETED" and any(
+                s["name"] == "publish_order" and s["status"] == "succeeded"
+                for s in order["steps"]) else 0
+            assert self.published(order_id) == expected_records, order_id
+        assert self.stock(product_id) + held_units == initial_stock
+        assert self.balance(user_id) + held_money == charged
+        if issued_coupon_id is not None:
+            coupon = self.issued_coupon(issued_coupon_id)
+            assert len(coupon_holders) <= 1
+            if coupon["status"] == "USED":
+                assert [o for o, _ in coupon_holders] == [coupon["order_id"]]
+                assert coupon_holders[0][1] in ("COMPLETED", "NEEDS_ATTENTION")
+            else:
+                assert coupon_holders == []

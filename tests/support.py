@@ -1,0 +1,182 @@
+"""Real components for the tests: a private Redis server, private databases, and Celery
+workers as subprocesses (so soft time limits, crashes and redeliveries behave for real)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from config.settings import REPO_ROOT, SERVICES
+from app.saga.definition import QUEUES
+
+# Short limits and delays so failure tests finish in seconds; the relations the settings
+# validate (visibility timeout above the longest retry delay plus the hard limit) still hold.
+FAST_TIMINGS = {
+    "STEP_SOFT_TIME_LIMIT": "1",
+    "STEP_TIME_LIMIT": "4",
+    "STEP_MAX_RETRIES": "2",
+    "STEP_RETRY_BACKOFF": "1",
+    "STEP_RETRY_BACKOFF_MAX": "1",
+    "BROKER_VISIBILITY_TIMEOUT": "8",
+    "BROKER_RESTORE_INTERVAL": "1",
+    "DLQ_MAX_ATTEMPTS": "2",
+    "DLQ_BACKOFF": "0.2",
+    "DLQ_BACKOFF_MAX": "0.5",
+    "DLQ_POLL_INTERVAL": "0.1",
+    "DLQ_LEASE_SECONDS": "5",
+    "DLQ_ALERT_RETRY_SECONDS": "0.3",
+    "SLACK_TIMEOUT": "2",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, persist: bool = False):
+        self.port = free_port()
+        self.workdir = workdir
+        self.persist = persist
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persist
+                       else ["--appendonly", "no"])
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--dir", str(self.workdir), *persistence],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 10, what="redis-server to answer")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def postgres_admin_url() -> str | None:
+    """TEST_POSTGRES_URL, or the local server on 127.0.0.1:5432 if it answers."""
+    url = os.environ.get("TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=2):
+            return url
+    except Exception:
+        if os.environ.get("TEST_POSTGRES_URL"):
+            raise
+        return None
+
+
+class PostgresDatabases:
+    """Five fresh databases on the server, dropped afterwards."""
+
+    def __init__(self, admin_url: str):
+        self.admin_url = admin_url.replace("+psycopg", "")
+        self.prefix = f"saga_test_{uuid.uuid4().hex[:8]}"
+
+    def urls(self) -> dict[str, str]:
+        base = self.admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        return {s: f"{base}/{self.prefix}_{s}" for s in SERVICES}
+
+    def create(self) -> dict[str, str]:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for service in SERVICES:
+                conn.execute(f'CREATE DATABASE "{self.prefix}_{service}"')
+        return self.urls()
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for service in SERVICES:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.prefix}_{service}" WITH (FORCE)')
+
+
+def database_env(urls: dict[str, str]) -> dict[str, str]:
+    return {f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()}
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "app.schema"], env={**os.environ, **env}, check=True,
+                   cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+
+
+class WorkerProcess:
+    """A real `celery worker` (prefork) consuming every service queue."""
+
+    def __init__(self, env: dict[str, str], logdir: Path, queues=QUEUES, concurrency: int = 2):
+        self.env = {**os.environ, **env}
+        self.log_path = logdir / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.queues = queues
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
+             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "-P", "prefork",
+             "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
+             "--loglevel", "INFO"],
+            cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: b"ready." in self.log_path.read_bytes() or self.proc.poll() is not None,
+                 30, what="celery worker to be ready")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and its children) at once."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
