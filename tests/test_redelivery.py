@@ -1,0 +1,80 @@
+"""Every step and compensation is idempotent, keyed by (order id, step): a message
+delivered twice changes nothing the second time, and a compensation that arrives before
+its step makes the late step refuse to apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import AlreadyCompensated
+from app.saga.definition import queue_of
+from tests.support import wait_for
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def _deliver_again(flask_app, rt, task: str, args: tuple, order_id: int, name: str, times: int):
+    """Send the task by hand, `times` times, and wait until the worker ran each."""
+    before = rt.saga_log.step(order_id, name)["attempts"]
+    celery = flask_app.extensions["celery"]
+    for _ in range(times):
+        celery.send_task(task, args=args, queue=queue_of(name))
+    wait_for(lambda: (s := rt.saga_log.step(order_id, name))["attempts"] == before + times
+             and s["status"] in ("succeeded", "skipped", "refused"), 30,
+             what=f"{name} to run {times} more times")
+
+
+def test_every_step_delivered_twice_changes_nothing(shop, flask_app, rt):
+    user = shop.new_user(balance=1_000)
+    product = shop.product(stock=10, price=100)
+    coupon = shop.coupon_for(user, discount=20)
+    order_id = shop.order(user, product, quantity=2, issued_coupon_id=coupon)
+    shop.wait_order(order_id)
+    wait_for(lambda: shop.published(order_id) == 1, 10, what="publication")
+    stream_before = rt.redis.xlen("dataplatform.orders")
+    ctx = rt.orders.context(order_id)
+
+    for name in ("create_order", "decrease_stock", "use_balance", "use_coupon", "publish_order"):
+        _deliver_again(flask_app, rt, f"saga.{name}", (ctx,), order_id, name, times=2)
+
+    assert shop.stock(product) == 8
+    assert shop.balance(user) == 1_000 - 180
+    held = shop.issued_coupon(coupon)
+    assert (held["status"], held["order_id"]) == ("USED", order_id)
+    assert shop.published(order_id) == 1
+    assert rt.redis.xlen("dataplatform.orders") == stream_before
+    assert shop.get_order(order_id)["status"] == "COMPLETED"
+
+
+def test_every_compensation_delivered_twice_undoes_once(shop, flask_app, rt):
+    user = shop.new_user(balance=1_000)
+    product = shop.product(stock=10, price=100)
+    coupon = shop.coupon_for(user, discount=10)
+    shop.wait_order(shop.order(user, product, issued_coupon_id=coupon))  # uses the coupon
+    failed = shop.wait_order(shop.order(user, product, quantity=3, issued_coupon_id=coupon))
+    assert failed["status"] == "FAILED"
+    order_id = failed["order_id"]
+
+    for name in ("refund_balance", "restore_stock", "cancel_order"):
+        _deliver_again(flask_app, rt, f"compensations.{name}", (order_id,), order_id, name, 2)
+
+    assert shop.stock(product) == 9  # only the first, completed order holds stock
+    assert shop.balance(user) == 1_000 - 90
+    assert shop.get_order(order_id)["status"] == "FAILED"
+
+
+def test_compensation_before_its_step_voids_the_late_step(rt, shop):
+    product = shop.product(stock=10, price=100)
+    user = shop.new_user(balance=500)
+    order_id = 900_001  # an order whose step never ran here
+
+    assert "never applied" in rt.products.restore_stock(order_id)
+    assert "never applied" in rt.balances.refund_balance(order_id)
+    with pytest.raises(AlreadyCompensated):
+        rt.products.decrease_stock(order_id, [{"product_id": product, "quantity": 4}])
+    with pytest.raises(AlreadyCompensated):
+        rt.balances.use_balance(order_id, user, 300)
+
+    assert shop.stock(product) == 10
+    assert shop.balance(user) == 500
+    assert "already voided" in rt.products.restore_stock(order_id)
