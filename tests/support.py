@@ -21,11 +21,13 @@ from app.saga.definition import QUEUES
 # validate (visibility timeout above the longest retry delay plus the hard limit) still hold.
 FAST_TIMINGS = {
     "STEP_SOFT_TIME_LIMIT": "1",
-    "STEP_TIME_LIMIT": "4",
+    # A child that dies is noticed within ~5 s (the pool's periodic check): the hard limit
+    # must be longer, or it fails the task before the redelivery happens.
+    "STEP_TIME_LIMIT": "12",
     "STEP_MAX_RETRIES": "2",
     "STEP_RETRY_BACKOFF": "1",
     "STEP_RETRY_BACKOFF_MAX": "1",
-    "BROKER_VISIBILITY_TIMEOUT": "8",
+    "BROKER_VISIBILITY_TIMEOUT": "15",
     "BROKER_RESTORE_INTERVAL": "1",
     "DLQ_MAX_ATTEMPTS": "2",
     "DLQ_BACKOFF": "0.2",

@@ -170,5 +170,7 @@ class Saga:
 
     def give_up(self, order_id: int, name: str) -> list[str]:
         """Stop retrying a stuck forward step and compensate instead (operator's call)."""
-        return self.start_compensation(order_id, name, f"{name} abandoned by an operator",
-                                       include_failed=True)
+        compensations = self.start_compensation(order_id, name, f"{name} abandoned by an operator",
+                                                include_failed=True)
+        self.rt.dead_letters.resolve_work(order_id, name, "given up: compensating instead")
+        return compensations

@@ -1,0 +1,63 @@
+"""A whole private stack (Redis, five databases, the Flask app) for tests that need their
+own workers with their own settings, such as fault injection."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+from config.settings import SERVICES, Settings
+from tests.shop import Shop
+from tests.support import (
+    FAST_TIMINGS,
+    PostgresDatabases,
+    RedisServer,
+    WorkerProcess,
+    database_env,
+    migrate,
+    postgres_admin_url,
+)
+
+
+class Stack:
+    def __init__(self, backend: str, workdir: Path, redis_persist: bool = False, **env):
+        self.backend, self.workdir = backend, workdir
+        self.redis = RedisServer(workdir / "redis", persist=redis_persist)
+        self.extra_env = env
+        self._pg: PostgresDatabases | None = None
+        self._user_ids = itertools.count(5_000)
+
+    def start(self) -> "Stack":
+        from app import create_app
+
+        self.redis.start()
+        if self.backend == "postgresql":
+            self._pg = PostgresDatabases(postgres_admin_url())
+            urls = self._pg.create()
+        else:
+            urls = {s: f"sqlite:///{self.workdir / f'{s}.db'}" for s in SERVICES}
+        self.env = {"REDIS_URL": self.redis.url, **database_env(urls), **FAST_TIMINGS,
+                    "SAGA_FAULTS": "", "SAGA_FAULTS_ENABLED": "0", "SLACK_WEBHOOK_URL": "",
+                    "SLACK_BOT_TOKEN": "", **self.extra_env}
+        migrate(self.env)
+        self.settings = Settings.from_env({**os.environ, **self.env})
+        self.app = create_app(self.settings)
+        self.rt = self.app.extensions["saga"].rt
+        self.saga = self.app.extensions["saga"]
+        self.shop = Shop(self.app.test_client(), self.rt, self._user_ids)
+        return self
+
+    def worker(self, faults: str = "", **env) -> WorkerProcess:
+        fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
+        return WorkerProcess({**self.env, **fault_env, **env}, self.workdir / "logs").start()
+
+    def stop(self) -> None:
+        self.rt.dispose()
+        self.redis.stop()
+        if self._pg:
+            self._pg.drop()
+
+
+def available_backends() -> list[str]:
+    return ["sqlite", "postgresql"] if postgres_admin_url() else ["sqlite"]

@@ -1,0 +1,153 @@
+"""The failure matrix, generated: every forward step x {business error, timeout that
+recovers, timeout that exhausts the retries, worker crash}, and every compensation x
+{error that recovers, error that exhausts, worker crash}; on SQLite and on PostgreSQL.
+
+Each case runs a real prefork worker with SAGA_FAULTS set, places one order, and checks the
+end state, the saga log, the DLQ and the invariants (tests/shop.py: check_invariants)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from app.saga.definition import BY_COMPENSATION, COMPENSATION_NAMES, SAGA, STEP_NAMES
+from tests.stack import Stack, available_backends
+from tests.support import wait_for
+
+MAX_ATTEMPTS = 3  # one try plus STEP_MAX_RETRIES=2 (tests/support.py FAST_TIMINGS)
+
+
+@dataclass(frozen=True)
+class Case:
+    target: str
+    kind: str
+    faults: str
+    status: str  # the order's final status
+    target_status: str  # the target's row in the saga log
+    attempts: int | None
+    dlq_kind: str | None = None
+    operator_gives_up: bool = False  # compensations reached only through an operator
+
+    @property
+    def id(self) -> str:
+        return f"{self.target}-{self.kind}"
+
+
+def _compensated_by_failure_at(step: str) -> list[str]:
+    index = STEP_NAMES.index(step)
+    return [s.compensation for s in reversed(SAGA[:index]) if s.compensation]
+
+
+def step_cases() -> list[Case]:
+    cases = []
+    for step in SAGA:
+        after_success = step.compensation is None  # publish_order: the order already succeeded
+        cases += [
+            Case(step.name, "business", f"{step.name}:business",
+                 "COMPLETED" if after_success else "FAILED",
+                 "dead_lettered" if after_success else "failed", 1,
+                 "publish" if after_success else None),
+            Case(step.name, "timeout-recovers", f"{step.name}:timeout:1", "COMPLETED",
+                 "succeeded", 2),
+            Case(step.name, "timeout-exhausts", f"{step.name}:timeout",
+                 "COMPLETED" if after_success else "NEEDS_ATTENTION", "dead_lettered",
+                 MAX_ATTEMPTS, "publish" if after_success else "step"),
+            Case(step.name, "crash", f"{step.name}:crash:1", "COMPLETED", "succeeded", 2),
+        ]
+    return cases
+
+
+def compensation_cases() -> list[Case]:
+    cases = []
+    for name in COMPENSATION_NAMES:
+        # restore_coupon only runs when an operator gives up on a stuck use_coupon; the
+        # others run when use_coupon refuses the order.
+        trigger = "use_coupon:timeout" if name == "restore_coupon" else "use_coupon:business"
+        gives_up = name == "restore_coupon"
+        cases += [
+            Case(name, "error-recovers", f"{trigger},{name}:transient:1", "FAILED", "succeeded",
+                 2, operator_gives_up=gives_up),
+            Case(name, "error-exhausts", f"{trigger},{name}:transient", "NEEDS_ATTENTION",
+                 "dead_lettered", MAX_ATTEMPTS, "compensation", operator_gives_up=gives_up),
+            Case(name, "crash", f"{trigger},{name}:crash:1", "FAILED", "succeeded", 2,
+                 operator_gives_up=gives_up),
+        ]
+    return cases
+
+
+CASES = step_cases() + compensation_cases()
+
+
+@pytest.fixture(scope="module", params=available_backends())
+def stack(request, tmp_path_factory):
+    stack = Stack(request.param, tmp_path_factory.mktemp(f"matrix-{request.param}")).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_failure_matrix(stack, case: Case):
+    shop = stack.shop
+    worker = stack.worker(faults=case.faults)
+    try:
+        user = shop.new_user(balance=1_000)
+        product = shop.product(stock=10, price=100)
+        coupon = shop.coupon_for(user, discount=30)  # issuing is not subject to the faults
+        order_id = shop.order(user, product, quantity=2, issued_coupon_id=coupon)
+        if case.operator_gives_up:
+            shop.wait_order(order_id, ("NEEDS_ATTENTION",))
+            stack.saga.give_up(order_id, "use_coupon")
+        order = _settled(shop, order_id, case)
+    finally:
+        worker.stop()
+
+    steps = {s["name"]: s for s in order["steps"]}
+    assert order["status"] == case.status, (case, order)
+    assert steps[case.target]["status"] == case.target_status, steps[case.target]
+    assert steps[case.target]["attempts"] == case.attempts, steps[case.target]
+    _check_route(case, order, steps)
+    entries = stack.rt.dead_letters.entries(order_id=order_id)
+    if case.operator_gives_up:
+        abandoned = [e for e in entries if e["name"] == "use_coupon"]
+        assert [e["status"] for e in abandoned] == ["resolved"]
+    entries = [e for e in entries if e["status"] != "resolved"]
+    if case.dlq_kind:
+        assert [(e["name"], e["kind"]) for e in entries] == [(case.target, case.dlq_kind)]
+        assert case.target_status == "dead_lettered"
+    else:
+        assert entries == []
+    shop.check_invariants([order_id], product, 10, user, 1_000, coupon)
+
+
+def _settled(shop, order_id: int, case: Case) -> dict:
+    """Wait for the final status and for the saga log to stop moving."""
+    shop.wait_order(order_id, (case.status,), timeout=90)
+    # The order's status can be final while work is still moving: publish_order runs after
+    # completion, and a crashed cancel_order is redelivered after it already committed.
+    settled = ("succeeded", "skipped", "failed", "dead_lettered")
+    watched = [case.target] + (["publish_order"] if case.status == "COMPLETED" else [])
+    wait_for(lambda: all(s["status"] in settled for s in shop.get_order(order_id)["steps"]
+                         if s["name"] in watched), 60, what=f"{watched} to settle")
+    return shop.get_order(order_id)
+
+
+def _check_route(case: Case, order: dict, steps: dict) -> None:
+    """The saga log says why: which step failed and which compensations ran, in order."""
+    compensations = [s["name"] for s in order["steps"] if s["kind"] == "compensation"]
+    if case.target in STEP_NAMES and case.kind == "business" and case.status == "FAILED":
+        assert order["failed_step"] == case.target
+        assert compensations == _compensated_by_failure_at(case.target)
+        assert all(steps[c]["status"] == "succeeded" for c in compensations)
+    if case.target in BY_COMPENSATION:
+        expected = _compensated_by_failure_at("use_coupon")
+        if case.operator_gives_up:
+            expected = ["restore_coupon", *expected]
+        assert compensations == expected
+        later = compensations[compensations.index(case.target) + 1:]
+        if case.kind == "error-exhausts":
+            assert all(steps[c]["status"] == "pending" for c in later)
+        else:
+            assert all(steps[c]["status"] == "succeeded" for c in compensations)
+    if case.status == "NEEDS_ATTENTION":
+        assert steps[case.target]["error"]
