@@ -1,0 +1,37 @@
+# Everything runs from the project's virtualenv (.venv), created on first use.
+# Settings come from the environment; see scripts/run.sh for the list and defaults.
+SHELL := /bin/bash
+VENV := .venv
+PROCS ?=
+PY := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help venv redis run test demo lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-7s %s\n", $$1, $$2}'
+
+venv: ## create .venv and install requirements.txt (skipped when unchanged)
+	@scripts/ensure-venv.sh
+
+redis: ## install Debian's redis-server if it is missing
+	@scripts/ensure-redis.sh
+
+run: ## run every Procfile process (PROCS="web worker" for some); own Redis unless REDIS_URL
+	@exec scripts/run.sh $(PROCS)
+
+test: venv redis ## run the test suite (it starts its own Redis and workers)
+	$(PY) -m pytest
+
+demo: ## place three demo orders against a running `make run`
+	@scripts/demo.sh
+
+lint: venv ## ruff check
+	$(VENV)/bin/ruff check .
+
+bench: venv ## run the benchmark
+	$(PY) -m bench
+
+clean: ## remove var/ (local databases, Redis data)
+	rm -rf var/

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# `make run`: set up everything a fresh machine lacks, then run every process in the Procfile.
+#
+#   scripts/run.sh              # all processes in the Procfile
+#   scripts/run.sh web worker   # only these (honcho process names)
+#
+# Settings (environment, with defaults):
+#   PORT=8000  FLOWER_PORT=5555  FLOWER_BASIC_AUTH=operator:change-me  WEB_WORKERS=2
+#   VAR_DIR=<repo>/var           SQLite databases and the private Redis's data
+#   REDIS_URL                    use this Redis; if unset, start a private one on
+#   REDIS_PORT=6380              127.0.0.1:$REDIS_PORT with its data in $VAR_DIR/redis
+#   ORDERS_DATABASE_URL, PRODUCTS_DATABASE_URL, BALANCES_DATABASE_URL,
+#   COUPONS_DATABASE_URL, DATAPLATFORM_DATABASE_URL   (default: SQLite files in $VAR_DIR)
+#   SEED=1                       load the demo catalogue when the products table is empty
+#
+# Needs no terminal. SIGTERM or Ctrl-C stops every process it started, the private Redis too.
+# Two copies run side by side when they differ in PORT, FLOWER_PORT, REDIS_PORT and VAR_DIR.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+export PORT=${PORT:-8000}
+export FLOWER_PORT=${FLOWER_PORT:-5555}
+export FLOWER_BASIC_AUTH=${FLOWER_BASIC_AUTH:-operator:change-me}
+VAR_DIR=${VAR_DIR:-$root/var}
+VAR_DIR=$(realpath -m -- "$VAR_DIR")
+export VAR_DIR
+REDIS_PORT=${REDIS_PORT:-6380}
+SEED=${SEED:-1}
+
+log() { echo "==> $*" >&2; }
+
+scripts/ensure-venv.sh
+export PATH="$root/.venv/bin:$PATH"
+export PYTHONUNBUFFERED=1
+mkdir -p "$VAR_DIR"
+
+redis_pid=""
+honcho_pid=""
+
+stop_redis() {
+    [[ -n $redis_pid ]] || return 0
+    if kill -0 "$redis_pid" 2>/dev/null; then
+        log "stopping the private Redis on port $REDIS_PORT"
+        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 \
+            || kill -TERM "$redis_pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$redis_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$redis_pid" 2>/dev/null || true
+    fi
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=""
+}
+
+cleanup() {
+    local status=$?
+    trap - INT TERM HUP EXIT
+    if [[ -n $honcho_pid ]] && kill -0 "$honcho_pid" 2>/dev/null; then
+        log "stopping the processes"
+        kill -TERM "$honcho_pid" 2>/dev/null || true
+        # honcho sends SIGTERM to each process group and SIGKILLs what is left after 5s.
+        wait "$honcho_pid" 2>/dev/null || true
+    fi
+    stop_redis
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
+
+if [[ -z ${REDIS_URL:-} ]]; then
+    scripts/ensure-redis.sh
+    if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+        echo "something already answers on 127.0.0.1:$REDIS_PORT; set REDIS_PORT or REDIS_URL" >&2
+        exit 1
+    fi
+    mkdir -p "$VAR_DIR/redis"
+    log "starting a private Redis on 127.0.0.1:$REDIS_PORT (data in $VAR_DIR/redis)"
+    # In its own session, so a Ctrl-C on the terminal does not stop Redis before the
+    # processes that use it; cleanup shuts it down after them.
+    setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$VAR_DIR/redis" \
+        --appendonly yes --appendfsync everysec --save "" --daemonize no \
+        --logfile "$VAR_DIR/redis/redis.log" </dev/null &
+    redis_pid=$!
+    for _ in $(seq 100); do
+        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+        kill -0 "$redis_pid" 2>/dev/null \
+            || { echo "redis-server exited; see $VAR_DIR/redis/redis.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 \
+        || { echo "redis-server did not answer; see $VAR_DIR/redis/redis.log" >&2; exit 1; }
+    export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+fi
+
+log "migrating the databases"
+python -m app.schema
+if [[ $SEED == 1 ]]; then
+    python -m app.seed
+fi
+
+redis_shown=$(printf '%s' "$REDIS_URL" | sed -E 's#//[^@/]*@#//***@#')
+cat <<EOF
+
+  API     http://127.0.0.1:$PORT   (GET /healthz, GET /products, POST /orders)
+  Flower  http://127.0.0.1:$FLOWER_PORT   (login ${FLOWER_BASIC_AUTH%%:*} / ${FLOWER_BASIC_AUTH#*:})
+  Redis   $redis_shown
+  Data    $VAR_DIR
+
+EOF
+
+honcho=(honcho start -f "$root/Procfile" -d "$root" -p "$PORT")
+[[ -t 1 ]] || honcho+=(--no-colour)
+if [[ -z $redis_pid ]]; then
+    # Nothing of ours to clean up afterwards: honcho takes the signals itself.
+    trap - INT TERM HUP EXIT
+    exec "${honcho[@]}" "$@" </dev/null
+fi
+"${honcho[@]}" "$@" </dev/null &
+honcho_pid=$!
+wait "$honcho_pid"
