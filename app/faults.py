@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from app.errors import InjectedBusinessError, StepTimeout, TransientError
 from app.saga.definition import COMPENSATION_NAMES, STEP_NAMES
@@ -61,8 +61,13 @@ class FaultInjector:
         seen = self._count(f"saga:faults:{order_id}:{name}")
         if fault.times is not None and seen > fault.times:
             return None
-        log.warning("injecting fault order_id=%s step=%s kind=%s occurrence=%s",
-                    order_id, name, fault.kind, seen)
+        log.warning(
+            "injecting fault order_id=%s step=%s kind=%s occurrence=%s",
+            order_id,
+            name,
+            fault.kind,
+            seen,
+        )
         return fault
 
     def before(self, name: str, order_id: int) -> None:

@@ -12,8 +12,9 @@ never disagree. Concurrent duplicates collide on the primary key and the loser r
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, Integer, String, Text
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +29,7 @@ VOIDED = "VOIDED"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def make_ledger_model(base) -> type:

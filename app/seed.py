@@ -30,20 +30,26 @@ def seed(rt: Runtime) -> bool:
         return False
     for name, price, stock in PRODUCTS:
         product = rt.products.create(name, price, stock)
-        print(f"product  #{product['id']} {product['name']}: price {product['price']}, "
-              f"stock {product['stock']}")
+        print(
+            f"product  #{product['id']} {product['name']}: price {product['price']}, "
+            f"stock {product['stock']}"
+        )
     for user_id, amount in BALANCES.items():
         account = rt.balances.charge(user_id, amount)
         print(f"balance  user {account['user_id']}: {account['balance']}")
     name, discount, quantity = COUPON
     coupon = rt.coupons.create(name, discount, quantity)
-    print(f"coupon   #{coupon['id']} {coupon['name']}: discount {coupon['discount']}, "
-          f"quantity {coupon['quantity']}")
+    print(
+        f"coupon   #{coupon['id']} {coupon['name']}: discount {coupon['discount']}, "
+        f"quantity {coupon['quantity']}"
+    )
     # Issued the way a user's request is (first come first served), without the queue.
     request = rt.issue_requests.request(coupon["id"], COUPON_HOLDER)
     issued = rt.issue_requests.process(request["request_id"])
-    print(f"issued   coupon #{coupon['id']} to user {COUPON_HOLDER}: {issued['status']}, "
-          f"issued_coupon_id {issued['issued_coupon_id']}")
+    print(
+        f"issued   coupon #{coupon['id']} to user {COUPON_HOLDER}: {issued['status']}, "
+        f"issued_coupon_id {issued['issued_coupon_id']}"
+    )
     return True
 
 

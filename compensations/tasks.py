@@ -19,5 +19,12 @@ def _compensation_task(name: str):
 
 def register_compensations(app, settings) -> None:
     for name in COMPENSATION_NAMES:
-        app.task(_compensation_task(name), bind=True, shared=False, base=SagaTask,
-                 name=f"compensations.{name}", saga_name=name, **retry_options(settings))
+        app.task(
+            _compensation_task(name),
+            bind=True,
+            shared=False,
+            base=SagaTask,
+            name=f"compensations.{name}",
+            saga_name=name,
+            **retry_options(settings),
+        )

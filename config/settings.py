@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("orders", "products", "balances", "coupons", "dataplatform")
@@ -75,7 +75,7 @@ class Settings:
     def longest_retry_delay(self) -> int:
         return self.step_retry_backoff_max
 
-    def validate(self) -> "Settings":
+    def validate(self) -> Settings:
         """Refuse combinations that would silently break delivery guarantees."""
         worst_case = self.longest_retry_delay + self.step_time_limit
         if self.broker_visibility_timeout <= worst_case:
@@ -88,11 +88,11 @@ class Settings:
             raise ValueError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
         return self
 
-    def with_overrides(self, **changes) -> "Settings":
+    def with_overrides(self, **changes) -> Settings:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         var_dir = Path(env.get("VAR_DIR", REPO_ROOT / "var"))
         urls = {
@@ -113,7 +113,9 @@ class Settings:
         faults_enabled = _flag(env.get("SAGA_FAULTS_ENABLED"), False)
         faults_spec = env.get("SAGA_FAULTS", "")
         if faults_spec and not faults_enabled:
-            log.warning("SAGA_FAULTS is set but ignored: set SAGA_FAULTS_ENABLED=1 to inject faults")
+            log.warning(
+                "SAGA_FAULTS is set but ignored: set SAGA_FAULTS_ENABLED=1 to inject faults"
+            )
             faults_spec = ""
 
         return cls(

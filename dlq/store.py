@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 RETRYING, NEEDS_HUMAN, RESOLVED = "retrying", "needs_human", "resolved"
 STATUSES = (RETRYING, NEEDS_HUMAN, RESOLVED)
@@ -55,8 +55,10 @@ def entry_id(order_id: int, name: str) -> str:
 
 
 def _decode(raw: dict) -> dict:
-    entry = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-             for k, v in raw.items()}
+    entry = {
+        k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+        for k, v in raw.items()
+    }
     for field in ("order_id", "attempts", "handoffs"):
         if field in entry:
             entry[field] = int(entry[field])
@@ -76,39 +78,74 @@ class DeadLetterStore:
         self._push = redis.register_script(_PUSH)
         self._claim = redis.register_script(_CLAIM)
 
-    def push(self, *, order_id: int, name: str, kind: str, task: str, args: dict,
-             error_class: str, error: str, traceback: str) -> dict:
+    def push(
+        self,
+        *,
+        order_id: int,
+        name: str,
+        kind: str,
+        task: str,
+        args: dict,
+        error_class: str,
+        error: str,
+        traceback: str,
+    ) -> dict:
         """Hand stuck work to the DLQ; the first retry comes after one backoff."""
         now = self.clock()
         eid = entry_id(order_id, name)
         fields = {
-            "id": eid, "order_id": order_id, "name": name, "kind": kind, "task": task,
-            "args": json.dumps(args), "error_class": error_class, "error": error,
-            "traceback": traceback, "attempts": 0, "handoffs": 1, "status": RETRYING,
-            "first_failed_at": now, "last_failed_at": now, "next_attempt_at": now + self.backoff(0),
-            "alerted": 0, "note": "",
+            "id": eid,
+            "order_id": order_id,
+            "name": name,
+            "kind": kind,
+            "task": task,
+            "args": json.dumps(args),
+            "error_class": error_class,
+            "error": error,
+            "traceback": traceback,
+            "attempts": 0,
+            "handoffs": 1,
+            "status": RETRYING,
+            "first_failed_at": now,
+            "last_failed_at": now,
+            "next_attempt_at": now + self.backoff(0),
+            "alerted": 0,
+            "note": "",
         }
         flat = [str(x) for pair in fields.items() for x in pair]
-        self._push(keys=[ENTRY + eid, IDS, DUE],
-                   args=[now, eid, error_class, error, traceback, json.dumps(flat),
-                         fields["next_attempt_at"]])
+        self._push(
+            keys=[ENTRY + eid, IDS, DUE],
+            args=[
+                now,
+                eid,
+                error_class,
+                error,
+                traceback,
+                json.dumps(flat),
+                fields["next_attempt_at"],
+            ],
+        )
         return self.get(eid)
 
     def get(self, eid: str) -> dict | None:
         raw = self.redis.hgetall(ENTRY + eid)
         return _decode(raw) if raw else None
 
-    def entries(self, status: str | None = None, name: str | None = None,
-                order_id: int | None = None) -> list[dict]:
+    def entries(
+        self, status: str | None = None, name: str | None = None, order_id: int | None = None
+    ) -> list[dict]:
         ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(IDS, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for eid in ids:
             pipe.hgetall(ENTRY + eid)
         found = [_decode(raw) for raw in pipe.execute() if raw]
-        return [e for e in found
-                if (status is None or e["status"] == status)
-                and (name is None or e["name"] == name)
-                and (order_id is None or e["order_id"] == order_id)]
+        return [
+            e
+            for e in found
+            if (status is None or e["status"] == status)
+            and (name is None or e["name"] == name)
+            and (order_id is None or e["order_id"] == order_id)
+        ]
 
     def claim(self, lease_seconds: float) -> dict | None:
         """Take the next due entry for `lease_seconds`; None when nothing is due."""
@@ -117,8 +154,10 @@ class DeadLetterStore:
         if eid is None:
             return None
         entry = self.get(eid.decode() if isinstance(eid, bytes) else eid)
-        if entry is None or (entry["status"] == RESOLVED) or (
-            entry["status"] == NEEDS_HUMAN and entry["alerted"]
+        if (
+            entry is None
+            or (entry["status"] == RESOLVED)
+            or (entry["status"] == NEEDS_HUMAN and entry["alerted"])
         ):
             self.redis.zrem(DUE, eid)
             return None

@@ -61,19 +61,28 @@ class SagaTask(Task):
         except (Ignore, Reject):
             raise
         except Retry as retry:
-            log.warning("retrying %s attempt=%s in=%ss error=%r", fields,
-                        self.request.retries + 1, retry.when, str(retry.exc))
+            log.warning(
+                "retrying %s attempt=%s in=%ss error=%r",
+                fields,
+                self.request.retries + 1,
+                retry.when,
+                str(retry.exc),
+            )
             raise
         except BusinessError:
             raise  # recorded by the saga; the link_error callback compensates
         except AlreadyCompensated:
             log.info("ignored late delivery %s: already compensated", fields)
-            raise Ignore()
+            raise Ignore() from None
         except Exception as exc:
             log.error("retries exhausted %s error=%r", fields, str(exc))
             if not self.dead_letter_on_exhaustion:
                 raise
-            self.saga.dead_letter(order_id, self.saga_name,
-                                  args[0] if isinstance(args[0], dict) else {"order_id": order_id},
-                                  exc, task=self.name)
+            self.saga.dead_letter(
+                order_id,
+                self.saga_name,
+                args[0] if isinstance(args[0], dict) else {"order_id": order_id},
+                exc,
+                task=self.name,
+            )
             raise

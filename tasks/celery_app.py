@@ -18,8 +18,9 @@ from tasks.steps import register_steps
 
 def _routes() -> dict:
     routes = {f"saga.{s.name}": {"queue": s.queue} for s in SAGA}
-    routes.update({f"compensations.{s.compensation}": {"queue": s.queue}
-                   for s in SAGA if s.compensation})
+    routes.update(
+        {f"compensations.{s.compensation}": {"queue": s.queue} for s in SAGA if s.compensation}
+    )
     routes["saga.step_failed"] = {"queue": "orders"}
     routes["coupons.process_issue_request"] = {"queue": "coupons"}
     return routes

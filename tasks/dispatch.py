@@ -16,8 +16,10 @@ class CeleryDispatcher:
         # The errback goes on every signature, not on the chain: errbacks attached to a
         # whole chain are lost when chains are composed in several Celery versions.
         errback = self.app.signature(
-            "saga.step_failed", args=({"order_id": order_id, "step": name},),
-            immutable=True, queue="orders",
+            "saga.step_failed",
+            args=({"order_id": order_id, "step": name},),
+            immutable=True,
+            queue="orders",
         )
         sig = self.app.signature(f"saga.{name}", args=args, queue=queue_of(name))
         sig.link_error(errback)
@@ -32,11 +34,14 @@ class CeleryDispatcher:
 
     def compensate(self, order_id: int, compensations: list[str]) -> None:
         """Run compensations newest first, each on its own service's queue."""
-        chain(*[
-            self.app.signature(f"compensations.{name}", args=(order_id,), immutable=True,
-                               queue=queue_of(name))
-            for name in compensations
-        ]).apply_async()
+        chain(
+            *[
+                self.app.signature(
+                    f"compensations.{name}", args=(order_id,), immutable=True, queue=queue_of(name)
+                )
+                for name in compensations
+            ]
+        ).apply_async()
 
     def issue_coupon(self, request_id: int) -> None:
         self.app.send_task("coupons.process_issue_request", args=(request_id,), queue="coupons")

@@ -30,23 +30,44 @@ def _step_task(name: str):
 def register_steps(app, settings) -> None:
     for step in SAGA:
         # shared=False: each app gets its own tasks; shared ones leak into every later app.
-        app.task(_step_task(step.name), bind=True, shared=False, base=SagaTask, name=f"saga.{step.name}",
-                 saga_name=step.name, **retry_options(settings))
+        app.task(
+            _step_task(step.name),
+            bind=True,
+            shared=False,
+            base=SagaTask,
+            name=f"saga.{step.name}",
+            saga_name=step.name,
+            **retry_options(settings),
+        )
 
     # Helper tasks retry transient errors for as long as it takes, with capped backoff.
-    helper_options = {**retry_options(settings), "max_retries": None,
-                      "dead_letter_on_exhaustion": False}
+    helper_options = {
+        **retry_options(settings),
+        "max_retries": None,
+        "dead_letter_on_exhaustion": False,
+    }
 
-    @app.task(bind=True, shared=False, base=SagaTask, name="saga.step_failed", saga_name="step_failed",
-              **helper_options)
+    @app.task(
+        bind=True,
+        shared=False,
+        base=SagaTask,
+        name="saga.step_failed",
+        saga_name="step_failed",
+        **helper_options,
+    )
     def step_failed(self, failure: dict) -> str:
         """link_error callback of every step: compensate, or leave it to the DLQ. Takes one
         argument so Celery sends it as a queued task rather than running it inline."""
         return self.saga.step_failed(failure["order_id"], failure["step"])
 
-    @app.task(bind=True, shared=False, base=SagaTask,
-              name="coupons.process_issue_request",
-              saga_name="issue_coupon", **helper_options)
+    @app.task(
+        bind=True,
+        shared=False,
+        base=SagaTask,
+        name="coupons.process_issue_request",
+        saga_name="issue_coupon",
+        **helper_options,
+    )
     def process_issue_request(self, request_id: int) -> dict:
         """Serve one coupon issue request, first come first served."""
         return self.app.lazy_saga.runtime.issue_requests.process(request_id)

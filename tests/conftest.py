@@ -32,8 +32,10 @@ def provision_databases(backend: str, tmp_path_factory) -> tuple[dict[str, str],
         pg = PostgresDatabases(postgres_admin_url())
         return pg.create(), pg.drop
     folder = tmp_path_factory.mktemp("sqlite")
-    return {s: f"sqlite:///{folder / f'{s}.db'}" for s in
-            ("orders", "products", "balances", "coupons", "dataplatform")}, lambda: None
+    return {
+        s: f"sqlite:///{folder / f'{s}.db'}"
+        for s in ("orders", "products", "balances", "coupons", "dataplatform")
+    }, lambda: None
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +53,15 @@ def primary_backend() -> str:
 @pytest.fixture(scope="session")
 def stack_env(redis_server, primary_backend, tmp_path_factory):
     urls, drop = provision_databases(primary_backend, tmp_path_factory)
-    env = {"REDIS_URL": redis_server.url, **database_env(urls), **FAST_TIMINGS,
-           "SAGA_FAULTS": "", "SAGA_FAULTS_ENABLED": "0", "SLACK_WEBHOOK_URL": "",
-           "SLACK_BOT_TOKEN": ""}
+    env = {
+        "REDIS_URL": redis_server.url,
+        **database_env(urls),
+        **FAST_TIMINGS,
+        "SAGA_FAULTS": "",
+        "SAGA_FAULTS_ENABLED": "0",
+        "SLACK_WEBHOOK_URL": "",
+        "SLACK_BOT_TOKEN": "",
+    }
     migrate(env)
     yield env
     drop()

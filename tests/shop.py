@@ -22,15 +22,22 @@ class Shop:
         return user_id
 
     def product(self, stock: int = 10, price: int = 100) -> int:
-        return self.ok(self.client.post("/products", json={"name": "widget", "price": price,
-                                                           "stock": stock}), 201)["id"]
+        return self.ok(
+            self.client.post("/products", json={"name": "widget", "price": price, "stock": stock}),
+            201,
+        )["id"]
 
     def coupon_for(self, user_id: int, discount: int = 30) -> int:
         """Issue one coupon to the user through the real issue flow; the issued coupon id."""
-        coupon = self.ok(self.client.post("/coupons", json={"name": "promo", "discount": discount,
-                                                            "quantity": 1}), 201)
-        req = self.ok(self.client.post(f"/coupons/{coupon['id']}/issue",
-                                       json={"user_id": user_id}), 202)
+        coupon = self.ok(
+            self.client.post(
+                "/coupons", json={"name": "promo", "discount": discount, "quantity": 1}
+            ),
+            201,
+        )
+        req = self.ok(
+            self.client.post(f"/coupons/{coupon['id']}/issue", json={"user_id": user_id}), 202
+        )
         done = wait_for(lambda: self._issued(req["request_id"]), 20, what="coupon issue")
         return done["issued_coupon_id"]
 
@@ -38,19 +45,31 @@ class Shop:
         body = self.client.get(f"/coupons/requests/{request_id}").get_json()
         return body if body["status"] != "PENDING" else None
 
-    def order(self, user_id: int, product_id: int, quantity: int = 1,
-              issued_coupon_id: int | None = None, key: str | None = None) -> int:
+    def order(
+        self,
+        user_id: int,
+        product_id: int,
+        quantity: int = 1,
+        issued_coupon_id: int | None = None,
+        key: str | None = None,
+    ) -> int:
         headers = {"Idempotency-Key": key} if key else {}
-        body = {"user_id": user_id, "items": [{"product_id": product_id, "quantity": quantity}],
-                "issued_coupon_id": issued_coupon_id}
+        body = {
+            "user_id": user_id,
+            "items": [{"product_id": product_id, "quantity": quantity}],
+            "issued_coupon_id": issued_coupon_id,
+        }
         return self.ok(self.client.post("/orders", json=body, headers=headers), 202)["order_id"]
 
     def get_order(self, order_id: int) -> dict:
         return self.ok(self.client.get(f"/orders/{order_id}"))
 
     def wait_order(self, order_id: int, statuses=FINAL, timeout: float = 60) -> dict:
-        return wait_for(lambda: (o := self.get_order(order_id))["status"] in statuses and o,
-                        timeout, what=f"order {order_id} to reach {statuses}")
+        return wait_for(
+            lambda: (o := self.get_order(order_id))["status"] in statuses and o,
+            timeout,
+            what=f"order {order_id} to reach {statuses}",
+        )
 
     def stock(self, product_id: int) -> int:
         return self.ok(self.client.get(f"/products/{product_id}"))["stock"]
@@ -67,8 +86,9 @@ class Shop:
 
     def ledger(self, service_module, db_name: str, order_id: int) -> dict[str, str]:
         with self.rt.databases[db_name].read() as session:
-            rows = session.scalars(select(service_module.Ledger)
-                                   .where(service_module.Ledger.order_id == order_id))
+            rows = session.scalars(
+                select(service_module.Ledger).where(service_module.Ledger.order_id == order_id)
+            )
             return {row.step: row.status for row in rows}
 
     def issued_coupon(self, issued_coupon_id: int) -> dict:
@@ -80,16 +100,28 @@ class Shop:
     def snapshot(self) -> dict:
         """Every row of every service's database, to prove a request changed nothing."""
         tables = {}
-        for name, module in (("orders", orders), ("products", products), ("balances", balances),
-                             ("coupons", coupons), ("dataplatform", dataplatform)):
+        for name, module in (
+            ("orders", orders),
+            ("products", products),
+            ("balances", balances),
+            ("coupons", coupons),
+            ("dataplatform", dataplatform),
+        ):
             with self.rt.databases[name].read() as session:
                 for table in module.Base.metadata.sorted_tables:
                     rows = session.execute(select(table)).all()
                     tables[f"{name}.{table.name}"] = sorted(map(tuple, rows), key=repr)
         return tables
 
-    def check_invariants(self, order_ids: list[int], product_id: int, initial_stock: int,
-                         user_id: int, charged: int, issued_coupon_id: int | None = None):
+    def check_invariants(
+        self,
+        order_ids: list[int],
+        product_id: int,
+        initial_stock: int,
+        user_id: int,
+        charged: int,
+        issued_coupon_id: int | None = None,
+    ):
         """Stock and money are conserved, and only what an order still holds is taken."""
         held_units, held_money = 0, 0
         coupon_holders = []
@@ -106,15 +138,22 @@ class Shop:
                 assert not holds_stock and not holds_money, (order_id, stock_ledger, money_ledger)
                 assert coupon_ledger.get("use_coupon") != APPLIED
             if holds_stock:
-                held_units += sum(i["quantity"] for i in order["items"]
-                                  if i["product_id"] == product_id)
+                held_units += sum(
+                    i["quantity"] for i in order["items"] if i["product_id"] == product_id
+                )
             if holds_money:
                 held_money += order["paid"]
             if coupon_ledger.get("use_coupon") == APPLIED:
                 coupon_holders.append((order_id, order["status"]))
-            expected_records = 1 if order["status"] == "COMPLETED" and any(
-                s["name"] == "publish_order" and s["status"] == "succeeded"
-                for s in order["steps"]) else 0
+            expected_records = (
+                1
+                if order["status"] == "COMPLETED"
+                and any(
+                    s["name"] == "publish_order" and s["status"] == "succeeded"
+                    for s in order["steps"]
+                )
+                else 0
+            )
             assert self.published(order_id) == expected_records, order_id
         assert self.stock(product_id) + held_units == initial_stock
         assert self.balance(user_id) + held_money == charged

@@ -28,7 +28,7 @@ class Stack:
         self._pg: PostgresDatabases | None = None
         self._user_ids = itertools.count(5_000)
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         from app import create_app
 
         self.redis.start()
@@ -37,9 +37,16 @@ class Stack:
             urls = self._pg.create()
         else:
             urls = {s: f"sqlite:///{self.workdir / f'{s}.db'}" for s in SERVICES}
-        self.env = {"REDIS_URL": self.redis.url, **database_env(urls), **FAST_TIMINGS,
-                    "SAGA_FAULTS": "", "SAGA_FAULTS_ENABLED": "0", "SLACK_WEBHOOK_URL": "",
-                    "SLACK_BOT_TOKEN": "", **self.extra_env}
+        self.env = {
+            "REDIS_URL": self.redis.url,
+            **database_env(urls),
+            **FAST_TIMINGS,
+            "SAGA_FAULTS": "",
+            "SAGA_FAULTS_ENABLED": "0",
+            "SLACK_WEBHOOK_URL": "",
+            "SLACK_BOT_TOKEN": "",
+            **self.extra_env,
+        }
         migrate(self.env)
         self.settings = Settings.from_env({**os.environ, **self.env})
         self.app = create_app(self.settings)
@@ -51,6 +58,19 @@ class Stack:
     def worker(self, faults: str = "", **env) -> WorkerProcess:
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
         return WorkerProcess({**self.env, **fault_env, **env}, self.workdir / "logs").start()
+
+    def dlq_worker(self, faults: str = "", **env):
+        from tests.support import DeadLetterWorkerProcess
+
+        fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
+        return DeadLetterWorkerProcess(
+            {**self.env, **fault_env, **env}, self.workdir / "logs"
+        ).start()
+
+    def cli(self, *args: str, stdin: str | None = None, **env):
+        from tests.support import run_cli
+
+        return run_cli({**self.env, **env}, *args, stdin=stdin)
 
     def stop(self) -> None:
         self.rt.dispose()

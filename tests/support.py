@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 
-from config.settings import REPO_ROOT, SERVICES
 from app.saga.definition import QUEUES
+from config.settings import REPO_ROOT, SERVICES
 
 # Short limits and delays so failure tests finish in seconds; the relations the settings
 # validate (visibility timeout above the longest retry delay plus the hard limit) still hold.
@@ -68,14 +68,28 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persist
-                       else ["--appendonly", "no"])
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persist
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", str(self.workdir), *persistence],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(self.workdir),
+                *persistence,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self._answers, 10, what="redis-server to answer")
         return self
@@ -134,8 +148,13 @@ def database_env(urls: dict[str, str]) -> dict[str, str]:
 
 
 def migrate(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "app.schema"], env={**os.environ, **env}, check=True,
-                   cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "app.schema"],
+        env={**os.environ, **env},
+        check=True,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 class WorkerProcess:
@@ -148,19 +167,41 @@ class WorkerProcess:
         self.concurrency = concurrency
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
-             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "-P", "prefork",
-             "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
-             "--loglevel", "INFO"],
-            cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.worker",
+                "worker",
+                "-Q",
+                ",".join(self.queues),
+                "-c",
+                str(self.concurrency),
+                "-P",
+                "prefork",
+                "-n",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: b"ready." in self.log_path.read_bytes() or self.proc.poll() is not None,
-                 30, what="celery worker to be ready")
+        wait_for(
+            lambda: b"ready." in self.log_path.read_bytes() or self.proc.poll() is not None,
+            30,
+            what="celery worker to be ready",
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
         return self
@@ -182,3 +223,43 @@ class WorkerProcess:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._log.close()
+
+
+class DeadLetterWorkerProcess(WorkerProcess):
+    """The real `python -m dlq worker` process."""
+
+    def start(self) -> DeadLetterWorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dlq", "worker"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(
+            lambda: (
+                b"DLQ worker started" in self.log_path.read_bytes() or self.proc.poll() is not None
+            ),
+            30,
+            what="DLQ worker to start",
+        )
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"DLQ worker exited: {self.log()[-3000:]}")
+        return self
+
+
+def run_cli(env: dict[str, str], *args: str, stdin: str | None = None):
+    """Run `python -m dlq ...` for real and return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "dlq", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+    )

@@ -40,11 +40,19 @@ def _cases(product, coupon_id):
         ("POST", "/orders", {**order, "user_id": -1}, 422),
         ("POST", "/orders", {"user_id": 1, "items": [{"product_id": product, "quantity": 0}]}, 422),
         ("POST", "/orders", {"user_id": 1, "items": [{"product_id": product}]}, 422),
-        ("POST", "/orders", {"user_id": 1, "items": [{"product_id": UNKNOWN, "quantity": 1}]},
-         404),
-        ("POST", "/orders", {"user_id": 1, "items": [{"product_id": product, "quantity": 1},
-                                                     {"product_id": product, "quantity": 2}]},
-         422),
+        ("POST", "/orders", {"user_id": 1, "items": [{"product_id": UNKNOWN, "quantity": 1}]}, 404),
+        (
+            "POST",
+            "/orders",
+            {
+                "user_id": 1,
+                "items": [
+                    {"product_id": product, "quantity": 1},
+                    {"product_id": product, "quantity": 2},
+                ],
+            },
+            422,
+        ),
         ("POST", "/orders", {**order, "issued_coupon_id": UNKNOWN}, 404),
         ("POST", "/orders", {**order, "issued_coupon_id": "x"}, 422),
         ("POST", "/orders", "{broken json", 400),
@@ -70,8 +78,9 @@ def test_bad_input_answers_4xx_json_and_changes_nothing(shop, client, existing, 
     before = shop.snapshot()
 
     if isinstance(body, str):
-        response = client.open(path, method=method, data=body,
-                               headers={"Content-Type": "application/json"})
+        response = client.open(
+            path, method=method, data=body, headers={"Content-Type": "application/json"}
+        )
     else:
         response = client.open(path, method=method, json=body)
 
@@ -84,8 +93,11 @@ def test_bad_input_answers_4xx_json_and_changes_nothing(shop, client, existing, 
 def test_oversized_idempotency_key_is_refused(shop, client, existing):
     product, _ = existing
     before = shop.snapshot()
-    response = client.post("/orders", headers={"Idempotency-Key": "k" * 300},
-                           json={"user_id": 1, "items": [{"product_id": product, "quantity": 1}]})
+    response = client.post(
+        "/orders",
+        headers={"Idempotency-Key": "k" * 300},
+        json={"user_id": 1, "items": [{"product_id": product, "quantity": 1}]},
+    )
     assert response.status_code == 400
     assert "Idempotency-Key" in response.get_json()["error"]["message"]
     assert shop.snapshot() == before

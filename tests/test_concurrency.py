@@ -23,13 +23,18 @@ def api(stack_env, tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("gunicorn") / "gunicorn.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "3",
-         "app.wsgi:app"],
-        cwd=REPO_ROOT, env={**os.environ, **stack_env}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "3", "app.wsgi:app"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **stack_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _get(base, "/healthz")[0] == 200 if proc.poll() is None else True, 30,
-             what="gunicorn")
+    wait_for(
+        lambda: _get(base, "/healthz")[0] == 200 if proc.poll() is None else True,
+        30,
+        what="gunicorn",
+    )
     assert proc.poll() is None, "gunicorn exited"
     yield base
     proc.terminate()
@@ -48,8 +53,12 @@ def _get(base, path):
 
 
 def _post(base, path, body):
-    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -64,20 +73,33 @@ def test_200_concurrent_issue_requests_issue_exactly_quantity_and_never_twice_to
     users = [20_000 + i for i in range(150)] + [20_000 + i for i in range(50)]
 
     with ThreadPoolExecutor(max_workers=40) as pool:
-        answers = list(pool.map(
-            lambda user: _post(api, f"/coupons/{coupon['id']}/issue", {"user_id": user}), users))
+        answers = list(
+            pool.map(
+                lambda user: _post(api, f"/coupons/{coupon['id']}/issue", {"user_id": user}), users
+            )
+        )
 
     assert all(status == 202 for status, _ in answers)
     ids = [body["request_id"] for _, body in answers]
-    final = wait_for(lambda: (r := [_get(api, f"/coupons/requests/{i}")[1] for i in ids])
-                     and all(x["status"] != "PENDING" for x in r) and r, 120,
-                     what="every issue request to be served")
+    final = wait_for(
+        lambda: (
+            (r := [_get(api, f"/coupons/requests/{i}")[1] for i in ids])
+            and all(x["status"] != "PENDING" for x in r)
+            and r
+        ),
+        120,
+        what="every issue request to be served",
+    )
     issued = [r for r in final if r["status"] == "ISSUED"]
     assert len(issued) == 50
     assert len({r["user_id"] for r in issued}) == 50
     assert _get(api, f"/coupons/{coupon['id']}")[1]["issued"] == 50
-    holders = [c for u in set(users) for c in _get(api, f"/users/{u}/coupons")[1]
-               if c["coupon_id"] == coupon["id"]]
+    holders = [
+        c
+        for u in set(users)
+        for c in _get(api, f"/users/{u}/coupons")[1]
+        if c["coupon_id"] == coupon["id"]
+    ]
     assert len(holders) == 50
 
 
@@ -88,13 +110,26 @@ def test_100_concurrent_orders_never_oversell_and_never_charge_a_failed_order(ap
         assert _post(api, f"/balances/{user}/charge", {"amount": 1_000})[0] == 200
 
     with ThreadPoolExecutor(max_workers=40) as pool:
-        answers = list(pool.map(lambda user: _post(api, "/orders", {
-            "user_id": user, "items": [{"product_id": product["id"], "quantity": 1}]}), users))
+        answers = list(
+            pool.map(
+                lambda user: _post(
+                    api,
+                    "/orders",
+                    {"user_id": user, "items": [{"product_id": product["id"], "quantity": 1}]},
+                ),
+                users,
+            )
+        )
     assert all(status == 202 for status, _ in answers)
     orders = wait_for(
-        lambda: (o := [_get(api, f"/orders/{b['order_id']}")[1] for _, b in answers])
-        and all(x["status"] in ("COMPLETED", "FAILED") for x in o) and o,
-        180, what="all 100 orders to finish")
+        lambda: (
+            (o := [_get(api, f"/orders/{b['order_id']}")[1] for _, b in answers])
+            and all(x["status"] in ("COMPLETED", "FAILED") for x in o)
+            and o
+        ),
+        180,
+        what="all 100 orders to finish",
+    )
 
     completed = [o for o in orders if o["status"] == "COMPLETED"]
     failed = [o for o in orders if o["status"] == "FAILED"]

@@ -44,15 +44,27 @@ def step_cases() -> list[Case]:
     for step in SAGA:
         after_success = step.compensation is None  # publish_order: the order already succeeded
         cases += [
-            Case(step.name, "business", f"{step.name}:business",
-                 "COMPLETED" if after_success else "FAILED",
-                 "dead_lettered" if after_success else "failed", 1,
-                 "publish" if after_success else None),
-            Case(step.name, "timeout-recovers", f"{step.name}:timeout:1", "COMPLETED",
-                 "succeeded", 2),
-            Case(step.name, "timeout-exhausts", f"{step.name}:timeout",
-                 "COMPLETED" if after_success else "NEEDS_ATTENTION", "dead_lettered",
-                 MAX_ATTEMPTS, "publish" if after_success else "step"),
+            Case(
+                step.name,
+                "business",
+                f"{step.name}:business",
+                "COMPLETED" if after_success else "FAILED",
+                "dead_lettered" if after_success else "failed",
+                1,
+                "publish" if after_success else None,
+            ),
+            Case(
+                step.name, "timeout-recovers", f"{step.name}:timeout:1", "COMPLETED", "succeeded", 2
+            ),
+            Case(
+                step.name,
+                "timeout-exhausts",
+                f"{step.name}:timeout",
+                "COMPLETED" if after_success else "NEEDS_ATTENTION",
+                "dead_lettered",
+                MAX_ATTEMPTS,
+                "publish" if after_success else "step",
+            ),
             Case(step.name, "crash", f"{step.name}:crash:1", "COMPLETED", "succeeded", 2),
         ]
     return cases
@@ -66,12 +78,34 @@ def compensation_cases() -> list[Case]:
         trigger = "use_coupon:timeout" if name == "restore_coupon" else "use_coupon:business"
         gives_up = name == "restore_coupon"
         cases += [
-            Case(name, "error-recovers", f"{trigger},{name}:transient:1", "FAILED", "succeeded",
-                 2, operator_gives_up=gives_up),
-            Case(name, "error-exhausts", f"{trigger},{name}:transient", "NEEDS_ATTENTION",
-                 "dead_lettered", MAX_ATTEMPTS, "compensation", operator_gives_up=gives_up),
-            Case(name, "crash", f"{trigger},{name}:crash:1", "FAILED", "succeeded", 2,
-                 operator_gives_up=gives_up),
+            Case(
+                name,
+                "error-recovers",
+                f"{trigger},{name}:transient:1",
+                "FAILED",
+                "succeeded",
+                2,
+                operator_gives_up=gives_up,
+            ),
+            Case(
+                name,
+                "error-exhausts",
+                f"{trigger},{name}:transient",
+                "NEEDS_ATTENTION",
+                "dead_lettered",
+                MAX_ATTEMPTS,
+                "compensation",
+                operator_gives_up=gives_up,
+            ),
+            Case(
+                name,
+                "crash",
+                f"{trigger},{name}:crash:1",
+                "FAILED",
+                "succeeded",
+                2,
+                operator_gives_up=gives_up,
+            ),
         ]
     return cases
 
@@ -123,12 +157,23 @@ def test_failure_matrix(stack, case: Case):
 def _settled(shop, order_id: int, case: Case) -> dict:
     """Wait for the final status and for the saga log to stop moving."""
     shop.wait_order(order_id, (case.status,), timeout=90)
+
     # The order's status can be final while work is still moving: publish_order runs after
     # completion, and a crashed cancel_order is redelivered after it already committed.
-    settled = ("succeeded", "skipped", "failed", "dead_lettered")
-    watched = [case.target] + (["publish_order"] if case.status == "COMPLETED" else [])
-    wait_for(lambda: all(s["status"] in settled for s in shop.get_order(order_id)["steps"]
-                         if s["name"] in watched), 60, what=f"{watched} to settle")
+    def status_of(name):
+        return next(s["status"] for s in shop.get_order(order_id)["steps"] if s["name"] == name)
+
+    wait_for(
+        lambda: status_of(case.target) == case.target_status,
+        60,
+        what=f"{case.target} to be {case.target_status} (it is {status_of(case.target)})",
+    )
+    if case.status == "COMPLETED":
+        wait_for(
+            lambda: status_of("publish_order") in ("succeeded", "dead_lettered"),
+            60,
+            what="publish_order to settle",
+        )
     return shop.get_order(order_id)
 
 
@@ -144,7 +189,7 @@ def _check_route(case: Case, order: dict, steps: dict) -> None:
         if case.operator_gives_up:
             expected = ["restore_coupon", *expected]
         assert compensations == expected
-        later = compensations[compensations.index(case.target) + 1:]
+        later = compensations[compensations.index(case.target) + 1 :]
         if case.kind == "error-exhausts":
             assert all(steps[c]["status"] == "pending" for c in later)
         else:

@@ -23,7 +23,12 @@ def test_completed_order_changes_stock_balance_coupon_and_data_platform_exactly_
     assert shop.issued_coupon(coupon)["status"] == "USED"
     shop.wait_order(order_id, timeout=10)
     assert [s["name"] for s in order["steps"]] == [
-        "create_order", "decrease_stock", "use_balance", "use_coupon", "publish_order"]
+        "create_order",
+        "decrease_stock",
+        "use_balance",
+        "use_coupon",
+        "publish_order",
+    ]
     final = shop.get_order(order_id)
     assert all(s["status"] == "succeeded" and s["attempts"] == 1 for s in final["steps"])
     assert shop.published(order_id) == 1
@@ -90,8 +95,11 @@ def test_same_idempotency_key_runs_one_saga(shop, client):
     product = shop.product(stock=10, price=100)
 
     first = shop.order(user, product, quantity=3, key="checkout-42")
-    replay = client.post("/orders", headers={"Idempotency-Key": "checkout-42"},
-                         json={"user_id": user, "items": [{"product_id": product, "quantity": 3}]})
+    replay = client.post(
+        "/orders",
+        headers={"Idempotency-Key": "checkout-42"},
+        json={"user_id": user, "items": [{"product_id": product, "quantity": 3}]},
+    )
 
     assert replay.status_code == 202
     assert replay.get_json()["order_id"] == first
@@ -107,8 +115,11 @@ def test_idempotency_key_reused_for_a_different_order_is_refused(shop, client):
     shop.wait_order(shop.order(user, product, quantity=1, key="basket-7"))
     before = shop.snapshot()
 
-    clash = client.post("/orders", headers={"Idempotency-Key": "basket-7"},
-                        json={"user_id": user, "items": [{"product_id": product, "quantity": 2}]})
+    clash = client.post(
+        "/orders",
+        headers={"Idempotency-Key": "basket-7"},
+        json={"user_id": user, "items": [{"product_id": product, "quantity": 2}]},
+    )
 
     assert clash.status_code == 409
     assert clash.get_json()["error"]["code"] == "conflict"

@@ -19,9 +19,14 @@ def _deliver_again(flask_app, rt, task: str, args: tuple, order_id: int, name: s
     celery = flask_app.extensions["celery"]
     for _ in range(times):
         celery.send_task(task, args=args, queue=queue_of(name))
-    wait_for(lambda: (s := rt.saga_log.step(order_id, name))["attempts"] == before + times
-             and s["status"] in ("succeeded", "skipped", "refused"), 30,
-             what=f"{name} to run {times} more times")
+    wait_for(
+        lambda: (
+            (s := rt.saga_log.step(order_id, name))["attempts"] == before + times
+            and s["status"] in ("succeeded", "skipped", "refused")
+        ),
+        30,
+        what=f"{name} to run {times} more times",
+    )
 
 
 def test_every_step_delivered_twice_changes_nothing(shop, flask_app, rt):

@@ -23,8 +23,10 @@ def error_response(status: int, code: str, message: str, details=None):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _invalid(exc: ValidationError):
-        details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                   for e in exc.errors(include_url=False, include_input=False)]
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
         return error_response(422, "invalid_request", "the request body is not valid", details)
 
     @app.errorhandler(DomainError)

@@ -95,19 +95,27 @@ def place_order():
     rt.products.prices([item["product_id"] for item in items])
     if body.issued_coupon_id is not None:
         rt.issued_coupons.get(body.issued_coupon_id)
-    order, created = rt.orders.place(body.user_id, items, body.issued_coupon_id, key,
-                                     plan=_saga().plan())
+    order, created = rt.orders.place(
+        body.user_id, items, body.issued_coupon_id, key, plan=_saga().plan()
+    )
     if created:
         try:
             _saga().start(order["order_id"])
         except Exception as exc:  # the broker is down: say so, and don't leave a ghost
-            current_app.logger.error("could not start saga order_id=%s error=%r",
-                                     order["order_id"], str(exc))
+            current_app.logger.error(
+                "could not start saga order_id=%s error=%r", order["order_id"], str(exc)
+            )
             rt.orders.cancel(order["order_id"], "the saga could not be started: broker unavailable")
-            return error_response(503, "broker_unavailable",
-                                  "the order could not be started; try again")
-    response = jsonify({"order_id": order["order_id"], "status": order["status"],
-                        "links": {"self": f"/orders/{order['order_id']}"}})
+            return error_response(
+                503, "broker_unavailable", "the order could not be started; try again"
+            )
+    response = jsonify(
+        {
+            "order_id": order["order_id"],
+            "status": order["status"],
+            "links": {"self": f"/orders/{order['order_id']}"},
+        }
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
@@ -135,4 +143,5 @@ def healthz():
             checks[name] = f"error: {type(exc).__name__}"
     healthy = all(value == "ok" for value in checks.values())
     return jsonify({"status": "ok" if healthy else "degraded", "checks": checks}), (
-        200 if healthy else 503)
+        200 if healthy else 503
+    )

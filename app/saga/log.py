@@ -40,8 +40,14 @@ class SagaLog:
     def _row(self, session, order_id: int, name: str, kind: str = "step") -> SagaStep:
         row = session.get(SagaStep, (order_id, name), with_for_update=True)
         if row is None:
-            row = SagaStep(order_id=order_id, name=name, kind=kind, status=PENDING_STEP,
-                           attempts=0, position=COMPENSATION_POSITION)
+            row = SagaStep(
+                order_id=order_id,
+                name=name,
+                kind=kind,
+                status=PENDING_STEP,
+                attempts=0,
+                position=COMPENSATION_POSITION,
+            )
             session.add(row)
         return row
 
@@ -56,8 +62,16 @@ class SagaLog:
             row = self._row(session, order_id, name)
             row.status, row.error = RETRYING, _error_text(error)
 
-    def succeeded(self, order_id: int, name: str, detail: str, *, skipped: bool = False,
-                  completes_order: bool = False, payment: tuple[int, str] | None = None) -> None:
+    def succeeded(
+        self,
+        order_id: int,
+        name: str,
+        detail: str,
+        *,
+        skipped: bool = False,
+        completes_order: bool = False,
+        payment: tuple[int, str] | None = None,
+    ) -> None:
         with self.db.write() as session:
             row = self._row(session, order_id, name)
             row.status = SKIPPED if skipped else SUCCEEDED
@@ -79,10 +93,14 @@ class SagaLog:
                 order.updated_at = utcnow()
 
     def _anything_stuck(self, session, order_id: int) -> bool:
-        return session.scalar(
-            select(SagaStep.name).where(SagaStep.order_id == order_id,
-                                        SagaStep.status == DEAD_LETTERED).limit(1)
-        ) is not None
+        return (
+            session.scalar(
+                select(SagaStep.name)
+                .where(SagaStep.order_id == order_id, SagaStep.status == DEAD_LETTERED)
+                .limit(1)
+            )
+            is not None
+        )
 
     def failed(self, order_id: int, name: str, error: BaseException | str) -> None:
         """A business error: the step did not apply and will not be retried."""
@@ -95,8 +113,9 @@ class SagaLog:
             row = self._row(session, order_id, name)
             row.status, row.detail, row.finished_at = REFUSED, reason, utcnow()
 
-    def dead_lettered(self, order_id: int, name: str, error: BaseException | str,
-                      keep_order_status: bool) -> None:
+    def dead_lettered(
+        self, order_id: int, name: str, error: BaseException | str, keep_order_status: bool
+    ) -> None:
         """Retries ran out: the work is parked in the DLQ and a human may be needed."""
         with self.db.write() as session:
             row = self._row(session, order_id, name)
@@ -107,8 +126,9 @@ class SagaLog:
                 order.failed_step = order.failed_step or name
                 order.failure_reason = order.failure_reason or f"{name} is stuck: {row.error}"
 
-    def begin_compensation(self, order_id: int, failed_step: str, reason: str,
-                           compensations: list[str]) -> None:
+    def begin_compensation(
+        self, order_id: int, failed_step: str, reason: str, compensations: list[str]
+    ) -> None:
         """Record why the order fails and which compensations it is owed, newest first."""
         with self.db.write() as session:
             order = session.get(Order, order_id, with_for_update=True)
@@ -126,21 +146,28 @@ class SagaLog:
             row = session.get(SagaStep, (order_id, name))
             if row is None:
                 return None
-            return {"name": row.name, "kind": row.kind, "status": row.status,
-                    "attempts": row.attempts, "error": row.error, "detail": row.detail}
+            return {
+                "name": row.name,
+                "kind": row.kind,
+                "status": row.status,
+                "attempts": row.attempts,
+                "error": row.error,
+                "detail": row.detail,
+            }
 
     def statuses(self, order_id: int) -> dict[str, str]:
         with self.db.read() as session:
-            rows = session.execute(select(SagaStep.name, SagaStep.status)
-                                   .where(SagaStep.order_id == order_id))
+            rows = session.execute(
+                select(SagaStep.name, SagaStep.status).where(SagaStep.order_id == order_id)
+            )
             return {row.name: row.status for row in rows}
 
     def owed_compensations(self, order_id: int) -> list[str]:
         """Compensations recorded for this order that have not yet succeeded, in order."""
         with self.db.read() as session:
             rows = session.scalars(
-                select(SagaStep).where(SagaStep.order_id == order_id,
-                                       SagaStep.kind == "compensation")
+                select(SagaStep)
+                .where(SagaStep.order_id == order_id, SagaStep.kind == "compensation")
                 .order_by(SagaStep.position)
             )
             return [row.name for row in rows if row.status not in DONE]

@@ -66,8 +66,14 @@ class Saga:
             raise
         self.rt.faults.after(name, order_id)
         payment = (result["paid"], "PAID") if name == "use_balance" else None
-        self.log.succeeded(order_id, name, detail or "skipped: no coupon", skipped=detail is None,
-                           completes_order=name == saga.PIVOT, payment=payment)
+        self.log.succeeded(
+            order_id,
+            name,
+            detail or "skipped: no coupon",
+            skipped=detail is None,
+            completes_order=name == saga.PIVOT,
+            payment=payment,
+        )
         self.rt.dead_letters.resolve_work(order_id, name, "step succeeded")
         log.info("step succeeded order_id=%s step=%s detail=%r", order_id, name, detail)
         return result
@@ -102,13 +108,18 @@ class Saga:
         if step["status"] in (saga_log.RUNNING, saga_log.RETRYING, saga_log.PENDING_STEP, None):
             # Failed without reaching our own handler (hard time limit, lost worker):
             # park it like an exhausted retry rather than guess.
-            self.dead_letter(order_id, name, {"order_id": order_id},
-                             "failed outside the step (hard time limit or lost worker)")
+            self.dead_letter(
+                order_id,
+                name,
+                {"order_id": order_id},
+                "failed outside the step (hard time limit or lost worker)",
+            )
             return "dead_lettered"
         return "nothing to do"  # dead-lettered, refused or already done
 
-    def start_compensation(self, order_id: int, failed_step: str, reason: str | None,
-                           include_failed: bool) -> list[str]:
+    def start_compensation(
+        self, order_id: int, failed_step: str, reason: str | None, include_failed: bool
+    ) -> list[str]:
         """Undo, newest first, every step that applied. With include_failed, also void the
         failed step itself (it may or may not have run)."""
         statuses = self.log.statuses(order_id)
@@ -117,28 +128,53 @@ class Saga:
         if include_failed:
             owed.append(saga.SAGA[index])
         compensations = [s.compensation for s in reversed(owed) if s.compensation]
-        self.log.begin_compensation(order_id, failed_step, reason or f"{failed_step} failed",
-                                    compensations)
-        log.info("compensating order_id=%s failed_step=%s compensations=%s",
-                 order_id, failed_step, compensations)
+        self.log.begin_compensation(
+            order_id, failed_step, reason or f"{failed_step} failed", compensations
+        )
+        log.info(
+            "compensating order_id=%s failed_step=%s compensations=%s",
+            order_id,
+            failed_step,
+            compensations,
+        )
         if compensations:
             self.dispatcher.compensate(order_id, compensations)
         return compensations
 
-    def dead_letter(self, order_id: int, name: str, args: dict,
-                    error: BaseException | str, task: str | None = None) -> dict:
+    def dead_letter(
+        self,
+        order_id: int,
+        name: str,
+        args: dict,
+        error: BaseException | str,
+        task: str | None = None,
+    ) -> dict:
         """Retries ran out (classes 2, 3, 4): park the work in the DLQ."""
         kind = saga.kind_of(name)
         self.log.dead_lettered(order_id, name, error, keep_order_status=kind == "publish")
-        trace = ("".join(traceback.format_exception(error))[-4000:]
-                 if isinstance(error, BaseException) else "")
-        entry = self.rt.dead_letters.push(
-            order_id=order_id, name=name, kind=kind, task=task or f"saga.{name}", args=args,
-            error_class=type(error).__name__ if isinstance(error, BaseException) else "Error",
-            error=saga_log._error_text(error), traceback=trace,
+        trace = (
+            "".join(traceback.format_exception(error))[-4000:]
+            if isinstance(error, BaseException)
+            else ""
         )
-        log.error("dead-lettered order_id=%s step=%s kind=%s error=%r dlq_id=%s",
-                  order_id, name, kind, saga_log._error_text(error), entry["id"])
+        entry = self.rt.dead_letters.push(
+            order_id=order_id,
+            name=name,
+            kind=kind,
+            task=task or f"saga.{name}",
+            args=args,
+            error_class=type(error).__name__ if isinstance(error, BaseException) else "Error",
+            error=saga_log._error_text(error),
+            traceback=trace,
+        )
+        log.error(
+            "dead-lettered order_id=%s step=%s kind=%s error=%r dlq_id=%s",
+            order_id,
+            name,
+            kind,
+            saga_log._error_text(error),
+            entry["id"],
+        )
         return entry
 
     # --- after the DLQ or an operator ------------------------------------------------
@@ -146,6 +182,16 @@ class Saga:
     def retry(self, order_id: int, name: str) -> str:
         """Run parked work once, here, then let the saga continue on the queues. Raises
         what the work raises, except a business error, which starts compensation."""
+        try:
+            return self._retry(order_id, name)
+        except Exception as exc:
+            # Still failing: the work stays parked, and the log says so again.
+            self.log.dead_lettered(
+                order_id, name, exc, keep_order_status=saga.kind_of(name) == "publish"
+            )
+            raise
+
+    def _retry(self, order_id: int, name: str) -> str:
         if name in saga.BY_COMPENSATION:
             self.run_compensation(name, order_id)
             remaining = [c for c in self.log.owed_compensations(order_id) if c != name]
@@ -170,7 +216,8 @@ class Saga:
 
     def give_up(self, order_id: int, name: str) -> list[str]:
         """Stop retrying a stuck forward step and compensate instead (operator's call)."""
-        compensations = self.start_compensation(order_id, name, f"{name} abandoned by an operator",
-                                                include_failed=True)
+        compensations = self.start_compensation(
+            order_id, name, f"{name} abandoned by an operator", include_failed=True
+        )
         self.rt.dead_letters.resolve_work(order_id, name, "given up: compensating instead")
         return compensations

@@ -7,7 +7,7 @@ what to undo from its own service's ledger, so it needs nothing else.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def create_order(rt, ctx: dict) -> tuple[dict, str]:

@@ -72,18 +72,34 @@ Ledger = make_ledger_model(Base)
 
 
 def _coupon_view(c: Coupon) -> dict:
-    return {"id": c.id, "name": c.name, "discount": c.discount, "quantity": c.quantity,
-            "issued": c.issued}
+    return {
+        "id": c.id,
+        "name": c.name,
+        "discount": c.discount,
+        "quantity": c.quantity,
+        "issued": c.issued,
+    }
 
 
 def _issued_view(c: IssuedCoupon) -> dict:
-    return {"id": c.id, "coupon_id": c.coupon_id, "user_id": c.user_id, "status": c.status,
-            "order_id": c.order_id}
+    return {
+        "id": c.id,
+        "coupon_id": c.coupon_id,
+        "user_id": c.user_id,
+        "status": c.status,
+        "order_id": c.order_id,
+    }
 
 
 def _request_view(r: IssueRequest) -> dict:
-    return {"request_id": r.id, "coupon_id": r.coupon_id, "user_id": r.user_id,
-            "status": r.status, "reason": r.reason, "issued_coupon_id": r.issued_coupon_id}
+    return {
+        "request_id": r.id,
+        "coupon_id": r.coupon_id,
+        "user_id": r.user_id,
+        "status": r.status,
+        "reason": r.reason,
+        "issued_coupon_id": r.issued_coupon_id,
+    }
 
 
 class CouponService:
@@ -182,7 +198,9 @@ class IssuedCouponService:
     def for_user(self, user_id: int) -> list[dict]:
         with self.db.read() as session:
             rows = session.scalars(
-                select(IssuedCoupon).where(IssuedCoupon.user_id == user_id).order_by(IssuedCoupon.id)
+                select(IssuedCoupon)
+                .where(IssuedCoupon.user_id == user_id)
+                .order_by(IssuedCoupon.id)
             )
             return [_issued_view(c) for c in rows]
 
@@ -229,7 +247,10 @@ class IssuedCouponService:
         def undo(session, applied):
             session.execute(
                 update(IssuedCoupon)
-                .where(IssuedCoupon.id == applied["issued_coupon_id"], IssuedCoupon.order_id == order_id)
+                .where(
+                    IssuedCoupon.id == applied["issued_coupon_id"],
+                    IssuedCoupon.order_id == order_id,
+                )
                 .values(status=UNUSED, order_id=None)
             )
 

@@ -59,22 +59,34 @@ class DataPlatformService:
             record = session.get(OrderRecord, order["order_id"], with_for_update=True)
             if record is None:
                 record = OrderRecord(
-                    order_id=order["order_id"], user_id=order["user_id"], total=order["total"],
-                    discount=order["discount"], paid=order["paid"],
-                    items=json.dumps(order["items"]), streamed=False,
+                    order_id=order["order_id"],
+                    user_id=order["user_id"],
+                    total=order["total"],
+                    discount=order["discount"],
+                    paid=order["paid"],
+                    items=json.dumps(order["items"]),
+                    streamed=False,
                 )
                 session.add(record)
             if record.streamed:
                 return {"order_id": record.order_id, "streamed": True, "duplicate": True}
         # Append outside the transaction so a slow Redis never holds a database lock; a
         # crash between here and the flag below re-appends on redelivery (at least once).
-        self.stream.append({"order_id": str(order["order_id"]), "user_id": str(order["user_id"]),
-                            "total": str(order["total"]), "paid": str(order["paid"]),
-                            "items": json.dumps(order["items"])})
+        self.stream.append(
+            {
+                "order_id": str(order["order_id"]),
+                "user_id": str(order["user_id"]),
+                "total": str(order["total"]),
+                "paid": str(order["paid"]),
+                "items": json.dumps(order["items"]),
+            }
+        )
         with self.db.write() as session:
             session.get(OrderRecord, order["order_id"]).streamed = True
         return {"order_id": order["order_id"], "streamed": True, "duplicate": False}
 
     def count(self, order_id: int) -> int:
         with self.db.read() as session:
-            return len(session.scalars(select(OrderRecord).where(OrderRecord.order_id == order_id)).all())
+            return len(
+                session.scalars(select(OrderRecord).where(OrderRecord.order_id == order_id)).all()
+            )

@@ -45,7 +45,7 @@ class Order(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    items: Mapped[list["OrderItem"]] = relationship(order_by="OrderItem.id", lazy="selectin")
+    items: Mapped[list[OrderItem]] = relationship(order_by="OrderItem.id", lazy="selectin")
 
 
 class OrderItem(Base):
@@ -82,8 +82,9 @@ class SagaStep(Base):
 
 
 def fingerprint(user_id: int, items: list[dict], issued_coupon_id: int | None) -> str:
-    body = json.dumps({"user_id": user_id, "items": items, "coupon": issued_coupon_id},
-                      sort_keys=True)
+    body = json.dumps(
+        {"user_id": user_id, "items": items, "coupon": issued_coupon_id}, sort_keys=True
+    )
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -107,8 +108,14 @@ class OrderService:
     def __init__(self, db: Database):
         self.db = db
 
-    def place(self, user_id: int, items: list[dict], issued_coupon_id: int | None,
-              idempotency_key: str | None, plan: list[tuple[str, str]]) -> tuple[dict, bool]:
+    def place(
+        self,
+        user_id: int,
+        items: list[dict],
+        issued_coupon_id: int | None,
+        idempotency_key: str | None,
+        plan: list[tuple[str, str]],
+    ) -> tuple[dict, bool]:
         """Store a PENDING order and its saga plan. Returns (order, created); the same
         Idempotency-Key returns the first order and created=False."""
         print_ = fingerprint(user_id, items, issued_coupon_id)
@@ -118,15 +125,29 @@ class OrderService:
                 return existing, False
         try:
             with self.db.write() as session:
-                order = Order(user_id=user_id, issued_coupon_id=issued_coupon_id, status=PENDING,
-                              idempotency_key=idempotency_key, request_fingerprint=print_)
-                order.items = [OrderItem(product_id=i["product_id"], quantity=i["quantity"])
-                               for i in items]
+                order = Order(
+                    user_id=user_id,
+                    issued_coupon_id=issued_coupon_id,
+                    status=PENDING,
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=print_,
+                )
+                order.items = [
+                    OrderItem(product_id=i["product_id"], quantity=i["quantity"]) for i in items
+                ]
                 session.add(order)
                 session.flush()
                 for position, (name, kind) in enumerate(plan):
-                    session.add(SagaStep(order_id=order.id, name=name, kind=kind,
-                                         position=position, status="pending", attempts=0))
+                    session.add(
+                        SagaStep(
+                            order_id=order.id,
+                            name=name,
+                            kind=kind,
+                            position=position,
+                            status="pending",
+                            attempts=0,
+                        )
+                    )
                 order_id = order.id
         except IntegrityError:
             # A concurrent request with the same key won the race: answer with its order.
@@ -165,9 +186,13 @@ class OrderService:
                 "issued_coupon_id": order.issued_coupon_id,
                 "failed_step": order.failed_step,
                 "failure_reason": order.failure_reason,
-                "payment": {"amount": payment.amount, "status": payment.status} if payment else None,
-                "items": [{"product_id": i.product_id, "quantity": i.quantity,
-                           "unit_price": i.unit_price} for i in order.items],
+                "payment": {"amount": payment.amount, "status": payment.status}
+                if payment
+                else None,
+                "items": [
+                    {"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price}
+                    for i in order.items
+                ],
                 "steps": [_step_view(s) for s in steps],
                 "created_at": order.created_at.isoformat(),
             }

@@ -88,7 +88,9 @@ class ProductService:
                 raise OutOfStock(
                     f"product {item['product_id']} has fewer than {item['quantity']} in stock"
                 )
-            return {"items": [{"product_id": i["product_id"], "quantity": i["quantity"]} for i in items]}
+            return {
+                "items": [{"product_id": i["product_id"], "quantity": i["quantity"]} for i in items]
+            }
 
         return apply_once(self.db, Ledger, order_id, "decrease_stock", apply)
 

@@ -1,0 +1,3 @@
+from dlq.cli import main
+
+main()

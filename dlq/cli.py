@@ -1,0 +1,318 @@
+"""The operator's CLI for the dead-letter queue: `python -m dlq --help`.
+
+Exit codes scripts can rely on: 0 done; 1 the work failed again or the action is refused;
+2 bad usage; 3 no such entry; 4 Redis or a database could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from functools import cached_property
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from dlq.store import RESOLVED, STATUSES
+
+OK, FAILED_AGAIN, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 3, 4
+console = Console()
+
+
+class Context:
+    """Builds the runtime only when a command needs it."""
+
+    @cached_property
+    def settings(self):
+        from config.settings import Settings
+
+        return Settings.from_env()
+
+    @cached_property
+    def saga(self):
+        from app.bootstrap import build_runtime
+        from app.saga.orchestrator import Saga
+        from tasks.celery_app import create_celery
+
+        return Saga(build_runtime(self.settings), create_celery(self.settings).dispatcher)
+
+    @property
+    def store(self):
+        return self.saga.rt.dead_letters
+
+    def entry(self, eid: str) -> dict:
+        entry = self.store.get(eid)
+        if entry is None:
+            fail(f"no DLQ entry {eid!r} (see: python -m dlq list)", NO_SUCH_ENTRY)
+        return entry
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _when(ts) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def public(entry: dict) -> dict:
+    keys = (
+        "id",
+        "order_id",
+        "name",
+        "kind",
+        "status",
+        "attempts",
+        "error_class",
+        "error",
+        "task",
+        "args",
+        "first_failed_at",
+        "last_failed_at",
+        "alerted",
+        "note",
+    )
+    return {k: entry.get(k) for k in keys}
+
+
+class GuardedGroup(click.Group):
+    """One line and a non-zero exit when Redis or a database is down: never a traceback."""
+
+    def invoke(self, ctx):
+        from redis.exceptions import RedisError
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except RedisError as exc:
+            fail(f"cannot reach Redis: {exc}", UNREACHABLE)
+        except OperationalError as exc:
+            fail(f"cannot reach a database: {exc.orig}", UNREACHABLE)
+        except ValueError as exc:  # bad settings in the environment
+            fail(str(exc), UNREACHABLE)
+
+
+@click.group(cls=GuardedGroup)
+@click.pass_context
+def cli(ctx):
+    """Inspect and act on stuck saga work in the dead-letter queue."""
+    ctx.obj = Context()
+
+
+@cli.command("list")
+@click.option("--status", type=click.Choice(STATUSES))
+@click.option("--step", "name", help="step or compensation name, e.g. use_balance")
+@click.option("--order", "order_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array")
+@click.pass_obj
+def list_entries(obj: Context, status, name, order_id, as_json):
+    """List entries, oldest first."""
+    entries = obj.store.entries(status=status, name=name, order_id=order_id)
+    if as_json:
+        emit_json([public(e) for e in entries])
+        return
+    table = Table("id", "order", "name", "kind", "status", "attempts", "last failure", "error")
+    for e in entries:
+        table.add_row(
+            e["id"],
+            str(e["order_id"]),
+            e["name"],
+            e["kind"],
+            e["status"],
+            str(e["attempts"]),
+            _when(e["last_failed_at"]),
+            e["error"][:60],
+        )
+    console.print(table if entries else "The DLQ is empty.")
+
+
+@cli.command()
+@click.argument("entry_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show(obj: Context, entry_id, as_json):
+    """Show one entry and its order's saga timeline."""
+    entry = obj.entry(entry_id)
+    order = obj.saga.rt.orders.get(entry["order_id"])
+    if as_json:
+        emit_json({"entry": {**public(entry), "traceback": entry.get("traceback")}, "order": order})
+        return
+    console.print(
+        f"[bold]{entry['id']}[/] {entry['kind']} [bold]{entry['name']}[/] of order "
+        f"{entry['order_id']}: {entry['status']}, {entry['attempts']} DLQ attempts"
+    )
+    console.print(f"error: {entry['error_class']}: {entry['error']}")
+    console.print(
+        f"first failed {_when(entry['first_failed_at'])}, "
+        f"last {_when(entry['last_failed_at'])}; note: {entry.get('note') or '-'}"
+    )
+    console.print(
+        f"order {order['order_id']} is [bold]{order['status']}[/]"
+        + (f" ({order['failure_reason']})" if order["failure_reason"] else "")
+    )
+    table = Table("step", "kind", "status", "attempts", "detail / error")
+    for step in order["steps"]:
+        table.add_row(
+            step["name"],
+            step["kind"],
+            step["status"],
+            str(step["attempts"]),
+            step["error"] or step["detail"] or "",
+        )
+    console.print(table)
+
+
+def _plan(obj: Context, entry: dict) -> dict:
+    """What `requeue` would do, without doing it."""
+    from app.saga.definition import kind_of, steps_after
+
+    statuses = obj.saga.log.statuses(entry["order_id"])
+    comp = {"cancel_order", "restore_stock", "refund_balance", "restore_coupon"}
+    compensated = sorted(n for n, s in statuses.items() if n in comp and s == "succeeded")
+    if kind_of(entry["name"]) == "compensation":
+        then = [c for c in obj.saga.log.owed_compensations(entry["order_id"]) if c != entry["name"]]
+    else:
+        then = [s.name for s in steps_after(entry["name"])]
+    return {
+        "id": entry["id"],
+        "runs_again": entry["name"],
+        "then": then,
+        "idempotent": True,
+        "already_compensated": compensated,
+        "note": "every step and compensation is keyed by (order, step): a repeat "
+        "changes nothing, and a step whose compensation already ran refuses",
+    }
+
+
+@cli.command()
+@click.argument("entry_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="every entry not yet resolved")
+@click.option("--dry-run", is_flag=True, help="print what would run again, change nothing")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def requeue(obj: Context, entry_id, everything, dry_run, as_json):
+    """Run stuck work again now; on success the saga continues on its queues."""
+    if bool(entry_id) == everything:
+        fail("give one entry id, or --all", 2)
+    entries = (
+        [obj.entry(entry_id)]
+        if entry_id
+        else [e for e in obj.store.entries() if e["status"] != RESOLVED]
+    )
+    if dry_run:
+        plans = [_plan(obj, e) for e in entries]
+        if as_json:
+            emit_json(plans)
+        for plan in [] if as_json else plans:
+            click.echo(
+                f"{plan['id']}: would run {plan['runs_again']} again, then "
+                f"{', '.join(plan['then']) or 'nothing more'}; already compensated: "
+                f"{', '.join(plan['already_compensated']) or 'nothing'}; "
+                f"safe to repeat (idempotent)"
+            )
+        return
+    results = []
+    with Progress(console=Console(stderr=True), disable=len(entries) < 2 or as_json) as bar:
+        task = bar.add_task("requeueing", total=len(entries))
+        for entry in entries:
+            results.append(_requeue_one(obj, entry))
+            bar.advance(task)
+    if as_json:
+        emit_json(results)
+    else:
+        for r in results:
+            click.echo(f"{r['id']}: {'ok' if r['ok'] else 'FAILED AGAIN'}: {r['outcome']}")
+    if not all(r["ok"] for r in results):
+        sys.exit(FAILED_AGAIN)
+
+
+def _requeue_one(obj: Context, entry: dict) -> dict:
+    eid = entry["id"]
+    obj.store.start_attempt(eid)
+    try:
+        outcome = obj.saga.retry(entry["order_id"], entry["name"])
+    except Exception as exc:
+        obj.store.attempt_failed(eid, type(exc).__name__, str(exc)[:2000], give_up=True)
+        obj.store.update(eid, alerted=True)  # the operator is already looking at it
+        return {"id": eid, "ok": False, "outcome": f"{type(exc).__name__}: {exc}"}
+    obj.store.resolve(eid, f"requeued by an operator: {outcome}")
+    return {"id": eid, "ok": True, "outcome": outcome}
+
+
+@cli.command()
+@click.argument("entry_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def compensate(obj: Context, entry_id, as_json):
+    """Give up on a stuck forward step and undo the order instead."""
+    entry = obj.entry(entry_id)
+    if entry["kind"] != "step":
+        fail(
+            f"{entry_id} is a {entry['kind']}: only a stuck forward step can be given up "
+            "(a compensation or a publication can only be requeued or resolved)",
+            FAILED_AGAIN,
+        )
+    if entry["status"] == RESOLVED:
+        fail(f"{entry_id} is already resolved ({entry.get('note')})", FAILED_AGAIN)
+    launched = obj.saga.give_up(entry["order_id"], entry["name"])
+    result = {"id": entry_id, "order_id": entry["order_id"], "compensations": launched}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"{entry_id}: compensating order {entry['order_id']}: "
+            f"{', '.join(launched) or 'nothing applied; order marked FAILED'}"
+        )
+
+
+@cli.command()
+@click.argument("entry_id")
+@click.option("--note", required=True, help="what was done by hand")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def resolve(obj: Context, entry_id, note, as_json):
+    """Mark an entry as handled by hand."""
+    obj.entry(entry_id)
+    obj.store.resolve(entry_id, f"resolved by hand: {note}")
+    if as_json:
+        emit_json(public(obj.store.get(entry_id)))
+    else:
+        click.echo(f"{entry_id}: resolved")
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def purge(obj: Context, yes, as_json):
+    """Delete resolved entries (only resolved ones)."""
+    ids = [e["id"] for e in obj.store.entries(status=RESOLVED)]
+    if ids and not yes:
+        if not sys.stdin.isatty():
+            fail("refusing to purge without a terminal; pass --yes", FAILED_AGAIN)
+        click.confirm(f"Delete {len(ids)} resolved entries?", abort=True)
+    removed = obj.store.purge(ids)
+    if as_json:
+        emit_json({"purged": removed})
+    else:
+        click.echo(f"purged {removed} resolved entries")
+
+
+@cli.command()
+def worker():
+    """Run the DLQ worker (the Procfile's `dlq` process)."""
+    from dlq.worker import main as run_worker
+
+    run_worker()
+
+
+def main() -> None:
+    cli(prog_name="python -m dlq")

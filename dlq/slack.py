@@ -1,0 +1,73 @@
+"""Slack alerts through slack-sdk: an incoming webhook, or a bot token and a channel.
+
+The API base URL is configurable so tests can point it at a local HTTP server. Neither the
+token nor the webhook URL (itself a secret) is ever logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.webhook import WebhookClient
+
+log = logging.getLogger("saga.dlq.alerts")
+
+
+class AlertFailed(Exception):
+    """Slack did not take the alert; the caller keeps it and tries again later."""
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "?"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def alert_text(entry: dict) -> str:
+    """What a human needs to act: what, which order, the error, the attempts, the commands."""
+    eid = entry["id"]
+    lines = [
+        f":rotating_light: Order saga needs a human: {entry['kind']} `{entry['name']}` "
+        f"of order {entry['order_id']} failed every retry.",
+        f"Error: {entry['error_class']}: {entry['error']}",
+        f"Attempts: {entry['attempts']} by the DLQ worker, after the worker's own retries; "
+        f"first failed {_when(entry.get('first_failed_at'))}, "
+        f"last {_when(entry.get('last_failed_at'))}.",
+        f"Inspect:    python -m dlq show {eid}",
+        f"Retry now:  python -m dlq requeue {eid}",
+    ]
+    if entry["kind"] == "step":
+        lines.append(f"Give up and compensate:  python -m dlq compensate {eid}")
+    lines.append(f"Fixed by hand:  python -m dlq resolve {eid} --note '...'")
+    return "\n".join(lines)
+
+
+class SlackAlerter:
+    def __init__(self, settings):
+        self.webhook_url = settings.slack_webhook_url
+        self.token = settings.slack_bot_token
+        self.channel = settings.slack_channel
+        self.api_url = settings.slack_api_url
+        self.timeout = settings.slack_timeout
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.webhook_url or (self.token and self.channel))
+
+    def send(self, text: str) -> None:
+        try:
+            if self.webhook_url:
+                response = WebhookClient(self.webhook_url, timeout=self.timeout).send(text=text)
+                if response.status_code != 200:
+                    raise AlertFailed(f"Slack webhook answered {response.status_code}")
+            else:
+                WebClient(
+                    token=self.token, base_url=self.api_url, timeout=self.timeout
+                ).chat_postMessage(channel=self.channel, text=text)
+        except SlackApiError as exc:
+            raise AlertFailed(f"Slack API refused: {exc.response.get('error')}") from None
+        except (SlackClientError, OSError, ValueError) as exc:
+            raise AlertFailed(f"Slack unreachable: {type(exc).__name__}") from None

@@ -1,0 +1,49 @@
+"""A worker killed with SIGKILL in the middle of a step loses nothing: the unacknowledged
+message comes back after the broker's visibility timeout, and the idempotency keys make
+the second run safe."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.stack import Stack
+from tests.support import wait_for
+
+# Long enough to kill the worker mid-step; the visibility timeout still exceeds the
+# longest retry delay plus the hard limit, as the settings insist.
+SLOW_STEP = {"STEP_SOFT_TIME_LIMIT": "5", "STEP_TIME_LIMIT": "8", "BROKER_VISIBILITY_TIMEOUT": "10"}
+
+
+@pytest.fixture(scope="module")
+def stack(primary_backend, tmp_path_factory):
+    stack = Stack(primary_backend, tmp_path_factory.mktemp("crash"), **SLOW_STEP).start()
+    yield stack
+    stack.stop()
+
+
+def test_worker_killed_mid_step_loses_nothing_and_applies_once(stack):
+    shop = stack.shop
+    # The first stock step hangs (an injected overrun), so the kill lands mid-step.
+    first = stack.worker(faults="decrease_stock:timeout:1")
+    user = shop.new_user(balance=1_000)
+    product = shop.product(stock=10, price=100)
+    order_id = shop.order(user, product, quantity=3)
+    wait_for(
+        lambda: stack.rt.saga_log.step(order_id, "decrease_stock")["status"] == "running",
+        20,
+        what="decrease_stock to start",
+    )
+
+    first.kill()
+    assert first.proc.returncode == -9
+    second = stack.worker()
+    try:
+        order = shop.wait_order(order_id, ("COMPLETED",), timeout=60)
+    finally:
+        second.stop()
+
+    steps = {s["name"]: s for s in order["steps"]}
+    assert steps["decrease_stock"]["attempts"] == 2
+    assert shop.stock(product) == 7
+    assert shop.balance(user) == 700
+    shop.check_invariants([order_id], product, 10, user, 1_000)

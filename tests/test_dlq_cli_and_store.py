@@ -1,0 +1,102 @@
+"""The requeue CLI as an operator runs it (a real process), and the DLQ store on a real
+Redis: one entry per piece of work, kept across a Redis restart when Redis persists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack("sqlite", tmp_path_factory.mktemp("cli"), redis_persist=True).start()
+    yield stack
+    stack.stop()
+
+
+def _park(stack, order_id: int, name: str = "use_balance", kind: str = "step"):
+    return stack.rt.dead_letters.push(
+        order_id=order_id,
+        name=name,
+        kind=kind,
+        task=f"saga.{name}",
+        args={"order_id": order_id},
+        error_class="StepTimeout",
+        error="too slow",
+        traceback="",
+    )
+
+
+def test_the_same_work_is_never_in_the_dlq_twice(stack):
+    first = _park(stack, 101)
+    second = _park(stack, 101)
+    assert first["id"] == second["id"] == "101:use_balance"
+    assert second["handoffs"] == 2
+    assert [e["id"] for e in stack.rt.dead_letters.entries(order_id=101)] == ["101:use_balance"]
+
+
+def test_entries_survive_a_redis_restart_with_persistence(stack):
+    _park(stack, 102, "publish_order", "publish")
+    stack.redis.stop()
+    stack.redis.start()  # same port, same data directory: it reloads the append-only file
+    entry = stack.rt.dead_letters.get("102:publish_order")
+    assert entry["kind"] == "publish" and entry["status"] == "retrying"
+
+
+def test_list_json_prints_entries_with_the_documented_fields(stack):
+    _park(stack, 103)
+    result = stack.cli("list", "--json", "--order", "103")
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads(result.stdout)
+    assert {"id", "order_id", "name", "kind", "status", "attempts", "error"} <= entry.keys()
+    assert (entry["order_id"], entry["name"], entry["kind"], entry["status"]) == (
+        103,
+        "use_balance",
+        "step",
+        "retrying",
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", "nope:step"),
+        ("requeue", "404:use_balance"),
+        ("compensate", "404:use_balance"),
+        ("resolve", "404:use_balance", "--note", "x"),
+    ],
+)
+def test_unknown_ids_get_one_line_and_exit_3(stack, args):
+    result = stack.cli(*args)
+    assert result.returncode == 3
+    assert result.stderr.strip().count("\n") == 0 and "no DLQ entry" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_usage_exits_2_and_unreachable_redis_exits_4(stack):
+    assert stack.cli("requeue").returncode == 2
+    assert stack.cli("list", "--status", "bogus").returncode == 2
+    down = stack.cli("list", REDIS_URL="redis://127.0.0.1:9/0")
+    assert down.returncode == 4 and "cannot reach Redis" in down.stderr
+    assert "Traceback" not in down.stderr
+
+
+def test_compensate_refuses_a_compensation_entry(stack):
+    _park(stack, 104, "refund_balance", "compensation")
+    result = stack.cli("compensate", "104:refund_balance")
+    assert result.returncode == 1 and "only a stuck forward step" in result.stderr
+
+
+def test_resolve_then_purge_deletes_only_resolved_entries(stack):
+    _park(stack, 105)
+    _park(stack, 106)
+    assert stack.cli("resolve", "105:use_balance", "--note", "refunded by hand").returncode == 0
+    refused = stack.cli("purge")  # no terminal and no --yes: nothing is deleted
+    assert refused.returncode == 1 and stack.rt.dead_letters.get("105:use_balance")
+    purged = stack.cli("purge", "--yes", "--json")
+    assert purged.returncode == 0 and json.loads(purged.stdout)["purged"] >= 1
+    assert stack.rt.dead_letters.get("105:use_balance") is None
+    assert stack.rt.dead_letters.get("106:use_balance")["status"] == "retrying"

@@ -1,0 +1,73 @@
+"""Flower runs on the same broker behind basic auth and shows the saga's tasks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from config.settings import REPO_ROOT
+from tests.support import free_port, wait_for
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def _get(url: str, auth: str | None):
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
+    port, auth = free_port(), "ops:s3cret"
+    log = open(tmp_path / "flower.log", "wb")
+    flower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            f"--basic-auth={auth}",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, **stack_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _get(f"{base}/api/workers", auth)[0] == 200, 30, what="Flower")
+        user = shop.new_user(balance=500)
+        order_id = shop.wait_order(shop.order(user, shop.product()))["order_id"]
+
+        def create_order_task():
+            status, tasks = _get(f"{base}/api/tasks?taskname=saga.create_order", auth)
+            return status == 200 and [
+                t for t in tasks.values() if str(order_id) in (t.get("args") or "")
+            ]
+
+        [task] = wait_for(create_order_task, 30, what="the task in Flower")
+        assert task["state"] == "SUCCESS"
+        status, info = _get(f"{base}/api/task/info/{task['uuid']}", auth)
+        assert status == 200 and info["name"] == "saga.create_order"
+        assert _get(f"{base}/api/tasks", None)[0] == 401
+        assert _get(f"{base}/api/tasks", "ops:wrong")[0] == 401
+    finally:
+        flower.terminate()
+        flower.wait(10)
+        log.close()
