@@ -1,0 +1,102 @@
+"""`make run` as a new user runs it: no terminal, a private Redis, SQLite under VAR_DIR, the
+demo catalogue, every Procfile process; an order completes; SIGTERM stops everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+from config.settings import REPO_ROOT
+from tests.support import free_port, wait_for
+
+
+def _call(url: str, body: dict | None = None, auth: str | None = None):
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        import base64
+
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path):
+    port, flower_port, redis_port = free_port(), free_port(), free_port()
+    env = {
+        k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.endswith("_DATABASE_URL")
+    }
+    env.update(
+        PORT=str(port),
+        FLOWER_PORT=str(flower_port),
+        REDIS_PORT=str(redis_port),
+        VAR_DIR=str(tmp_path / "var"),
+        FLOWER_BASIC_AUTH="ops:pw",
+    )
+    log = open(tmp_path / "run.log", "wb")
+    run = subprocess.Popen(
+        ["make", "run"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: _call(f"{api}/healthz")[0] == 200 or run.poll() is not None,
+            120,
+            interval=0.5,
+            what="make run to serve /healthz",
+        )
+        assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        products = {p["name"]: p for p in _call(f"{api}/products")[1]}
+        beans = products["Coffee beans 1kg"]
+        coupon = _call(f"{api}/users/1/coupons")[1][0]
+        status, placed = _call(
+            f"{api}/orders",
+            {
+                "user_id": 1,
+                "items": [{"product_id": beans["id"], "quantity": 1}],
+                "issued_coupon_id": coupon["id"],
+            },
+        )
+        assert status == 202
+        order = wait_for(
+            lambda: (
+                (o := _call(f"{api}/orders/{placed['order_id']}")[1])
+                and o["status"] == "COMPLETED"
+                and o
+            ),
+            60,
+            what="the demo order",
+        )
+        assert order["paid"] == beans["price"] - 500
+        assert _call(f"http://127.0.0.1:{flower_port}/api/workers", auth="ops:pw")[0] == 200
+        assert _call(f"http://127.0.0.1:{flower_port}/api/workers")[0] == 401
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(60)
+        log.close()
+    for listened in (port, flower_port, redis_port):
+        assert not _listening(listened), f"port {listened} still open after SIGTERM"
+    survivors = subprocess.run(["pgrep", "-s", str(run.pid)], capture_output=True, text=True)
+    assert survivors.stdout.strip() == "", "processes left behind"
+    assert (tmp_path / "var" / "orders.db").exists()
