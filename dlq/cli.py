@@ -172,11 +172,10 @@ def show(obj: Context, entry_id, as_json):
 
 def _plan(obj: Context, entry: dict) -> dict:
     """What `requeue` would do, without doing it."""
-    from app.saga.definition import kind_of, steps_after
+    from app.saga.definition import COMPENSATION_NAMES, kind_of, steps_after
 
     statuses = obj.saga.log.statuses(entry["order_id"])
-    comp = {"cancel_order", "restore_stock", "refund_balance", "restore_coupon"}
-    compensated = sorted(n for n, s in statuses.items() if n in comp and s == "succeeded")
+    compensated = [n for n in COMPENSATION_NAMES if statuses.get(n) == "succeeded"]
     if kind_of(entry["name"]) == "compensation":
         then = [c for c in obj.saga.log.owed_compensations(entry["order_id"]) if c != entry["name"]]
     else:

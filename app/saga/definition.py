@@ -45,10 +45,6 @@ def steps_after(name: str) -> list[Step]:
     return list(SAGA[index + 1 :])
 
 
-def steps_from(name: str) -> list[Step]:
-    return list(SAGA[STEP_NAMES.index(name) :])
-
-
 def kind_of(name: str) -> str:
     """step, compensation or publish: how the DLQ and the operator treat it."""
     if name in BY_COMPENSATION:

@@ -17,7 +17,7 @@ from app.services.orders import (
     NEEDS_ATTENTION,
     PENDING,
     Order,
-    OrderPayment,
+    OrderPaymentService,
     SagaStep,
 )
 
@@ -27,7 +27,7 @@ DONE = (SUCCEEDED, SKIPPED)
 COMPENSATION_POSITION = 100  # compensations sort after the forward steps
 
 
-def _error_text(exc: BaseException | str) -> str:
+def error_text(exc: BaseException | str) -> str:
     if isinstance(exc, str):
         return exc
     return f"{type(exc).__name__}: {exc}"[:2000]
@@ -60,7 +60,7 @@ class SagaLog:
     def attempt_failed(self, order_id: int, name: str, error: BaseException | str) -> None:
         with self.db.write() as session:
             row = self._row(session, order_id, name)
-            row.status, row.error = RETRYING, _error_text(error)
+            row.status, row.error = RETRYING, error_text(error)
 
     def succeeded(
         self,
@@ -78,12 +78,7 @@ class SagaLog:
             row.detail, row.error, row.finished_at = detail, None, utcnow()
             order = session.get(Order, order_id, with_for_update=True)
             if payment is not None:
-                amount, status = payment
-                existing = session.get(OrderPayment, order_id)
-                if existing is None:
-                    session.add(OrderPayment(order_id=order_id, amount=amount, status=status))
-                else:
-                    existing.status, existing.updated_at = status, utcnow()
+                OrderPaymentService.record(session, order_id, *payment)
             if completes_order and order.status in (PENDING, NEEDS_ATTENTION):
                 order.status, order.failed_step, order.failure_reason = COMPLETED, None, None
                 order.updated_at = utcnow()
@@ -106,7 +101,7 @@ class SagaLog:
         """A business error: the step did not apply and will not be retried."""
         with self.db.write() as session:
             row = self._row(session, order_id, name)
-            row.status, row.error, row.finished_at = FAILED_STEP, _error_text(error), utcnow()
+            row.status, row.error, row.finished_at = FAILED_STEP, error_text(error), utcnow()
 
     def refused(self, order_id: int, name: str, reason: str) -> None:
         with self.db.write() as session:
@@ -119,7 +114,7 @@ class SagaLog:
         """Retries ran out: the work is parked in the DLQ and a human may be needed."""
         with self.db.write() as session:
             row = self._row(session, order_id, name)
-            row.status, row.error, row.finished_at = DEAD_LETTERED, _error_text(error), utcnow()
+            row.status, row.error, row.finished_at = DEAD_LETTERED, error_text(error), utcnow()
             order = session.get(Order, order_id, with_for_update=True)
             if not keep_order_status and order.status != FAILED:
                 order.status, order.updated_at = NEEDS_ATTENTION, utcnow()
@@ -180,6 +175,3 @@ class SagaLog:
         with self.db.write() as session:
             order = session.get(Order, order_id, with_for_update=True)
             order.status, order.updated_at = status, utcnow()
-
-
-__all__ = ["SagaLog", "COMPLETED", "FAILED"]

@@ -164,7 +164,7 @@ class Saga:
             task=task or f"saga.{name}",
             args=args,
             error_class=type(error).__name__ if isinstance(error, BaseException) else "Error",
-            error=saga_log._error_text(error),
+            error=saga_log.error_text(error),
             traceback=trace,
         )
         log.error(
@@ -172,7 +172,7 @@ class Saga:
             order_id,
             name,
             kind,
-            saga_log._error_text(error),
+            saga_log.error_text(error),
             entry["id"],
         )
         return entry

@@ -242,12 +242,11 @@ class OrderService:
 
 
 class OrderPaymentService:
-    """The order's own record of what it paid, written when use_balance succeeds."""
+    """The order's own record of what it paid: PAID when use_balance succeeds, REFUNDED when
+    refund_balance undoes it. Written in the saga log's transaction, so the two agree."""
 
-    def __init__(self, db: Database):
-        self.db = db
-
-    def record(self, session, order_id: int, amount: int, status: str) -> None:
+    @staticmethod
+    def record(session, order_id: int, amount: int, status: str) -> None:
         payment = session.get(OrderPayment, order_id)
         if payment is None:
             session.add(OrderPayment(order_id=order_id, amount=amount, status=status))
