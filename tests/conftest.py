@@ -1,91 +1,45 @@
-"""Session fixtures: one private Redis, private databases (PostgreSQL when a server
-answers, SQLite files otherwise), one real worker, and the Flask app on the same stack."""
+"""Session fixtures: one private stack — its own Redis, its own databases (PostgreSQL when
+a server answers, SQLite files otherwise), the Flask app — and one real worker on it."""
 
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 
-from config.settings import Settings
 from tests.shop import Shop
-from tests.support import (
-    FAST_TIMINGS,
-    PostgresDatabases,
-    RedisServer,
-    WorkerProcess,
-    database_env,
-    migrate,
-    postgres_admin_url,
-)
+from tests.stack import Stack, available_backends
 
 _user_ids = itertools.count(1000)
 
 
-def backends() -> list[str]:
-    return ["sqlite", "postgresql"] if postgres_admin_url() else ["sqlite"]
-
-
-def provision_databases(backend: str, tmp_path_factory) -> tuple[dict[str, str], callable]:
-    if backend == "postgresql":
-        pg = PostgresDatabases(postgres_admin_url())
-        return pg.create(), pg.drop
-    folder = tmp_path_factory.mktemp("sqlite")
-    return {
-        s: f"sqlite:///{folder / f'{s}.db'}"
-        for s in ("orders", "products", "balances", "coupons", "dataplatform")
-    }, lambda: None
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="session")
 def primary_backend() -> str:
-    return backends()[-1]
+    return available_backends()[-1]
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_server, primary_backend, tmp_path_factory):
-    urls, drop = provision_databases(primary_backend, tmp_path_factory)
-    env = {
-        "REDIS_URL": redis_server.url,
-        **database_env(urls),
-        **FAST_TIMINGS,
-        "SAGA_FAULTS": "",
-        "SAGA_FAULTS_ENABLED": "0",
-        "SLACK_WEBHOOK_URL": "",
-        "SLACK_BOT_TOKEN": "",
-    }
-    migrate(env)
-    yield env
-    drop()
+def primary_stack(primary_backend, tmp_path_factory):
+    stack = Stack(primary_backend, tmp_path_factory.mktemp("primary")).start()
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture(scope="session")
-def settings(stack_env) -> Settings:
-    return Settings.from_env({**os.environ, **stack_env})
+def stack_env(primary_stack) -> dict[str, str]:
+    return primary_stack.env
 
 
 @pytest.fixture(scope="session")
-def worker(stack_env, tmp_path_factory):
-    proc = WorkerProcess(stack_env, tmp_path_factory.mktemp("logs")).start()
+def worker(primary_stack):
+    proc = primary_stack.worker()
     yield proc
     proc.stop()
 
 
 @pytest.fixture(scope="session")
-def flask_app(settings):
-    from app import create_app
-
-    app = create_app(settings)
-    yield app
-    app.extensions["saga"].rt.dispose()
+def flask_app(primary_stack):
+    return primary_stack.app
 
 
 @pytest.fixture
@@ -94,8 +48,8 @@ def client(flask_app):
 
 
 @pytest.fixture(scope="session")
-def rt(flask_app):
-    return flask_app.extensions["saga"].rt
+def rt(primary_stack):
+    return primary_stack.rt
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ from config.settings import SERVICES, Settings
 from tests.shop import Shop
 from tests.support import (
     FAST_TIMINGS,
+    DeadLetterWorkerProcess,
     PostgresDatabases,
     RedisServer,
     WorkerProcess,
     database_env,
     migrate,
     postgres_admin_url,
+    run_cli,
 )
 
 
@@ -60,16 +62,12 @@ class Stack:
         return WorkerProcess({**self.env, **fault_env, **env}, self.workdir / "logs").start()
 
     def dlq_worker(self, faults: str = "", **env):
-        from tests.support import DeadLetterWorkerProcess
-
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
         return DeadLetterWorkerProcess(
             {**self.env, **fault_env, **env}, self.workdir / "logs"
         ).start()
 
     def cli(self, *args: str, stdin: str | None = None, **env):
-        from tests.support import run_cli
-
         return run_cli({**self.env, **env}, *args, stdin=stdin)
 
     def stop(self) -> None:

@@ -157,40 +157,25 @@ def migrate(env: dict[str, str]) -> None:
     )
 
 
-class WorkerProcess:
-    """A real `celery worker` (prefork) consuming every service queue."""
+class ServiceProcess:
+    """A real process of ours, its output in a log file, killable as a whole group."""
 
-    def __init__(self, env: dict[str, str], logdir: Path, queues=QUEUES, concurrency: int = 2):
+    name = "process"
+    ready_marker = b""
+
+    def __init__(self, env: dict[str, str], logdir: Path):
         self.env = {**os.environ, **env}
-        self.log_path = logdir / f"worker-{uuid.uuid4().hex[:6]}.log"
-        self.queues = queues
-        self.concurrency = concurrency
+        self.log_path = logdir / f"{self.name}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> WorkerProcess:
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.worker",
-                "worker",
-                "-Q",
-                ",".join(self.queues),
-                "-c",
-                str(self.concurrency),
-                "-P",
-                "prefork",
-                "-n",
-                f"test-{uuid.uuid4().hex[:6]}@%h",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "INFO",
-            ],
+            self.argv(),
             cwd=REPO_ROOT,
             env=self.env,
             stdout=self._log,
@@ -198,12 +183,12 @@ class WorkerProcess:
             start_new_session=True,
         )
         wait_for(
-            lambda: b"ready." in self.log_path.read_bytes() or self.proc.poll() is not None,
+            lambda: self.ready_marker in self.log_path.read_bytes() or self.proc.poll() is not None,
             30,
-            what="celery worker to be ready",
+            what=f"{self.name} to be ready",
         )
         if self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"{self.name} exited: {self.log()[-3000:]}")
         return self
 
     def log(self) -> str:
@@ -219,37 +204,48 @@ class WorkerProcess:
         self._log.close()
 
     def kill(self) -> None:
-        """SIGKILL the whole worker (main process and its children) at once."""
+        """SIGKILL the whole process group (a worker and its children) at once."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
 
 
-class DeadLetterWorkerProcess(WorkerProcess):
+class WorkerProcess(ServiceProcess):
+    """A real `celery worker` (prefork) consuming every service queue."""
+
+    name, ready_marker = "worker", b"ready."
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "worker",
+            "-Q",
+            ",".join(QUEUES),
+            "-c",
+            "2",
+            "-P",
+            "prefork",
+            "-n",
+            f"test-{uuid.uuid4().hex[:6]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ]
+
+
+class DeadLetterWorkerProcess(ServiceProcess):
     """The real `python -m dlq worker` process."""
 
-    def start(self) -> DeadLetterWorkerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dlq", "worker"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_for(
-            lambda: (
-                b"DLQ worker started" in self.log_path.read_bytes() or self.proc.poll() is not None
-            ),
-            30,
-            what="DLQ worker to start",
-        )
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"DLQ worker exited: {self.log()[-3000:]}")
-        return self
+    name, ready_marker = "dlq", b"DLQ worker started"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "dlq", "worker"]
 
 
 def run_cli(env: dict[str, str], *args: str, stdin: str | None = None):
