@@ -61,6 +61,9 @@ class Settings:
     dlq_poll_interval: float = 1.0
     dlq_lease_seconds: float = 60.0
     dlq_alert_retry_seconds: float = 30.0
+    # A saga with no progress for this long is handed to the DLQ (its message was lost).
+    saga_stall_seconds: float = 900.0
+    saga_stall_check_seconds: float = 60.0
 
     slack_webhook_url: str = ""
     slack_bot_token: str = ""
@@ -83,6 +86,11 @@ class Settings:
                 f"BROKER_VISIBILITY_TIMEOUT={self.broker_visibility_timeout}s must exceed the "
                 f"longest retry delay plus the hard time limit ({worst_case}s): "
                 "otherwise Redis delivers a waiting retry a second time"
+            )
+        if self.saga_stall_seconds <= worst_case:
+            raise ValueError(
+                f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the longest retry "
+                f"delay plus the hard time limit ({worst_case}s), or slow work looks stalled"
             )
         if self.step_soft_time_limit >= self.step_time_limit:
             raise ValueError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
@@ -148,6 +156,10 @@ class Settings:
             dlq_lease_seconds=number("DLQ_LEASE_SECONDS", defaults.dlq_lease_seconds),
             dlq_alert_retry_seconds=number(
                 "DLQ_ALERT_RETRY_SECONDS", defaults.dlq_alert_retry_seconds
+            ),
+            saga_stall_seconds=number("SAGA_STALL_SECONDS", defaults.saga_stall_seconds),
+            saga_stall_check_seconds=number(
+                "SAGA_STALL_CHECK_SECONDS", defaults.saga_stall_check_seconds
             ),
             slack_webhook_url=env.get("SLACK_WEBHOOK_URL", ""),
             slack_bot_token=env.get("SLACK_BOT_TOKEN", ""),

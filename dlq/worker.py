@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from dlq.slack import AlertFailed, SlackAlerter, alert_text
 from dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
@@ -24,6 +25,8 @@ class DeadLetterWorker:
         self.lease = settings.dlq_lease_seconds
         self.poll = settings.dlq_poll_interval
         self.alert_retry = settings.dlq_alert_retry_seconds
+        self.stall_seconds = settings.saga_stall_seconds
+        self.stall_check_every = settings.saga_stall_check_seconds
 
     def handle(self, entry: dict) -> str:
         if entry["status"] == RETRYING:
@@ -95,8 +98,13 @@ class DeadLetterWorker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("DLQ worker started: max_attempts=%s", self.max_attempts)
+        next_stall_check = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_stall_check:
+                    next_stall_check = time.monotonic() + self.stall_check_every
+                    for entry in self.saga.park_stalled(self.stall_seconds):
+                        log.warning("parked a stalled saga dlq_id=%s", entry["id"])
                 busy = self.run_once()
             except Exception:
                 log.exception("DLQ worker could not reach Redis; retrying")

@@ -273,3 +273,20 @@ def test_dlq_worker_killed_mid_retry_loses_nothing(stack):
     assert stack.rt.dead_letters.get(eid)["status"] == "resolved"
     assert order["status"] == "COMPLETED"
     stack.shop.check_invariants([order_id], product, 10, user, 1_000)
+
+
+def test_saga_whose_message_was_lost_is_found_parked_and_finished(stack):
+    user, product = _customer(stack)
+    order_id = stack.shop.order(user, product, quantity=2)  # no worker is running
+    stack.rt.redis.delete("orders")  # the broker loses the queued create_order message
+    dlq = stack.dlq_worker(SAGA_STALL_SECONDS="5", STEP_TIME_LIMIT="3")
+    worker = stack.worker()
+    try:
+        entry = _dead_lettered(stack, order_id, "create_order")
+        assert entry["error"].startswith("stalled: no progress")
+        stack.shop.wait_order(order_id, ("COMPLETED",))
+    finally:
+        worker.stop()
+        dlq.stop()
+    assert stack.rt.dead_letters.get(f"{order_id}:create_order")["status"] == "resolved"
+    stack.shop.check_invariants([order_id], product, 10, user, 1_000)

@@ -6,6 +6,8 @@ Order status changes are written in the same transaction as the step row that ca
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from sqlalchemy import select
 
 from app.db import Database
@@ -25,6 +27,13 @@ RUNNING, RETRYING, SUCCEEDED, SKIPPED = "running", "retrying", "succeeded", "ski
 FAILED_STEP, DEAD_LETTERED, REFUSED, PENDING_STEP = "failed", "dead_lettered", "refused", "pending"
 DONE = (SUCCEEDED, SKIPPED)
 COMPENSATION_POSITION = 100  # compensations sort after the forward steps
+
+
+def _epoch(moment) -> float:
+    # SQLite hands back naive datetimes; every time we store is UTC.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def error_text(exc: BaseException | str) -> str:
@@ -166,6 +175,33 @@ class SagaLog:
                 .order_by(SagaStep.position)
             )
             return [row.name for row in rows if row.status not in DONE]
+
+    def stalled(self, idle_seconds: float) -> list[tuple[int, str]]:
+        """Sagas that should be moving but have shown no progress for `idle_seconds`: the
+        (order, step or compensation) each is waiting on. Catches work the broker lost
+        (a Redis without persistence restarted, a queue purged by hand)."""
+        cutoff = utcnow().timestamp() - idle_seconds
+        waiting: list[tuple[int, str]] = []
+        with self.db.read() as session:
+            orders = session.scalars(
+                select(Order).where(Order.status.in_((PENDING, COMPENSATING)))
+            ).all()
+            for order in orders:
+                steps = session.scalars(
+                    select(SagaStep)
+                    .where(SagaStep.order_id == order.id)
+                    .order_by(SagaStep.position)
+                ).all()
+                moments = [order.created_at, order.updated_at] + [
+                    t for s in steps for t in (s.started_at, s.finished_at) if t
+                ]
+                if max(_epoch(t) for t in moments) > cutoff:
+                    continue
+                kind = "compensation" if order.status == COMPENSATING else "step"
+                pending = [s for s in steps if s.kind == kind and s.status not in DONE]
+                if pending and pending[0].status != DEAD_LETTERED:
+                    waiting.append((order.id, pending[0].name))
+        return waiting
 
     def order_status(self, order_id: int) -> str:
         with self.db.read() as session:

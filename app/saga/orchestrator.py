@@ -214,6 +214,15 @@ class Saga:
             self.dispatcher.forward(ctx, rest)
         return f"{name} succeeded; saga continues with {rest or 'nothing'}"
 
+    def park_stalled(self, idle_seconds: float) -> list[dict]:
+        """Hand every saga that stopped moving to the DLQ, which retries it from there."""
+        parked = []
+        for order_id, name in self.log.stalled(idle_seconds):
+            args = {"order_id": order_id}
+            error = f"stalled: no progress for {idle_seconds:.0f}s (was its message lost?)"
+            parked.append(self.dead_letter(order_id, name, args, error))
+        return parked
+
     def give_up(self, order_id: int, name: str) -> list[str]:
         """Stop retrying a stuck forward step and compensate instead (operator's call)."""
         compensations = self.start_compensation(
