@@ -1,0 +1,1 @@
+"""`make bench`: the order saga measured against a raw Celery chain and a monolith."""

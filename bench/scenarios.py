@@ -1,0 +1,361 @@
+"""Scenarios 2 to 5: the saga through its real HTTP API (gunicorn) and real workers.
+
+Setup (products, balances, issued coupons) goes through the domain services in this process,
+as app.seed does, and is not timed. Timings come from two clocks on the same machine, both
+time.time(): the client's send time of POST /orders, and the saga log's finished_at of a
+step (use_coupon finishing is what turns the order COMPLETED, in the same transaction;
+publish_order is the chain's fifth and last task).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from app.saga import log as saga_log
+from app.services.coupons import ISSUED, PENDING, IssueRequest
+from app.services.orders import Order, OrderItem, SagaStep
+from bench.client import call, percentiles, submit_all
+
+FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
+STEP_DONE = (saga_log.SUCCEEDED, saga_log.SKIPPED, saga_log.FAILED_STEP, saga_log.DEAD_LETTERED)
+PRICE, DISCOUNT = 1000, 100
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite keeps no zone; the app writes UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _chunks(ids: list[int], size: int = 500):
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+class Shop:
+    """The bench's view of the running service: HTTP for the measured calls, the domain
+    services for setup, and the saga log for timings and checks."""
+
+    def __init__(self, rt, port: int, threads: int, user_ids=None):
+        self.rt, self.port, self.threads = rt, port, threads
+        self.user_ids = user_ids or itertools.count(1)
+
+    # --- setup (not timed) -----------------------------------------------------------
+
+    def users(self, count: int, balance: int) -> list[int]:
+        users = [next(self.user_ids) for _ in range(count)]
+        for user in users:
+            self.rt.balances.charge(user, balance)
+        return users
+
+    def coupons_for(self, users: list[int]) -> dict[int, int]:
+        """One issued coupon per user, through the first-come-first-served request flow."""
+        coupon = self.rt.coupons.create("bench", DISCOUNT, max(1, len(users)))
+        issued = {}
+        for user in users:
+            request = self.rt.issue_requests.request(coupon["id"], user)
+            issued[user] = self.rt.issue_requests.process(request["request_id"])["issued_coupon_id"]
+        return issued
+
+    def product(self, stock: int, price: int = PRICE) -> int:
+        return self.rt.products.create("bench item", price, stock)["id"]
+
+    # --- the measured calls ----------------------------------------------------------
+
+    def post_order(self, body: dict):
+        reply = call(self.port, "POST", "/orders", body)
+        if reply.status != 202:
+            raise RuntimeError(f"POST /orders answered {reply.status}: {reply.body}")
+        return reply
+
+    def submit(self, bodies: list[dict]):
+        replies, start, end = submit_all(self.threads, bodies, self.post_order)
+        return replies, start, end
+
+    # --- reading the saga log --------------------------------------------------------
+
+    def statuses(self, ids: list[int]) -> dict[int, str]:
+        out = {}
+        for chunk in _chunks(ids):
+            out.update(self.rt.orders.statuses(chunk))
+        return out
+
+    def step_rows(self, ids: list[int], name: str) -> dict[int, tuple[str, float | None]]:
+        out = {}
+        with self.rt.databases["orders"].read() as session:
+            for chunk in _chunks(ids):
+                rows = session.execute(
+                    select(SagaStep.order_id, SagaStep.status, SagaStep.finished_at).where(
+                        SagaStep.order_id.in_(chunk), SagaStep.name == name
+                    )
+                )
+                out.update({r.order_id: (r.status, _epoch(r.finished_at)) for r in rows})
+        return out
+
+    def settled(self, ids: list[int]) -> bool:
+        """Every order final, and every COMPLETED one published (or parked)."""
+        statuses = self.statuses(ids)
+        if len(statuses) < len(ids) or any(s not in FINAL for s in statuses.values()):
+            return False
+        completed = [i for i, s in statuses.items() if s == "COMPLETED"]
+        published = self.step_rows(completed, "publish_order")
+        return all(published.get(i, ("", None))[0] in STEP_DONE for i in completed)
+
+    def wait_settled(self, ids: list[int], timeout: float, interval: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.settled(ids):
+            if time.monotonic() > deadline:
+                counts = {}
+                for status in self.statuses(ids).values():
+                    counts[status] = counts.get(status, 0) + 1
+                raise TimeoutError(f"orders not settled after {timeout:.0f}s: {counts}")
+            time.sleep(interval)
+
+    def wait_one(self, order_id: int, timeout: float = 30.0) -> None:
+        """Poll one order's saga log (cheap, straight from the database) until settled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.rt.saga_log.order_status(order_id)
+            publish = self.rt.saga_log.step(order_id, "publish_order") or {}
+            if status == "FAILED" or (status in FINAL and publish.get("status") in STEP_DONE):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"order {order_id} not settled after {timeout}s ({status})")
+            time.sleep(0.005)
+
+    def count_statuses(self, ids: list[int]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in self.statuses(ids).values():
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def _order(user: int, product: int, coupon: int | None, quantity: int = 1) -> dict:
+    return {
+        "user_id": user,
+        "items": [{"product_id": product, "quantity": quantity}],
+        "issued_coupon_id": coupon,
+    }
+
+
+def _throughput(count: int, start: float, finishes: list[float | None]) -> tuple[float, float]:
+    done = [f for f in finishes if f is not None]
+    if not done:
+        return 0.0, 0.0
+    elapsed = max(done) - start
+    return round(count / elapsed, 2), round(elapsed, 3)
+
+
+# --- scenario 2: happy path --------------------------------------------------------------
+
+
+def happy_latency(shop: Shop, count: int) -> dict:
+    """One order at a time, with a coupon, every step doing real work."""
+    users = shop.users(count, balance=10 * PRICE)
+    coupons = shop.coupons_for(users)
+    product = shop.product(stock=count + 10)
+    post_ms, completed_ms, chain_ms, server_ms = [], [], [], []
+    for user in users:
+        reply = shop.post_order(_order(user, product, coupons[user]))
+        order_id = reply.body["order_id"]
+        shop.wait_one(order_id)
+        post_ms.append(reply.ms)
+        pivot = shop.step_rows([order_id], "use_coupon")[order_id][1]
+        publish = shop.step_rows([order_id], "publish_order")[order_id][1]
+        with shop.rt.databases["orders"].read() as session:
+            created = _epoch(session.get(Order, order_id).created_at)
+        completed_ms.append((pivot - reply.sent_at) * 1000)
+        chain_ms.append((publish - reply.sent_at) * 1000)
+        server_ms.append((pivot - created) * 1000)
+    return {
+        "orders": count,
+        "post_ms": percentiles(post_ms),
+        "completed_ms": percentiles(completed_ms),
+        "published_ms": percentiles(chain_ms),
+        "created_to_completed_ms": percentiles(server_ms),
+        "latency_samples_ms": [round(v, 3) for v in completed_ms],
+    }
+
+
+def happy_saturation(shop: Shop, count: int) -> dict:
+    """`count` orders from `shop.threads` concurrent submitters; all with coupons."""
+    users = shop.users(count, balance=10 * PRICE)
+    coupons = shop.coupons_for(users)
+    product = shop.product(stock=count + 10)
+    replies, start, posted = shop.submit([_order(u, product, coupons[u]) for u in users])
+    ids = [r.body["order_id"] for r in replies]
+    shop.wait_settled(ids, timeout=max(120.0, count / 2))
+    statuses = shop.count_statuses(ids)
+    pivot = shop.step_rows(ids, "use_coupon")
+    publish = shop.step_rows(ids, "publish_order")
+    throughput, elapsed = _throughput(count, start, [pivot[i][1] for i in ids])
+    all_published, published_s = _throughput(count, start, [publish[i][1] for i in ids])
+    return {
+        "orders": count,
+        "submitters": shop.threads,
+        "statuses": statuses,
+        "throughput": throughput,
+        "elapsed_s": elapsed,
+        "throughput_all_published": all_published,
+        "published_elapsed_s": published_s,
+        "post_rate": round(count / (posted - start), 1),
+        "post_ms_under_load": percentiles([r.ms for r in replies]),
+        "users": users,
+        "coupons": coupons,
+        "product": product,
+    }
+
+
+# --- scenario 3: failure path ------------------------------------------------------------
+
+
+def failure_path(shop: Shop, count: int, used: dict[int, int], product: int) -> dict:
+    """Orders that fail at use_coupon: each reuses a coupon its user already spent in a
+    COMPLETED order. create_order, decrease_stock and use_balance apply, use_coupon refuses,
+    and refund_balance, restore_stock, cancel_order run (newest first)."""
+    users = list(itertools.islice(itertools.cycle(used), count))
+    replies, start, posted = shop.submit([_order(u, product, used[u]) for u in users])
+    ids = [r.body["order_id"] for r in replies]
+    shop.wait_settled(ids, timeout=max(120.0, count / 2))
+    cancel = shop.step_rows(ids, "cancel_order")
+    throughput, elapsed = _throughput(count, start, [cancel.get(i, ("", None))[1] for i in ids])
+    compensated = 0
+    for name in ("refund_balance", "restore_stock", "cancel_order"):
+        rows = shop.step_rows(ids, name)
+        compensated += sum(1 for i in ids if rows.get(i, ("",))[0] == saga_log.SUCCEEDED)
+    return {
+        "orders": count,
+        "statuses": shop.count_statuses(ids),
+        "compensations_run": compensated,
+        "throughput": throughput,
+        "elapsed_s": elapsed,
+        "post_rate": round(count / (posted - start), 1),
+    }
+
+
+# --- scenario 4: contention --------------------------------------------------------------
+
+
+def contention(shop: Shop, orders: int, products: int, stock: int) -> dict:
+    """`orders` single-unit orders spread over a few hot products whose stock runs out part
+    way; a tenth of the users can pay for only part of their orders. Then the invariants."""
+    product_ids = [shop.product(stock=stock, price=500) for _ in range(products)]
+    per_user = 10
+    users = [next(shop.user_ids) for _ in range(max(1, orders // per_user))]
+    charged = {u: (4 * 500 if i % 10 == 0 else per_user * 500) for i, u in enumerate(users)}
+    for user, amount in charged.items():
+        shop.rt.balances.charge(user, amount)
+    bodies = [_order(users[i % len(users)], product_ids[i % products], None) for i in range(orders)]
+    replies, start, posted = shop.submit(bodies)
+    ids = [r.body["order_id"] for r in replies]
+    shop.wait_settled(ids, timeout=max(120.0, orders / 2))
+    finishes = []
+    for name in ("publish_order", "cancel_order"):
+        rows = shop.step_rows(ids, name)
+        finishes += [rows[i][1] for i in rows]
+    throughput, elapsed = _throughput(orders, start, finishes)
+    checks = contention_invariants(shop, ids, product_ids, stock, charged)
+    return {
+        "orders": orders,
+        "products": products,
+        "stock_each": stock,
+        "statuses": shop.count_statuses(ids),
+        "throughput": throughput,
+        "elapsed_s": elapsed,
+        "post_rate": round(orders / (posted - start), 1),
+        "invariants": checks,
+    }
+
+
+def contention_invariants(shop: Shop, ids, product_ids, initial: int, charged: dict) -> dict:
+    sold = {p: 0 for p in product_ids}
+    paid = 0
+    statuses = shop.statuses(ids)
+    with shop.rt.databases["orders"].read() as session:
+        for chunk in _chunks(ids):
+            for order in session.scalars(select(Order).where(Order.id.in_(chunk))):
+                if order.status == "COMPLETED":
+                    paid += order.paid
+            rows = session.execute(
+                select(OrderItem.order_id, OrderItem.product_id, OrderItem.quantity).where(
+                    OrderItem.order_id.in_(chunk)
+                )
+            )
+            for row in rows:
+                if statuses[row.order_id] == "COMPLETED":
+                    sold[row.product_id] += row.quantity
+    stock = {p: shop.rt.products.get(p)["stock"] for p in product_ids}
+    balances = sum(shop.rt.balances.get(u)["balance"] for u in charged)
+    checks = {
+        "all_settled": all(s in ("COMPLETED", "FAILED") for s in statuses.values()),
+        "no_negative_stock": all(v >= 0 for v in stock.values()),
+        "stock_plus_sold_is_initial": all(stock[p] + sold[p] == initial for p in product_ids),
+        "money_conserved": balances + paid == sum(charged.values()),
+    }
+    checks["ok"] = all(checks.values())
+    checks["detail"] = {
+        "stock_left": sum(stock.values()),
+        "sold": sum(sold.values()),
+        "initial": initial * len(product_ids),
+        "balances": balances,
+        "paid_by_completed": paid,
+        "charged": sum(charged.values()),
+    }
+    return checks
+
+
+# --- scenario 5: coupon issuance ---------------------------------------------------------
+
+
+def coupon_issuance(shop: Shop, requests: int, quantity: int) -> dict:
+    """`requests` first-come-first-served issue requests (one per user) for one coupon."""
+    coupon = shop.rt.coupons.create("bench rush", DISCOUNT, quantity)
+    users = [next(shop.user_ids) for _ in range(requests)]
+
+    def issue(user: int):
+        reply = call(shop.port, "POST", f"/coupons/{coupon['id']}/issue", {"user_id": user})
+        if reply.status != 202:
+            raise RuntimeError(f"POST issue answered {reply.status}: {reply.body}")
+        return reply
+
+    replies, start, posted = submit_all(shop.threads, users, issue)
+    ids = [r.body["request_id"] for r in replies]
+    db = shop.rt.databases["coupons"]
+
+    def pending() -> int:
+        with db.read() as session:
+            return session.scalar(
+                select(func.count())
+                .select_from(IssueRequest)
+                .where(IssueRequest.coupon_id == coupon["id"], IssueRequest.status == PENDING)
+            )
+
+    deadline = time.monotonic() + max(120.0, requests / 20)
+    while pending():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pending()} issue requests still pending")
+        time.sleep(0.25)
+    with db.read() as session:
+        rows = session.execute(
+            select(IssueRequest.status, IssueRequest.processed_at).where(IssueRequest.id.in_(ids))
+        ).all()
+    issued = sum(1 for r in rows if r.status == ISSUED)
+    last = max(_epoch(r.processed_at) for r in rows if r.processed_at is not None)
+    counter = shop.rt.coupons.get(coupon["id"])["issued"]
+    return {
+        "requests": requests,
+        "quantity": quantity,
+        "requests_per_s": round(requests / (posted - start), 1),
+        "processed_per_s": round(requests / (last - start), 1),
+        "elapsed_s": round(last - start, 3),
+        "post_ms": percentiles([r.ms for r in replies]),
+        "issued": issued,
+        "coupon_issued_counter": counter,
+        "exactly_quantity_issued": issued == quantity == counter,
+    }
