@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from app.db import Database
 from app.ledger import utcnow
@@ -60,11 +60,27 @@ class SagaLog:
             session.add(row)
         return row
 
-    def started(self, order_id: int, name: str, kind: str) -> None:
+    def started(self, order_id: int, name: str, kind: str) -> str | None:
+        """Count an attempt and show the work as running. Returns the last error the work
+        had (None on a clean first run), so callers know whether a DLQ entry may exist."""
+        # One UPDATE on the hot path: this runs before every step and compensation.
+        bump = (
+            update(SagaStep)
+            .where(SagaStep.order_id == order_id, SagaStep.name == name)
+            .values(
+                status=RUNNING,
+                attempts=SagaStep.attempts + 1,
+                started_at=func.coalesce(SagaStep.started_at, utcnow()),
+            )
+            .returning(SagaStep.error)
+        )
         with self.db.write() as session:
-            row = self._row(session, order_id, name, kind)
-            row.status, row.attempts = RUNNING, row.attempts + 1
-            row.started_at = row.started_at or utcnow()
+            found = session.execute(bump).first()
+            if found is not None:
+                return found.error
+            row = self._row(session, order_id, name, kind)  # not planned: record it now
+            row.status, row.attempts, row.started_at = RUNNING, 1, utcnow()
+            return None
 
     def attempt_failed(self, order_id: int, name: str, error: BaseException | str) -> None:
         with self.db.write() as session:
@@ -80,21 +96,38 @@ class SagaLog:
         skipped: bool = False,
         completes_order: bool = False,
         payment: tuple[int, str] | None = None,
+        was_stuck: bool = True,
     ) -> None:
+        """Record success, with what it changes for the order, in one transaction. Pass
+        was_stuck=False when the work never failed before: the order then cannot be
+        NEEDS_ATTENTION on its account, and the check is skipped (the hot path)."""
+        now = utcnow()
         with self.db.write() as session:
-            row = self._row(session, order_id, name)
-            row.status = SKIPPED if skipped else SUCCEEDED
-            row.detail, row.error, row.finished_at = detail, None, utcnow()
-            order = session.get(Order, order_id, with_for_update=True)
+            session.execute(
+                update(SagaStep)
+                .where(SagaStep.order_id == order_id, SagaStep.name == name)
+                .values(
+                    status=SKIPPED if skipped else SUCCEEDED,
+                    detail=detail,
+                    error=None,
+                    finished_at=now,
+                )
+            )
             if payment is not None:
                 OrderPaymentService.record(session, order_id, *payment)
-            if completes_order and order.status in (PENDING, NEEDS_ATTENTION):
-                order.status, order.failed_step, order.failure_reason = COMPLETED, None, None
-                order.updated_at = utcnow()
-            elif order.status == NEEDS_ATTENTION and not self._anything_stuck(session, order_id):
-                # A stuck step was retried successfully: the saga is moving again.
-                order.status = COMPENSATING if row.kind == "compensation" else PENDING
-                order.updated_at = utcnow()
+            if completes_order:
+                session.execute(
+                    update(Order)
+                    .where(Order.id == order_id, Order.status.in_((PENDING, NEEDS_ATTENTION)))
+                    .values(status=COMPLETED, failed_step=None, failure_reason=None, updated_at=now)
+                )
+            elif was_stuck:
+                order = session.get(Order, order_id, with_for_update=True)
+                if order.status == NEEDS_ATTENTION and not self._anything_stuck(session, order_id):
+                    # A stuck step was retried successfully: the saga is moving again.
+                    kind = session.get(SagaStep, (order_id, name)).kind
+                    order.status = COMPENSATING if kind == "compensation" else PENDING
+                    order.updated_at = now
 
     def _anything_stuck(self, session, order_id: int) -> bool:
         return (

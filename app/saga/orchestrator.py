@@ -49,7 +49,7 @@ class Saga:
         """Run forward step `name` once, recording it in the saga log. Business errors are
         recorded as the step's failure and re-raised; other errors count as an attempt."""
         order_id = ctx["order_id"]
-        self.log.started(order_id, name, "step")
+        failed_before = self.log.started(order_id, name, "step") is not None
         try:
             self.rt.faults.before(name, order_id)
             result, detail = FORWARD[name](self.rt, ctx)
@@ -73,13 +73,15 @@ class Saga:
             skipped=detail is None,
             completes_order=name == saga.PIVOT,
             payment=payment,
+            was_stuck=failed_before,
         )
-        self.rt.dead_letters.resolve_work(order_id, name, "step succeeded")
+        if failed_before:  # only work that failed before can have a DLQ entry to close
+            self.rt.dead_letters.resolve_work(order_id, name, "step succeeded")
         log.info("step succeeded order_id=%s step=%s detail=%r", order_id, name, detail)
         return result
 
     def run_compensation(self, name: str, order_id: int) -> str:
-        self.log.started(order_id, name, "compensation")
+        failed_before = self.log.started(order_id, name, "compensation") is not None
         try:
             self.rt.faults.before(name, order_id)
             outcome = COMPENSATE[name](self.rt, order_id)
@@ -88,8 +90,9 @@ class Saga:
             raise
         self.rt.faults.after(name, order_id)
         payment = (0, "REFUNDED") if name == "refund_balance" and outcome == "undone" else None
-        self.log.succeeded(order_id, name, outcome, payment=payment)
-        self.rt.dead_letters.resolve_work(order_id, name, "compensation succeeded")
+        self.log.succeeded(order_id, name, outcome, payment=payment, was_stuck=failed_before)
+        if failed_before:
+            self.rt.dead_letters.resolve_work(order_id, name, "compensation succeeded")
         log.info("compensation done order_id=%s step=%s outcome=%r", order_id, name, outcome)
         return outcome
 

@@ -155,7 +155,8 @@ class OrderService:
             if existing is None:
                 raise
             return existing, False
-        return self.get(order_id), True
+        # The caller needs only the id and status: don't read back what was just written.
+        return {"order_id": order_id, "status": PENDING}, True
 
     def _by_key(self, key: str, print_: str) -> dict | None:
         with self.db.read() as session:
