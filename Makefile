@@ -30,8 +30,8 @@ demo: ## place three demo orders against a running `make run`
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .
 
-bench: venv ## run the benchmark
-	$(PY) -m bench
+bench: venv ## run the benchmark (ARGS="--quick" or "--postgres"); writes bench/results/
+	$(PY) -m bench $(ARGS)
 
 clean: ## remove var/ (local databases, Redis data)
 	rm -rf var/
