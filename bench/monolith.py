@@ -20,14 +20,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
-    event,
     func,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
+
+from app.db import Database
 
 metadata = MetaData()
 products = Table(
@@ -97,24 +97,8 @@ class Refused(Exception):
 
 
 def make_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=5, max_overflow=10)
-    engine = create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
+    """The services' own engine setup (app/db.py): on SQLite, WAL and BEGIN IMMEDIATE."""
+    return Database(url).engine
 
 
 def place_order(engine: Engine, user_id: int, items: list[dict], coupon_id: int | None) -> dict:

@@ -21,35 +21,15 @@ import time
 import redis
 from celery import Celery, chain
 from celery.signals import worker_process_init
-from kombu import Queue
 
 from config.settings import Settings
+from tasks.celery_app import delivery_conf
 
 SETTINGS = Settings.from_env()
 QUEUES = ("orders", "products", "balances", "coupons", "dataplatform")
 DONE_KEY = "bench:raw_chain:done"
 
-CONF = dict(
-    task_serializer="json",
-    accept_content=["json"],
-    result_backend=None,
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_queues=[Queue(name) for name in QUEUES],
-    task_default_queue="orders",
-    broker_transport_options={
-        "visibility_timeout": SETTINGS.broker_visibility_timeout,
-        "unacked_restore_interval": SETTINGS.broker_restore_interval,
-        "unacked_restore_throttle": 1,
-    },
-    broker_connection_retry_on_startup=True,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
-    worker_hijack_root_logger=False,
-    enable_utc=True,
-)
+CONF = delivery_conf(SETTINGS)
 # The settings that decide how much each message costs; compared with the saga's app.
 COMPARED = (
     "task_serializer",

@@ -26,9 +26,10 @@ def _routes() -> dict:
     return routes
 
 
-def create_celery(settings: Settings) -> Celery:
-    app = Celery("saga", broker=settings.redis_url, set_as_current=False)
-    app.conf.update(
+def delivery_conf(settings: Settings) -> dict:
+    """How every message is delivered; the benchmark's raw chain uses the same, so the
+    comparison is fair."""
+    return dict(
         task_serializer="json",
         accept_content=["json"],
         # Nobody reads task results: the saga log is the record. No backend, no writes.
@@ -39,7 +40,6 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="orders",
-        task_routes=_routes(),
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_interval": settings.broker_restore_interval,
@@ -51,6 +51,11 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("saga", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(delivery_conf(settings), task_routes=_routes())
     app.lazy_saga = LazySaga(settings, lambda: CeleryDispatcher(app))
     app.dispatcher = CeleryDispatcher(app)
     register_steps(app, settings)
