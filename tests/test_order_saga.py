@@ -124,3 +124,16 @@ def test_idempotency_key_reused_for_a_different_order_is_refused(shop, client):
     assert clash.status_code == 409
     assert clash.get_json()["error"]["code"] == "conflict"
     assert shop.snapshot() == before
+
+
+def test_orders_can_be_listed_by_status_for_the_operator(shop, client):
+    user = shop.new_user(balance=50)
+    product = shop.product(stock=5, price=100)
+    failed = shop.wait_order(shop.order(user, product))["order_id"]  # balance too low
+
+    listed = shop.ok(client.get("/orders?status=FAILED&limit=500"))
+
+    assert failed in [o["order_id"] for o in listed]
+    assert {o["status"] for o in listed} == {"FAILED"}
+    assert client.get("/orders?status=LOST").status_code == 422
+    assert client.get("/orders?limit=0").status_code == 422

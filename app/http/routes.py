@@ -121,6 +121,13 @@ def place_order():
     return response, 202
 
 
+@bp.get("/orders")
+def list_orders():
+    """The newest orders; `?status=NEEDS_ATTENTION` lists what waits for a human."""
+    query = schemas.OrderQuery.model_validate(request.args.to_dict())
+    return jsonify(_rt().orders.summaries(query.status, query.limit))
+
+
 @bp.get(f"/orders/<{ID}:order_id>")
 def get_order(order_id: int):
     return jsonify(_rt().orders.get(order_id))

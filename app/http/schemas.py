@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -39,6 +39,13 @@ class IssueCoupon(Strict):
 class OrderItem(Strict):
     product_id: Id
     quantity: Annotated[int, Field(strict=True, ge=1, le=10**6)]
+
+
+class OrderQuery(Strict):
+    status: Literal["PENDING", "COMPLETED", "COMPENSATING", "FAILED", "NEEDS_ATTENTION"] | None = (
+        None
+    )
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
 
 
 class NewOrder(Strict):

@@ -241,6 +241,24 @@ class OrderService:
             rows = session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
             return {row.id: row.status for row in rows}
 
+    def summaries(self, status: str | None, limit: int) -> list[dict]:
+        """The newest orders, optionally only those in one status (e.g. NEEDS_ATTENTION)."""
+        query = select(Order).order_by(Order.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(Order.status == status)
+        with self.db.read() as session:
+            return [
+                {
+                    "order_id": o.id,
+                    "user_id": o.user_id,
+                    "status": o.status,
+                    "failed_step": o.failed_step,
+                    "failure_reason": o.failure_reason,
+                    "links": {"self": f"/orders/{o.id}"},
+                }
+                for o in session.scalars(query)
+            ]
+
 
 class OrderPaymentService:
     """The order's own record of what it paid: PAID when use_balance succeeds, REFUNDED when
