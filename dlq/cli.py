@@ -90,12 +90,16 @@ class GuardedGroup(click.Group):
         from redis.exceptions import RedisError
         from sqlalchemy.exc import OperationalError
 
+        from app.errors import DomainError
+
         try:
             return super().invoke(ctx)
         except RedisError as exc:
             fail(f"cannot reach Redis: {exc}", UNREACHABLE)
         except OperationalError as exc:
             fail(f"cannot reach a database: {exc.orig}", UNREACHABLE)
+        except DomainError as exc:
+            fail(str(exc), FAILED_AGAIN)
         except ValueError as exc:  # bad settings in the environment
             fail(str(exc), UNREACHABLE)
 
@@ -140,8 +144,13 @@ def list_entries(obj: Context, status, name, order_id, as_json):
 @click.pass_obj
 def show(obj: Context, entry_id, as_json):
     """Show one entry and its order's saga timeline."""
+    from app.errors import NotFound
+
     entry = obj.entry(entry_id)
-    order = obj.saga.rt.orders.get(entry["order_id"])
+    try:
+        order = obj.saga.rt.orders.get(entry["order_id"])
+    except NotFound:
+        order = None  # still show the entry: it is what the operator has to act on
     if as_json:
         emit_json({"entry": {**public(entry), "traceback": entry.get("traceback")}, "order": order})
         return
@@ -154,6 +163,9 @@ def show(obj: Context, entry_id, as_json):
         f"first failed {_when(entry['first_failed_at'])}, "
         f"last {_when(entry['last_failed_at'])}; note: {entry.get('note') or '-'}"
     )
+    if order is None:
+        console.print(f"order {entry['order_id']} is not in the orders database")
+        return
     console.print(
         f"order {order['order_id']} is [bold]{order['status']}[/]"
         + (f" ({order['failure_reason']})" if order["failure_reason"] else "")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv if missing and install requirements.txt into it, skipping the install when
-# requirements.txt has not changed since the last successful one (a stamp in .venv).
+# Create .venv if missing and install requirements.txt (and the project, editable) into it,
+# skipping the install when requirements.txt and pyproject.toml have not changed since the
+# last successful one (a stamp in .venv).
 # PYTHON picks the interpreter (default: python3.11, else python3; 3.11+ required).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,11 +33,13 @@ if [[ ! -x $venv/bin/python ]]; then
     "$python" -m venv "$venv"
 fi
 
-wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
+wanted=$(cat "$requirements" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
     exit 0
 fi
 echo "==> installing requirements.txt into $venv" >&2
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 "$venv/bin/python" -m pip install -q -r "$requirements" </dev/null
+# The project itself, editable, for its console command (saga-dlq); no new packages.
+"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" </dev/null
 echo "$wanted" >"$stamp"

@@ -4,6 +4,10 @@ Redis: one entry per piece of work, kept across a Redis restart when Redis persi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +104,22 @@ def test_resolve_then_purge_deletes_only_resolved_entries(stack):
     assert purged.returncode == 0 and json.loads(purged.stdout)["purged"] >= 1
     assert stack.rt.dead_letters.get("105:use_balance") is None
     assert stack.rt.dead_letters.get("106:use_balance")["status"] == "retrying"
+
+
+def test_the_cli_is_installed_as_the_saga_dlq_command(stack, tmp_path):
+    _park(stack, 107)
+    command = Path(sys.executable).with_name("saga-dlq")
+    result = subprocess.run(
+        [str(command), "show", "107:use_balance", "--json"],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["entry"]["id"] == "107:use_balance"
+    assert shown["order"] is None  # parked work whose order is gone is still shown
+    text = stack.cli("show", "107:use_balance")
+    assert text.returncode == 0 and "not in the orders database" in text.stdout
