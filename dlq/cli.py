@@ -19,7 +19,8 @@ from rich.table import Table
 from dlq.store import RESOLVED, STATUSES
 
 OK, FAILED_AGAIN, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 3, 4
-console = Console()
+# Piped or in a narrow terminal, keep tables wide enough that ids are never cut.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 class Context:
@@ -158,7 +159,7 @@ def show(obj: Context, entry_id, as_json):
         f"[bold]{entry['id']}[/] {entry['kind']} [bold]{entry['name']}[/] of order "
         f"{entry['order_id']}: {entry['status']}, {entry['attempts']} DLQ attempts"
     )
-    console.print(f"error: {entry['error_class']}: {entry['error']}")
+    console.print(f"error: {entry['error']}")
     console.print(
         f"first failed {_when(entry['first_failed_at'])}, "
         f"last {_when(entry['last_failed_at'])}; note: {entry.get('note') or '-'}"
@@ -246,14 +247,16 @@ def requeue(obj: Context, entry_id, everything, dry_run, as_json):
 
 
 def _requeue_one(obj: Context, entry: dict) -> dict:
+    from app.saga.log import error_text
+
     eid = entry["id"]
     obj.store.start_attempt(eid)
     try:
         outcome = obj.saga.retry(entry["order_id"], entry["name"])
     except Exception as exc:
-        obj.store.attempt_failed(eid, type(exc).__name__, str(exc)[:2000], give_up=True)
+        obj.store.attempt_failed(eid, type(exc).__name__, error_text(exc), give_up=True)
         obj.store.update(eid, alerted=True)  # the operator is already looking at it
-        return {"id": eid, "ok": False, "outcome": f"{type(exc).__name__}: {exc}"}
+        return {"id": eid, "ok": False, "outcome": error_text(exc)}
     obj.store.resolve(eid, f"requeued by an operator: {outcome}")
     return {"id": eid, "ok": True, "outcome": outcome}
 

@@ -32,7 +32,7 @@ def alert_text(entry: dict) -> str:
     lines = [
         f":rotating_light: Order saga needs a human: {entry['kind']} `{entry['name']}` "
         f"of order {entry['order_id']} failed every retry.",
-        f"Error: {entry['error_class']}: {entry['error']}",
+        f"Error: {entry['error']}",
         f"Attempts: {entry['attempts']} by the DLQ worker, after the worker's own retries; "
         f"first failed {_when(entry.get('first_failed_at'))}, "
         f"last {_when(entry.get('last_failed_at'))}.",

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+from app.saga.log import error_text
 from dlq.slack import AlertFailed, SlackAlerter, alert_text
 from dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
 
@@ -44,7 +45,7 @@ class DeadLetterWorker:
             outcome = self.saga.retry(entry["order_id"], entry["name"])
         except Exception as exc:
             give_up = attempt >= self.max_attempts
-            self.store.attempt_failed(eid, type(exc).__name__, str(exc)[:2000], give_up)
+            self.store.attempt_failed(eid, type(exc).__name__, error_text(exc), give_up)
             log.warning(
                 "retry failed %s attempt=%s/%s error=%r",
                 fields,

@@ -39,7 +39,9 @@ def _epoch(moment) -> float:
 def error_text(exc: BaseException | str) -> str:
     if isinstance(exc, str):
         return exc
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    # Some exceptions carry no message (SoftTimeLimitExceeded()): say what they mean.
+    message = str(exc) or (type(exc).__doc__ or "").strip().split("\n")[0] or "no message"
+    return f"{type(exc).__name__}: {message}"[:2000]
 
 
 class SagaLog:
