@@ -26,5 +26,6 @@ def register_compensations(app, settings) -> None:
             base=SagaTask,
             name=f"compensations.{name}",
             saga_name=name,
+            business_errors_compensate=False,
             **retry_options(settings),
         )

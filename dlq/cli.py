@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dlq.store import RESOLVED, STATUSES
+from dlq.store import RESOLVED, RETRYING, STATUSES
 
 OK, FAILED_AGAIN, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 3, 4
 # Piped or in a narrow terminal, keep tables wide enough that ids are never cut.
@@ -219,6 +219,9 @@ def requeue(obj: Context, entry_id, everything, dry_run, as_json):
         if entry_id
         else [e for e in obj.store.entries() if e["status"] != RESOLVED]
     )
+    if entry_id and entries[0]["status"] == RESOLVED:
+        # Re-running closed work could re-apply a step that was given up and compensated.
+        fail(f"{entry_id} is already resolved ({entries[0].get('note')})", FAILED_AGAIN)
     if dry_run:
         plans = [_plan(obj, e) for e in entries]
         if as_json:
@@ -254,8 +257,10 @@ def _requeue_one(obj: Context, entry: dict) -> dict:
     try:
         outcome = obj.saga.retry(entry["order_id"], entry["name"])
     except Exception as exc:
-        obj.store.attempt_failed(eid, type(exc).__name__, error_text(exc), give_up=True)
-        obj.store.update(eid, alerted=True)  # the operator is already looking at it
+        # The operator is already looking at it: no page.
+        obj.store.attempt_failed(
+            eid, type(exc).__name__, error_text(exc), give_up=True, alerted=True
+        )
         return {"id": eid, "ok": False, "outcome": error_text(exc)}
     obj.store.resolve(eid, f"requeued by an operator: {outcome}")
     return {"id": eid, "ok": True, "outcome": outcome}
@@ -263,9 +268,10 @@ def _requeue_one(obj: Context, entry: dict) -> dict:
 
 @cli.command()
 @click.argument("entry_id")
+@click.option("--force", is_flag=True, help="even while the DLQ worker still retries it")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def compensate(obj: Context, entry_id, as_json):
+def compensate(obj: Context, entry_id, force, as_json):
     """Give up on a stuck forward step and undo the order instead."""
     entry = obj.entry(entry_id)
     if entry["kind"] != "step":
@@ -276,6 +282,12 @@ def compensate(obj: Context, entry_id, as_json):
         )
     if entry["status"] == RESOLVED:
         fail(f"{entry_id} is already resolved ({entry.get('note')})", FAILED_AGAIN)
+    if entry["status"] == RETRYING and not force:
+        fail(
+            f"{entry_id} is still being retried by the DLQ worker (attempt {entry['attempts']});"
+            " wait until it needs a human, or pass --force",
+            FAILED_AGAIN,
+        )
     launched = obj.saga.give_up(entry["order_id"], entry["name"])
     result = {"id": entry_id, "order_id": entry["order_id"], "compensations": launched}
     if as_json:
@@ -294,12 +306,20 @@ def compensate(obj: Context, entry_id, as_json):
 @click.pass_obj
 def resolve(obj: Context, entry_id, note, as_json):
     """Mark an entry as handled by hand."""
-    obj.entry(entry_id)
+    entry = obj.entry(entry_id)
     obj.store.resolve(entry_id, f"resolved by hand: {note}")
     if as_json:
         emit_json(public(obj.store.get(entry_id)))
     else:
         click.echo(f"{entry_id}: resolved")
+    status = obj.saga.rt.orders.statuses([entry["order_id"]]).get(entry["order_id"])
+    if status == "NEEDS_ATTENTION":
+        # Resolving closes the DLQ entry only; the saga does not move by itself.
+        click.echo(
+            f"note: order {entry['order_id']} stays NEEDS_ATTENTION; `requeue` or "
+            "`compensate` moves its saga, or fix the order by hand",
+            err=True,
+        )
 
 
 @cli.command()

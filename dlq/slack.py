@@ -31,7 +31,7 @@ def alert_text(entry: dict) -> str:
     eid = entry["id"]
     lines = [
         f":rotating_light: Order saga needs a human: {entry['kind']} `{entry['name']}` "
-        f"of order {entry['order_id']} failed every retry.",
+        f"of order {entry['order_id']} could not be completed automatically.",
         f"Error: {entry['error']}",
         f"Attempts: {entry['attempts']} by the DLQ worker, after the worker's own retries; "
         f"first failed {_when(entry.get('first_failed_at'))}, "

@@ -41,12 +41,29 @@ redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
 return 1
 """
 
-# Take the earliest due entry and push its due time forward by the lease.
+# Take the earliest due entry and push its due time forward by the lease; drop from the
+# schedule, in the same step, an entry that needs nothing more (resolved, or alerted).
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
 if #ids == 0 then return nil end
+local key = ARGV[3] .. ids[1]
+local status = redis.call('HGET', key, 'status')
+if (not status) or status == 'resolved' or
+   (status == 'needs_human' and redis.call('HGET', key, 'alerted') == '1') then
+  redis.call('ZREM', KEYS[1], ids[1])
+  return {ids[1], 0}
+end
 redis.call('ZADD', KEYS[1], ARGV[2], ids[1])
-return ids[1]
+return {ids[1], 1}
+"""
+
+# Delete an entry only if it is still resolved: it may have been handed off again.
+_PURGE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'resolved' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
 """
 
 
@@ -77,6 +94,7 @@ class DeadLetterStore:
         self.clock = clock
         self._push = redis.register_script(_PUSH)
         self._claim = redis.register_script(_CLAIM)
+        self._purge = redis.register_script(_PURGE)
 
     def push(
         self,
@@ -147,21 +165,17 @@ class DeadLetterStore:
             and (order_id is None or e["order_id"] == order_id)
         ]
 
-    def claim(self, lease_seconds: float) -> dict | None:
-        """Take the next due entry for `lease_seconds`; None when nothing is due."""
+    def claim(self, lease_seconds: float) -> dict | None | bool:
+        """Take the next due entry for `lease_seconds`. None when nothing is due; False
+        when the due entry needed nothing more (it left the schedule)."""
         now = self.clock()
-        eid = self._claim(keys=[DUE], args=[now, now + lease_seconds])
-        if eid is None:
+        found = self._claim(keys=[DUE], args=[now, now + lease_seconds, ENTRY])
+        if found is None:
             return None
-        entry = self.get(eid.decode() if isinstance(eid, bytes) else eid)
-        if (
-            entry is None
-            or (entry["status"] == RESOLVED)
-            or (entry["status"] == NEEDS_HUMAN and entry["alerted"])
-        ):
-            self.redis.zrem(DUE, eid)
-            return None
-        return entry
+        eid, live = found
+        if not live:
+            return False
+        return self.get(eid.decode() if isinstance(eid, bytes) else eid)
 
     def update(self, eid: str, **fields) -> None:
         encoded = {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items()}
@@ -178,14 +192,29 @@ class DeadLetterStore:
     def unschedule(self, eid: str) -> None:
         self.redis.zrem(DUE, eid)
 
-    def attempt_failed(self, eid: str, error_class: str, error: str, give_up: bool) -> None:
+    def attempt_failed(
+        self,
+        eid: str,
+        error_class: str,
+        error: str,
+        give_up: bool,
+        alert_after: float = 0.0,
+        alerted: bool = False,
+    ) -> None:
+        """Record a failed attempt: schedule the next, or hand the entry to a human (its
+        alert due after `alert_after` seconds: the caller usually sends it at once)."""
         fields = {"error_class": error_class, "error": error, "last_failed_at": self.clock()}
         if give_up:
-            self.update(eid, status=NEEDS_HUMAN, **fields)
-            self.schedule(eid, self.clock())  # due now: the alert
+            self.update(eid, status=NEEDS_HUMAN, alerted=alerted, **fields)
+            if alerted:
+                self.unschedule(eid)
+            else:
+                self.schedule(eid, self.clock() + alert_after)
         else:
             attempts = self.get(eid)["attempts"]
-            self.update(eid, **fields)
+            # Back to retrying: a retry whose work succeeded but whose continuation could
+            # not be sent had already closed the entry.
+            self.update(eid, status=RETRYING, **fields)
             self.schedule(eid, self.clock() + self.backoff(attempts))
 
     def resolve(self, eid: str, note: str) -> bool:
@@ -202,15 +231,6 @@ class DeadLetterStore:
         if status is not None and status not in (b"resolved", "resolved"):
             self.resolve(eid, note)
 
-    def reopen(self, eid: str) -> None:
-        """Give an entry a fresh retry budget, due now (requeue)."""
-        self.update(eid, status=RETRYING, attempts=0, alerted=False, note="requeued")
-        self.schedule(eid, self.clock())
-
     def purge(self, ids: Iterable[str]) -> int:
-        removed = 0
-        for eid in ids:
-            pipe = self.redis.pipeline()
-            pipe.delete(ENTRY + eid).zrem(IDS, eid).zrem(DUE, eid)
-            removed += pipe.execute()[0]
-        return removed
+        """Delete these entries if they are still resolved; returns how many went."""
+        return sum(int(self._purge(keys=[ENTRY + eid, IDS, DUE], args=[eid])) for eid in ids)

@@ -41,11 +41,23 @@ class DeadLetterWorker:
         eid = entry["id"]
         attempt = self.store.start_attempt(eid)  # counted first: a crash still counts
         fields = f"dlq_id={eid} order_id={entry['order_id']} step={entry['name']}"
+        if attempt > self.max_attempts:
+            # Earlier attempts never came back (they killed or hung this worker): stop here.
+            self.store.attempt_failed(
+                eid,
+                "WorkerLost",
+                "WorkerLost: the DLQ worker died during every retry",
+                give_up=True,
+                alert_after=self.lease,
+            )
+            return self._alert(self.store.get(eid))
         try:
             outcome = self.saga.retry(entry["order_id"], entry["name"])
         except Exception as exc:
             give_up = attempt >= self.max_attempts
-            self.store.attempt_failed(eid, type(exc).__name__, error_text(exc), give_up)
+            self.store.attempt_failed(
+                eid, type(exc).__name__, error_text(exc), give_up, alert_after=self.lease
+            )
             log.warning(
                 "retry failed %s attempt=%s/%s error=%r",
                 fields,
@@ -89,6 +101,8 @@ class DeadLetterWorker:
         entry = self.store.claim(self.lease)
         if entry is None:
             return False
+        if entry is False:
+            return True  # it needed nothing more; look for the next
         try:
             self.handle(entry)
         except Exception:

@@ -46,6 +46,9 @@ class SagaTask(Task):
     throws = (BusinessError,)
     # Steps and compensations go to the DLQ when retries run out; helper tasks just fail.
     dead_letter_on_exhaustion: bool = True
+    # A forward step's business error compensates; a compensation must not refuse, so one
+    # that does goes to the DLQ like any other failure.
+    business_errors_compensate: bool = True
 
     @property
     def saga(self):
@@ -69,20 +72,24 @@ class SagaTask(Task):
                 str(retry.exc),
             )
             raise
-        except BusinessError:
-            raise  # recorded by the saga; the link_error callback compensates
+        except BusinessError as exc:
+            if self.business_errors_compensate:
+                raise  # recorded by the saga; the link_error callback compensates
+            self._park(order_id, args, exc, fields, "refused by the business (cannot undo)")
+            raise
         except AlreadyCompensated:
-            log.info("ignored late delivery %s: already compensated", fields)
+            log.info("ignored late delivery %s: the saga is being or was undone", fields)
             raise Ignore() from None
         except Exception as exc:
-            log.error("retries exhausted %s error=%r", fields, str(exc))
             if not self.dead_letter_on_exhaustion:
+                log.error("failed %s error=%r", fields, str(exc))
                 raise
-            self.saga.dead_letter(
-                order_id,
-                self.saga_name,
-                args[0] if isinstance(args[0], dict) else {"order_id": order_id},
-                exc,
-                task=self.name,
-            )
+            why = "retries exhausted" if isinstance(exc, RETRYABLE) else "not retryable"
+            self._park(order_id, args, exc, fields, why)
             raise
+
+    def _park(self, order_id, args, exc, fields: str, why: str) -> None:
+        """Hand the work to the DLQ; the saga log and the order say so."""
+        log.error("dead-lettering %s (%s) error=%r", fields, why, str(exc))
+        ctx = args[0] if args and isinstance(args[0], dict) else {"order_id": order_id}
+        self.saga.dead_letter(order_id, self.saga_name, ctx, exc, task=self.name)

@@ -37,6 +37,9 @@ def delivery_conf(settings: Settings) -> dict:
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A message whose task kills its worker every time counts each loss as a retry, so
+        # it ends in the DLQ instead of being redelivered forever.
+        task_retry_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="orders",

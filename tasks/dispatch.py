@@ -12,7 +12,7 @@ class CeleryDispatcher:
     def __init__(self, app):
         self.app = app
 
-    def _step(self, name: str, order_id: int, args: tuple = ()):
+    def _signature(self, task: str, name: str, order_id: int, args: tuple = (), **options):
         # The errback goes on every signature, not on the chain: errbacks attached to a
         # whole chain are lost when chains are composed in several Celery versions.
         errback = self.app.signature(
@@ -21,23 +21,24 @@ class CeleryDispatcher:
             immutable=True,
             queue="orders",
         )
-        sig = self.app.signature(f"saga.{name}", args=args, queue=queue_of(name))
+        sig = self.app.signature(task, args=args, queue=queue_of(name), **options)
         sig.link_error(errback)
         return sig
 
     def forward(self, ctx: dict, steps: list[str]) -> None:
         """Run `steps` in order; the first gets `ctx`, each later one the previous result."""
         order_id = ctx["order_id"]
-        signatures = [self._step(steps[0], order_id, (ctx,))]
-        signatures += [self._step(name, order_id) for name in steps[1:]]
+        signatures = [self._signature(f"saga.{steps[0]}", steps[0], order_id, (ctx,))]
+        signatures += [self._signature(f"saga.{name}", name, order_id) for name in steps[1:]]
         chain(*signatures).apply_async()
 
     def compensate(self, order_id: int, compensations: list[str]) -> None:
-        """Run compensations newest first, each on its own service's queue."""
+        """Run compensations newest first, each on its own service's queue; the errback
+        parks one that dies outside its own handling (a hard time limit)."""
         chain(
             *[
-                self.app.signature(
-                    f"compensations.{name}", args=(order_id,), immutable=True, queue=queue_of(name)
+                self._signature(
+                    f"compensations.{name}", name, order_id, (order_id,), immutable=True
                 )
                 for name in compensations
             ]

@@ -101,3 +101,51 @@ def test_oversized_idempotency_key_is_refused(shop, client, existing):
     assert response.status_code == 400
     assert "Idempotency-Key" in response.get_json()["error"]["message"]
     assert shop.snapshot() == before
+
+
+def test_totals_and_balances_beyond_the_32_bit_columns_are_refused(shop, client):
+    product = shop.product(stock=10, price=1_000_000_000)
+    user = shop.new_user(balance=1_000_000_000)
+    shop.ok(shop.client.post(f"/balances/{user}/charge", json={"amount": 1_000_000_000}))
+    before = shop.snapshot()
+
+    too_big = client.post(
+        "/orders", json={"user_id": user, "items": [{"product_id": product, "quantity": 3}]}
+    )
+    overflow = client.post(f"/balances/{user}/charge", json={"amount": 200_000_000})
+
+    assert too_big.status_code == 422 and "total" in too_big.get_json()["error"]["message"]
+    assert overflow.status_code == 422
+    assert shop.snapshot() == before
+
+
+def test_broker_down_answers_503_changes_nothing_and_the_key_can_be_reused(
+    shop, primary_stack, worker
+):
+    from app import create_app
+
+    product = shop.product(stock=5, price=100)
+    user = shop.new_user(balance=1_000)
+    body = {"user_id": user, "items": [{"product_id": product, "quantity": 1}]}
+    coupon = shop.ok(
+        shop.client.post("/coupons", json={"name": "c", "discount": 1, "quantity": 1}), 201
+    )
+    before = shop.snapshot()
+    cut_off = create_app(primary_stack.settings.with_overrides(redis_url="redis://127.0.0.1:9/0"))
+    try:
+        down = cut_off.test_client().post(
+            "/orders", json=body, headers={"Idempotency-Key": "k-503"}
+        )
+        assert down.status_code == 503
+        assert down.get_json()["error"]["code"] == "broker_unavailable"
+        assert shop.snapshot() == before
+
+        issue = cut_off.test_client().post(f"/coupons/{coupon['id']}/issue", json={"user_id": user})
+        assert issue.status_code == 503
+    finally:
+        cut_off.extensions["saga"].rt.dispose()
+    rejected = shop.client.get(f"/users/{user}/coupons").get_json()
+    assert rejected == []  # the request was refused, not left PENDING for ever
+
+    order_id = shop.order(user, product, key="k-503")  # the broker is back: same key works
+    assert shop.wait_order(order_id)["status"] == "COMPLETED"

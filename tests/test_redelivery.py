@@ -83,3 +83,23 @@ def test_compensation_before_its_step_voids_the_late_step(rt, shop):
     assert shop.stock(product) == 10
     assert shop.balance(user) == 500
     assert "already voided" in rt.products.restore_stock(order_id)
+
+
+def test_step_that_failed_does_not_apply_when_redelivered_after_the_order_failed(
+    shop, flask_app, rt
+):
+    user = shop.new_user(balance=50)
+    product = shop.product(stock=5, price=100)
+    order = shop.wait_order(shop.order(user, product))
+    assert order["failed_step"] == "use_balance"
+    order_id = order["order_id"]
+    ctx = rt.orders.context(order_id)
+    shop.ok(shop.client.post(f"/balances/{user}/charge", json={"amount": 1_000}))
+
+    # The same use_balance message arrives again, now that it would succeed.
+    _deliver_again(flask_app, rt, "saga.use_balance", (ctx,), order_id, "use_balance", 1)
+
+    assert shop.balance(user) == 1_050
+    assert rt.saga_log.step(order_id, "use_balance")["status"] == "refused"
+    assert shop.get_order(order_id)["status"] == "FAILED"
+    shop.check_invariants([order_id], product, 5, user, 1_050)

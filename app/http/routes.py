@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
+from app.errors import InvalidRequest
 from app.http import schemas
 from app.http.errors import error_response
+from app.services.orders import MAX_TOTAL
 
 bp = Blueprint("api", __name__)
 ID = "int(min=1, max=2147483647)"
@@ -69,7 +71,16 @@ def get_coupon(coupon_id: int):
 def issue_coupon(coupon_id: int):
     body = _body(schemas.IssueCoupon)
     issue = _rt().issue_requests.request(coupon_id, body.user_id)
-    _saga().dispatcher.issue_coupon(issue["request_id"])
+    try:
+        _saga().dispatcher.issue_coupon(issue["request_id"])
+    except Exception as exc:  # the broker is down: the request must not wait forever
+        current_app.logger.error(
+            "could not queue coupon request %s: %r", issue["request_id"], str(exc)
+        )
+        _rt().issue_requests.not_queued(issue["request_id"])
+        return error_response(
+            503, "broker_unavailable", "the request could not be queued; try again"
+        )
     return jsonify({"request_id": issue["request_id"], "status": issue["status"]}), 202
 
 
@@ -92,7 +103,9 @@ def place_order():
     rt = _rt()
     items = [item.model_dump() for item in body.items]
     # Unknown ids are the caller's mistake: refuse them before anything is stored.
-    rt.products.prices([item["product_id"] for item in items])
+    prices = rt.products.prices([item["product_id"] for item in items])
+    if sum(prices[i["product_id"]] * i["quantity"] for i in items) > MAX_TOTAL:
+        raise InvalidRequest(f"the order's total would exceed {MAX_TOTAL}")
     if body.issued_coupon_id is not None:
         rt.issued_coupons.get(body.issued_coupon_id)
     order, created = rt.orders.place(
@@ -105,7 +118,7 @@ def place_order():
             current_app.logger.error(
                 "could not start saga order_id=%s error=%r", order["order_id"], str(exc)
             )
-            rt.orders.cancel(order["order_id"], "the saga could not be started: broker unavailable")
+            rt.orders.discard(order["order_id"])
             return error_response(
                 503, "broker_unavailable", "the order could not be started; try again"
             )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from app.db import Database
 from app.ledger import utcnow
@@ -62,15 +62,17 @@ class SagaLog:
             session.add(row)
         return row
 
-    def started(self, order_id: int, name: str, kind: str) -> str | None:
+    def started(self, order_id: int, name: str, kind: str) -> tuple[str | None, str]:
         """Count an attempt and show the work as running. Returns the last error the work
-        had (None on a clean first run), so callers know whether a DLQ entry may exist."""
-        # One UPDATE on the hot path: this runs before every step and compensation.
+        had (None on a clean first run: no DLQ entry can exist) and the order's status."""
+        # One UPDATE on the hot path: this runs before every step and compensation. A
+        # repeat of work that already succeeded keeps its status: compensation decisions
+        # read it.
         bump = (
             update(SagaStep)
             .where(SagaStep.order_id == order_id, SagaStep.name == name)
             .values(
-                status=RUNNING,
+                status=case((SagaStep.status.in_(DONE), SagaStep.status), else_=RUNNING),
                 attempts=SagaStep.attempts + 1,
                 started_at=func.coalesce(SagaStep.started_at, utcnow()),
             )
@@ -78,11 +80,11 @@ class SagaLog:
         )
         with self.db.write() as session:
             found = session.execute(bump).first()
-            if found is not None:
-                return found.error
-            row = self._row(session, order_id, name, kind)  # not planned: record it now
-            row.status, row.attempts, row.started_at = RUNNING, 1, utcnow()
-            return None
+            if found is None:
+                row = self._row(session, order_id, name, kind)  # not planned: record it now
+                row.status, row.attempts, row.started_at = RUNNING, 1, utcnow()
+            order_status = session.scalar(select(Order.status).where(Order.id == order_id))
+            return (found.error if found else None), order_status
 
     def attempt_failed(self, order_id: int, name: str, error: BaseException | str) -> None:
         with self.db.write() as session:
@@ -99,7 +101,7 @@ class SagaLog:
         completes_order: bool = False,
         payment: tuple[int, str] | None = None,
         was_stuck: bool = True,
-    ) -> None:
+    ) -> str:
         """Record success, with what it changes for the order, in one transaction. Pass
         was_stuck=False when the work never failed before: the order then cannot be
         NEEDS_ATTENTION on its account, and the check is skipped (the hot path)."""
@@ -130,6 +132,7 @@ class SagaLog:
                     kind = session.get(SagaStep, (order_id, name)).kind
                     order.status = COMPENSATING if kind == "compensation" else PENDING
                     order.updated_at = now
+            return session.scalar(select(Order.status).where(Order.id == order_id))
 
     def _anything_stuck(self, session, order_id: int) -> bool:
         return (
@@ -148,9 +151,11 @@ class SagaLog:
             row.status, row.error, row.finished_at = FAILED_STEP, error_text(error), utcnow()
 
     def refused(self, order_id: int, name: str, reason: str) -> None:
+        """A late or duplicate delivery that must not apply; what already happened stays."""
         with self.db.write() as session:
             row = self._row(session, order_id, name)
-            row.status, row.detail, row.finished_at = REFUSED, reason, utcnow()
+            if row.status not in DONE:
+                row.status, row.detail, row.finished_at = REFUSED, reason, utcnow()
 
     def dead_lettered(
         self, order_id: int, name: str, error: BaseException | str, keep_order_status: bool

@@ -14,8 +14,10 @@ from app.errors import AlreadyCompensated, BusinessError
 from app.saga import definition as saga
 from app.saga import log as saga_log
 from app.saga.steps import COMPENSATE, FORWARD
+from app.services.orders import COMPENSATING, FAILED
 
 log = logging.getLogger("saga")
+TURNED_BACK = (COMPENSATING, FAILED)  # order statuses in which no forward step may apply
 
 
 class Dispatcher(Protocol):
@@ -49,8 +51,14 @@ class Saga:
         """Run forward step `name` once, recording it in the saga log. Business errors are
         recorded as the step's failure and re-raised; other errors count as an attempt."""
         order_id = ctx["order_id"]
-        failed_before = self.log.started(order_id, name, "step") is not None
+        last_error, order_status = self.log.started(order_id, name, "step")
+        failed_before = last_error is not None
         try:
+            if order_status in TURNED_BACK:
+                # A late or duplicate message: the saga is being undone, so nothing more
+                # may be done forward (the ledger refuses what was compensated; this also
+                # covers the step that failed, which has nothing to refuse with).
+                raise AlreadyCompensated(f"order {order_id} is {order_status}: not applying {name}")
             self.rt.faults.before(name, order_id)
             result, detail = FORWARD[name](self.rt, ctx)
         except BusinessError as exc:
@@ -66,7 +74,7 @@ class Saga:
             raise
         self.rt.faults.after(name, order_id)
         payment = (result["paid"], "PAID") if name == "use_balance" else None
-        self.log.succeeded(
+        order_status = self.log.succeeded(
             order_id,
             name,
             detail or "skipped: no coupon",
@@ -77,11 +85,21 @@ class Saga:
         )
         if failed_before:  # only work that failed before can have a DLQ entry to close
             self.rt.dead_letters.resolve_work(order_id, name, "step succeeded")
+        if order_status in TURNED_BACK and saga.BY_NAME[name].compensation:
+            # It applied while the saga turned back (a race with the failure): undo it too,
+            # and stop here rather than carry the chain forward.
+            log.warning(
+                "step applied after compensation began; undoing it order_id=%s step=%s",
+                order_id,
+                name,
+            )
+            self.dispatcher.compensate(order_id, [saga.BY_NAME[name].compensation])
+            raise AlreadyCompensated(f"order {order_id} turned back while {name} applied")
         log.info("step succeeded order_id=%s step=%s detail=%r", order_id, name, detail)
         return result
 
     def run_compensation(self, name: str, order_id: int) -> str:
-        failed_before = self.log.started(order_id, name, "compensation") is not None
+        failed_before = self.log.started(order_id, name, "compensation")[0] is not None
         try:
             self.rt.faults.before(name, order_id)
             outcome = COMPENSATE[name](self.rt, order_id)
@@ -99,23 +117,24 @@ class Saga:
     # --- routing failures -------------------------------------------------------------
 
     def step_failed(self, order_id: int, name: str) -> str:
-        """The link_error callback of a forward step: decide what its failure means."""
+        """The link_error callback of every step and compensation: decide what its
+        failure means."""
         step = self.log.step(order_id, name) or {"status": None}
-        if saga.kind_of(name) == "publish" and step["status"] == saga_log.FAILED_STEP:
+        if step["status"] == saga_log.FAILED_STEP and saga.kind_of(name) == "step":
+            self.start_compensation(order_id, name, step["error"], include_failed=False)
+            return "compensating"  # class 1
+        if step["status"] == saga_log.FAILED_STEP:
             # Class 3: the order already succeeded; publishing is retried, never undone.
             self.dead_letter(order_id, name, self.rt.orders.context(order_id), step["error"])
             return "dead_lettered"
-        if step["status"] == saga_log.FAILED_STEP:  # class 1: compensate
-            self.start_compensation(order_id, name, step["error"], include_failed=False)
-            return "compensating"
         if step["status"] in (saga_log.RUNNING, saga_log.RETRYING, saga_log.PENDING_STEP, None):
-            # Failed without reaching our own handler (hard time limit, lost worker):
-            # park it like an exhausted retry rather than guess.
+            # Failed without reaching its own handler (a hard time limit): park it like an
+            # exhausted retry rather than guess.
             self.dead_letter(
                 order_id,
                 name,
                 {"order_id": order_id},
-                "failed outside the step (hard time limit or lost worker)",
+                "failed without reaching its own error handling (hard time limit?)",
             )
             return "dead_lettered"
         return "nothing to do"  # dead-lettered, refused or already done
@@ -154,7 +173,6 @@ class Saga:
     ) -> dict:
         """Retries ran out (classes 2, 3, 4): park the work in the DLQ."""
         kind = saga.kind_of(name)
-        self.log.dead_lettered(order_id, name, error, keep_order_status=kind == "publish")
         trace = (
             "".join(traceback.format_exception(error))[-4000:]
             if isinstance(error, BaseException)
@@ -170,6 +188,9 @@ class Saga:
             error=saga_log.error_text(error),
             traceback=trace,
         )
+        # Redis first: if the push fails, the log does not claim the work is parked, and the
+        # callback that sees the failure tries again.
+        self.log.dead_lettered(order_id, name, error, keep_order_status=kind == "publish")
         log.error(
             "dead-lettered order_id=%s step=%s kind=%s error=%r dlq_id=%s",
             order_id,

@@ -8,11 +8,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import CheckConstraint, DateTime, Integer, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import Database
-from app.errors import InsufficientBalance, NotFound
+from app.errors import InsufficientBalance, InvalidRequest, NotFound
 from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
+
+MAX_BALANCE = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
 
 
 class Base(DeclarativeBase):
@@ -36,11 +39,20 @@ class BalanceService:
 
     def charge(self, user_id: int, amount: int) -> dict:
         """Top up a user's balance (creating the account on first charge)."""
+        try:
+            return self._charge(user_id, amount)
+        except IntegrityError:
+            # Two first charges raced to create the account: the loser adds to it.
+            return self._charge(user_id, amount)
+
+    def _charge(self, user_id: int, amount: int) -> dict:
         with self.db.write() as session:
             account = session.get(Balance, user_id, with_for_update=True)
             if account is None:
                 account = Balance(user_id=user_id, balance=0)
                 session.add(account)
+            if account.balance + amount > MAX_BALANCE:
+                raise InvalidRequest(f"a balance cannot exceed {MAX_BALANCE}")
             account.balance += amount
             account.updated_at = utcnow()
             session.flush()

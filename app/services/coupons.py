@@ -138,6 +138,11 @@ class IssueRequestService:
             session.flush()
             return _request_view(req)
 
+    def not_queued(self, request_id: int) -> None:
+        """The request could not be handed to a worker: say so rather than stay PENDING."""
+        with self.db.write() as session:
+            self._reject(session, request_id, "could not be queued; try again")
+
     def get(self, request_id: int) -> dict:
         with self.db.read() as session:
             req = session.get(IssueRequest, request_id)

@@ -10,7 +10,7 @@ import hashlib
 import json
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, select
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -24,6 +24,7 @@ COMPENSATING = "COMPENSATING"
 FAILED = "FAILED"
 NEEDS_ATTENTION = "NEEDS_ATTENTION"
 ORDER_STATUSES = (PENDING, COMPLETED, COMPENSATING, FAILED, NEEDS_ATTENTION)
+MAX_TOTAL = 2**31 - 1  # money columns are 32-bit integers on PostgreSQL
 
 
 class Base(DeclarativeBase):
@@ -235,6 +236,14 @@ class OrderService:
             order.failure_reason = order.failure_reason or reason
             order.updated_at = utcnow()
             return "order cancelled"
+
+    def discard(self, order_id: int) -> None:
+        """Remove an order whose saga never started (the broker refused it), so that the
+        request changed nothing and its Idempotency-Key can be used again."""
+        with self.db.write() as session:
+            for table in (SagaStep, OrderItem):
+                session.execute(delete(table).where(table.order_id == order_id))
+            session.execute(delete(Order).where(Order.id == order_id))
 
     def statuses(self, order_ids: list[int]) -> dict[int, str]:
         with self.db.read() as session:
