@@ -13,6 +13,9 @@ def retry_options(settings) -> dict:
         "retry_backoff": settings.step_retry_backoff,
         "retry_backoff_max": settings.step_retry_backoff_max,
         "retry_jitter": settings.step_retry_jitter,
+        # Used when a lost worker counts as a retry: Celery's default (180 s) would outlast
+        # the broker's visibility timeout and have Redis deliver the message again meanwhile.
+        "default_retry_delay": settings.step_retry_backoff,
         "soft_time_limit": settings.step_soft_time_limit,
         "time_limit": settings.step_time_limit,
     }
