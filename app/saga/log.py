@@ -40,8 +40,11 @@ def error_text(exc: BaseException | str) -> str:
     if isinstance(exc, str):
         return exc
     # Some exceptions carry no message (SoftTimeLimitExceeded()): say what they mean.
-    message = str(exc) or (type(exc).__doc__ or "").strip().split("\n")[0] or "no message"
-    return f"{type(exc).__name__}: {message}"[:2000]
+    name, message = type(exc).__name__, str(exc)
+    if message in ("", f"{name}()"):
+        first_sentence = " ".join((type(exc).__doc__ or "").split()).split(". ")[0]
+        message = first_sentence.rstrip(".") + "." if first_sentence else "no message"
+    return f"{name}: {message}"[:2000]
 
 
 class SagaLog:
