@@ -12,6 +12,7 @@ from sqlalchemy import case, func, select, update
 
 from app.db import Database
 from app.ledger import utcnow
+from app.saga import definition as saga
 from app.services.orders import (
     COMPENSATING,
     COMPLETED,
@@ -79,15 +80,18 @@ class SagaLog:
                 attempts=SagaStep.attempts + 1,
                 started_at=func.coalesce(SagaStep.started_at, utcnow()),
             )
-            .returning(SagaStep.error)
+            .returning(
+                SagaStep.error,
+                select(Order.status).where(Order.id == order_id).scalar_subquery(),
+            )
         )
         with self.db.write() as session:
             found = session.execute(bump).first()
-            if found is None:
-                row = self._row(session, order_id, name, kind)  # not planned: record it now
-                row.status, row.attempts, row.started_at = RUNNING, 1, utcnow()
-            order_status = session.scalar(select(Order.status).where(Order.id == order_id))
-            return (found.error if found else None), order_status
+            if found is not None:
+                return found[0], found[1]
+            row = self._row(session, order_id, name, kind)  # not planned: record it now
+            row.status, row.attempts, row.started_at = RUNNING, 1, utcnow()
+            return None, session.scalar(select(Order.status).where(Order.id == order_id))
 
     def attempt_failed(self, order_id: int, name: str, error: BaseException | str) -> None:
         with self.db.write() as session:
@@ -110,6 +114,9 @@ class SagaLog:
         NEEDS_ATTENTION on its account, and the check is skipped (the hot path)."""
         now = utcnow()
         with self.db.write() as session:
+            status = session.scalar(
+                select(Order.status).where(Order.id == order_id).with_for_update()
+            )
             session.execute(
                 update(SagaStep)
                 .where(SagaStep.order_id == order_id, SagaStep.name == name)
@@ -122,20 +129,25 @@ class SagaLog:
             )
             if payment is not None:
                 OrderPaymentService.record(session, order_id, *payment)
-            if completes_order:
+            if completes_order and status in (PENDING, NEEDS_ATTENTION):
                 session.execute(
                     update(Order)
-                    .where(Order.id == order_id, Order.status.in_((PENDING, NEEDS_ATTENTION)))
+                    .where(Order.id == order_id)
                     .values(status=COMPLETED, failed_step=None, failure_reason=None, updated_at=now)
                 )
-            elif was_stuck:
-                order = session.get(Order, order_id, with_for_update=True)
-                if order.status == NEEDS_ATTENTION and not self._anything_stuck(session, order_id):
-                    # A stuck step was retried successfully: the saga is moving again.
-                    kind = session.get(SagaStep, (order_id, name)).kind
-                    order.status = COMPENSATING if kind == "compensation" else PENDING
-                    order.updated_at = now
-            return session.scalar(select(Order.status).where(Order.id == order_id))
+                return COMPLETED
+            if (
+                was_stuck
+                and status == NEEDS_ATTENTION
+                and not self._anything_stuck(session, order_id)
+            ):
+                # A stuck step was retried successfully: the saga is moving again.
+                kind = session.get(SagaStep, (order_id, name)).kind
+                status = COMPENSATING if kind == "compensation" else PENDING
+                session.execute(
+                    update(Order).where(Order.id == order_id).values(status=status, updated_at=now)
+                )
+            return status
 
     def _anything_stuck(self, session, order_id: int) -> bool:
         return (
@@ -174,11 +186,26 @@ class SagaLog:
                 order.failure_reason = order.failure_reason or f"{name} is stuck: {row.error}"
 
     def begin_compensation(
-        self, order_id: int, failed_step: str, reason: str, compensations: list[str]
-    ) -> None:
-        """Record why the order fails and which compensations it is owed, newest first."""
+        self, order_id: int, failed_step: str, reason: str, include_failed: bool
+    ) -> list[str]:
+        """Turn the saga back: record why, and which compensations it is owed, newest first:
+        every step that applied before `failed_step` (and, with include_failed, the failed
+        step itself, which may or may not have run: its compensation voids it).
+
+        The order row is locked while the steps are read, as `succeeded` locks it: a step
+        that applies concurrently is either counted here or sees the order turned back."""
         with self.db.write() as session:
             order = session.get(Order, order_id, with_for_update=True)
+            statuses = dict(
+                session.execute(
+                    select(SagaStep.name, SagaStep.status).where(SagaStep.order_id == order_id)
+                ).all()
+            )
+            index = saga.STEP_NAMES.index(failed_step)
+            owed = [s for s in saga.SAGA[:index] if statuses.get(s.name) == SUCCEEDED]
+            if include_failed:
+                owed.append(saga.SAGA[index])
+            compensations = [s.compensation for s in reversed(owed) if s.compensation]
             order.failed_step, order.failure_reason = failed_step, reason
             order.status = COMPENSATING if compensations else FAILED
             order.updated_at = utcnow()
@@ -187,6 +214,7 @@ class SagaLog:
                 row.position = COMPENSATION_POSITION + offset
                 if row.status not in DONE:
                     row.status = PENDING_STEP
+            return compensations
 
     def step(self, order_id: int, name: str) -> dict | None:
         with self.db.read() as session:

@@ -144,14 +144,8 @@ class Saga:
     ) -> list[str]:
         """Undo, newest first, every step that applied. With include_failed, also void the
         failed step itself (it may or may not have run)."""
-        statuses = self.log.statuses(order_id)
-        index = saga.STEP_NAMES.index(failed_step)
-        owed = [s for s in saga.SAGA[:index] if statuses.get(s.name) == saga_log.SUCCEEDED]
-        if include_failed:
-            owed.append(saga.SAGA[index])
-        compensations = [s.compensation for s in reversed(owed) if s.compensation]
-        self.log.begin_compensation(
-            order_id, failed_step, reason or f"{failed_step} failed", compensations
+        compensations = self.log.begin_compensation(
+            order_id, failed_step, reason or f"{failed_step} failed", include_failed
         )
         log.info(
             "compensating order_id=%s failed_step=%s compensations=%s",
