@@ -98,9 +98,3 @@ def compensate_once(
         return f"nothing to do: already {entry.status.lower()}"
 
     return _retry_on_duplicate(db, work)
-
-
-def ledger_status(db: Database, ledger, order_id: int, step: str) -> str | None:
-    with db.read() as session:
-        entry = session.get(ledger, (order_id, step))
-        return entry.status if entry else None

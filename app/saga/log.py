@@ -277,8 +277,3 @@ class SagaLog:
     def order_status(self, order_id: int) -> str:
         with self.db.read() as session:
             return session.get(Order, order_id).status
-
-    def set_order_status(self, order_id: int, status: str) -> None:
-        with self.db.write() as session:
-            order = session.get(Order, order_id, with_for_update=True)
-            order.status, order.updated_at = status, utcnow()

@@ -25,11 +25,6 @@ class Dispatcher(Protocol):
     def compensate(self, order_id: int, compensations: list[str]) -> None: ...
 
 
-class DeadLetterSink(Protocol):
-    def push(self, **entry) -> dict: ...
-    def resolve_work(self, order_id: int, name: str, note: str) -> None: ...
-
-
 class Saga:
     def __init__(self, rt, dispatcher: Dispatcher):
         self.rt = rt
