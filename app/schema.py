@@ -20,6 +20,7 @@ METADATA = {
 def alembic_config(service: str, url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(REPO_ROOT / "migrations" / "versions" / service))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["service"] = service

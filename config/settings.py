@@ -46,9 +46,11 @@ class Settings:
     step_retry_backoff: int = 1
     step_retry_backoff_max: int = 30
     step_retry_jitter: bool = True
-    # Redis redelivers any task unacknowledged for this long, so it must exceed the longest
-    # retry countdown plus the hard time limit, or retries run twice.
-    broker_visibility_timeout: int = 3600
+    # Redis redelivers any task unacknowledged for this long: it is how long the messages a
+    # SIGKILLed worker held (running, prefetched, or waiting for their retry) stay idle. It
+    # must exceed the longest retry countdown plus the hard time limit, or a waiting retry
+    # is delivered a second time; two minutes leaves more than twice that margin.
+    broker_visibility_timeout: int = 120
     # How often a worker looks for unacknowledged messages whose visibility timeout passed.
     broker_restore_interval: int = 10
 
@@ -61,9 +63,11 @@ class Settings:
     dlq_poll_interval: float = 1.0
     dlq_lease_seconds: float = 60.0
     dlq_alert_retry_seconds: float = 30.0
-    # A saga with no progress for this long is handed to the DLQ (its message was lost).
-    saga_stall_seconds: float = 900.0
-    saga_stall_check_seconds: float = 60.0
+    # A saga that owes work but showed no progress for this long is handed to the DLQ (its
+    # message was lost). Longer than the broker's own redelivery (visibility timeout plus
+    # restore interval), so the DLQ is the backstop and never races a redelivery.
+    saga_stall_seconds: float = 300.0
+    saga_stall_check_seconds: float = 30.0
 
     slack_webhook_url: str = ""
     slack_bot_token: str = ""
@@ -91,6 +95,13 @@ class Settings:
             raise ValueError(
                 f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the longest retry "
                 f"delay plus the hard time limit ({worst_case}s), or slow work looks stalled"
+            )
+        redelivery = self.broker_visibility_timeout + self.broker_restore_interval
+        if self.saga_stall_seconds <= redelivery:
+            raise ValueError(
+                f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the broker's "
+                f"redelivery (BROKER_VISIBILITY_TIMEOUT + BROKER_RESTORE_INTERVAL = "
+                f"{redelivery}s), or the DLQ re-runs work that Redis is about to redeliver"
             )
         if self.step_soft_time_limit >= self.step_time_limit:
             raise ValueError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")

@@ -11,6 +11,15 @@ from tests.support import wait_for
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
 
 
+def settled(order: dict) -> bool:
+    """Nothing of the saga is still moving: no work running or waiting for its retry, and
+    a completed order's publication ran (or was parked)."""
+    moving = {"running", "retrying"}
+    if order["status"] == "COMPLETED":
+        moving.add("pending")
+    return not any(s["status"] in moving for s in order["steps"])
+
+
 class Shop:
     def __init__(self, client, rt, user_ids):
         self.client, self.rt, self._user_ids = client, rt, user_ids
@@ -64,12 +73,22 @@ class Shop:
     def get_order(self, order_id: int) -> dict:
         return self.ok(self.client.get(f"/orders/{order_id}"))
 
-    def wait_order(self, order_id: int, statuses=FINAL, timeout: float = 60) -> dict:
-        return wait_for(
-            lambda: (o := self.get_order(order_id))["status"] in statuses and o,
-            timeout,
-            what=f"order {order_id} to reach {statuses}",
-        )
+    def wait_order(
+        self, order_id: int, statuses=FINAL, timeout: float = 60, settle: bool = True
+    ) -> dict:
+        """Wait for one of `statuses`; a COMPLETED or FAILED order also for its saga log to
+        settle: the order's status commits before the step that set it is logged as done
+        (cancel_order), and publication runs after the order completed."""
+
+        def reached():
+            order = self.get_order(order_id)
+            if order["status"] not in statuses:
+                return None
+            if settle and order["status"] in ("COMPLETED", "FAILED") and not settled(order):
+                return None
+            return order
+
+        return wait_for(reached, timeout, what=f"order {order_id} to reach {statuses}")
 
     def stock(self, product_id: int) -> int:
         return self.ok(self.client.get(f"/products/{product_id}"))["stock"]

@@ -7,6 +7,7 @@ import itertools
 import os
 from pathlib import Path
 
+from app.saga.definition import QUEUES
 from config.settings import SERVICES, Settings
 from tests.shop import Shop
 from tests.support import (
@@ -57,9 +58,11 @@ class Stack:
         self.shop = Shop(self.app.test_client(), self.rt, self._user_ids)
         return self
 
-    def worker(self, faults: str = "", **env) -> WorkerProcess:
+    def worker(self, faults: str = "", queues=QUEUES, concurrency: int = 2, **env) -> WorkerProcess:
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
-        return WorkerProcess({**self.env, **fault_env, **env}, self.workdir / "logs").start()
+        return WorkerProcess(
+            {**self.env, **fault_env, **env}, self.workdir / "logs", queues, concurrency
+        ).start()
 
     def dlq_worker(self, faults: str = "", **env):
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}

@@ -205,18 +205,33 @@ class ServiceProcess:
                 self.kill()
         self._log.close()
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group (a worker and its children) at once."""
+    def kill(self, main_only: bool = False) -> None:
+        """SIGKILL the whole process group (a worker and its children) at once, or only
+        the main process (its children are then on their own)."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            if main_only:
+                self.proc.kill()
+            else:
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
 
+    def group_members(self) -> list[int]:
+        """The pids still in the process's group (its children, once it is gone)."""
+        found = subprocess.run(
+            ["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
 
 class WorkerProcess(ServiceProcess):
-    """A real `celery worker` (prefork) consuming every service queue."""
+    """A real `celery worker` (prefork) consuming every service queue, or only `queues`."""
 
     name, ready_marker = "worker", b"ready."
+
+    def __init__(self, env: dict[str, str], logdir: Path, queues=QUEUES, concurrency: int = 2):
+        super().__init__(env, logdir)
+        self.queues, self.concurrency = tuple(queues), concurrency
 
     def argv(self) -> list[str]:
         return [
@@ -227,9 +242,9 @@ class WorkerProcess(ServiceProcess):
             "tasks.worker",
             "worker",
             "-Q",
-            ",".join(QUEUES),
+            ",".join(self.queues),
             "-c",
-            "2",
+            str(self.concurrency),
             "-P",
             "prefork",
             "-n",

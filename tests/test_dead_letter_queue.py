@@ -35,6 +35,11 @@ def slack_ok(slack):
     slack.answer = 200
 
 
+# A DLQ worker that calls a saga stalled after a few seconds; the settings insist that the
+# stall time exceed the broker's redelivery, which exceeds a retry plus the hard limit.
+QUICK_STALL = {"SAGA_STALL_SECONDS": "7", "BROKER_VISIBILITY_TIMEOUT": "5", "STEP_TIME_LIMIT": "3"}
+
+
 def _customer(stack, stock=10, balance=1_000):
     shop = stack.shop
     return shop.new_user(balance=balance), shop.product(stock=stock, price=100)
@@ -280,7 +285,7 @@ def test_saga_whose_message_was_lost_is_found_parked_and_finished(stack):
     user, product = _customer(stack)
     order_id = stack.shop.order(user, product, quantity=2)  # no worker is running
     stack.rt.redis.delete("orders")  # the broker loses the queued create_order message
-    dlq = stack.dlq_worker(SAGA_STALL_SECONDS="5", STEP_TIME_LIMIT="3")
+    dlq = stack.dlq_worker(**QUICK_STALL)
     worker = stack.worker()
     try:
         entry = _dead_lettered(stack, order_id, "create_order")
@@ -290,4 +295,41 @@ def test_saga_whose_message_was_lost_is_found_parked_and_finished(stack):
         worker.stop()
         dlq.stop()
     assert stack.rt.dead_letters.get(f"{order_id}:create_order")["status"] == "resolved"
+    stack.shop.check_invariants([order_id], product, 10, user, 1_000)
+
+
+def test_completed_order_whose_publication_message_was_lost_is_published_exactly_once(stack):
+    # No worker serves the data platform's queue, so the message waits there; then it is
+    # purged by hand, as an operator (or a Redis that lost its last writes) might.
+    worker = stack.worker(queues=("orders", "products", "balances", "coupons"))
+    try:
+        user, product = _customer(stack)
+        order_id = stack.shop.order(user, product)
+        stack.shop.wait_order(order_id, ("COMPLETED",), settle=False)
+        wait_for(lambda: stack.rt.redis.llen("dataplatform"), 10, what="the publish message")
+        stack.rt.redis.delete("dataplatform")
+        dlq = stack.dlq_worker(**QUICK_STALL)
+        try:
+            entry = _dead_lettered(stack, order_id, "publish_order")
+            assert entry["kind"] == "publish"
+            assert entry["error"].startswith("stalled: no progress")
+            wait_for(lambda: stack.shop.published(order_id) == 1, 30, what="publication")
+            wait_for(
+                lambda: stack.rt.dead_letters.get(entry["id"])["status"] == "resolved",
+                10,
+                what="the DLQ entry to close",
+            )
+        finally:
+            dlq.stop()
+    finally:
+        worker.stop()
+    streamed = [
+        fields
+        for _, fields in stack.rt.redis.xrange("dataplatform.orders")
+        if fields[b"order_id"] == str(order_id).encode()
+    ]
+    assert len(streamed) == 1
+    order = stack.shop.get_order(order_id)
+    assert order["status"] == "COMPLETED"
+    assert {s["name"]: s["status"] for s in order["steps"]}["publish_order"] == "succeeded"
     stack.shop.check_invariants([order_id], product, 10, user, 1_000)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 
 from app.db import Database
 from app.ledger import utcnow
@@ -26,7 +26,11 @@ from app.services.orders import (
 
 RUNNING, RETRYING, SUCCEEDED, SKIPPED = "running", "retrying", "succeeded", "skipped"
 FAILED_STEP, DEAD_LETTERED, REFUSED, PENDING_STEP = "failed", "dead_lettered", "refused", "pending"
+NOT_RUN = "not_run"  # a forward step the saga turned back before reaching
 DONE = (SUCCEEDED, SKIPPED)
+# Work in these states still owes something: running it, its retry, or (failed) the
+# routing of its failure by the step_failed callback.
+OWED = (PENDING_STEP, RUNNING, RETRYING, FAILED_STEP)
 COMPENSATION_POSITION = 100  # compensations sort after the forward steps
 
 
@@ -209,6 +213,10 @@ class SagaLog:
             order.failed_step, order.failure_reason = failed_step, reason
             order.status = COMPENSATING if compensations else FAILED
             order.updated_at = utcnow()
+            for later in saga.SAGA[index + 1 :]:
+                row = self._row(session, order_id, later.name)
+                if row.status == PENDING_STEP:
+                    row.status = NOT_RUN
             for offset, name in enumerate(compensations):
                 row = self._row(session, order_id, name, "compensation")
                 row.position = COMPENSATION_POSITION + offset
@@ -247,32 +255,60 @@ class SagaLog:
             )
             return [row.name for row in rows if row.status not in DONE]
 
-    def stalled(self, idle_seconds: float) -> list[tuple[int, str]]:
-        """Sagas that should be moving but have shown no progress for `idle_seconds`: the
-        (order, step or compensation) each is waiting on. Catches work the broker lost
-        (a Redis without persistence restarted, a queue purged by hand)."""
-        cutoff = utcnow().timestamp() - idle_seconds
-        waiting: list[tuple[int, str]] = []
+    def owe_compensation(self, order_id: int, name: str) -> None:
+        """Record a compensation as owed before it is sent, so that if its message is lost
+        the stall check still finds it."""
+        with self.db.write() as session:
+            row = self._row(session, order_id, name, "compensation")
+            if row.status not in DONE:
+                row.status = PENDING_STEP
+
+    def stalled(self, idle_seconds: float, now: float | None = None) -> list[tuple[int, str, str]]:
+        """Sagas that owe work but have shown no progress for `idle_seconds`: for each, the
+        (order, step or compensation, its status) it waits on. Catches work the broker lost
+        (a Redis that lost its last writes, a queue purged by hand) or holds for a killed
+        worker, forward or backward, before or after the order completed (publication).
+
+        Owed work is the first unsettled row, by position, of the kind the order's status
+        calls for: forward steps while PENDING and, once COMPLETED, those after the pivot
+        (publication); compensations while COMPENSATING and once FAILED. A NEEDS_ATTENTION
+        order, or a first row already dead-lettered, belongs to the DLQ."""
+        cutoff = (utcnow().timestamp() if now is None else now) - idle_seconds
+        forward = and_(Order.status.in_((PENDING, COMPLETED)), SagaStep.kind == "step")
+        backward = and_(Order.status.in_((COMPENSATING, FAILED)), SagaStep.kind == "compensation")
         with self.db.read() as session:
-            orders = session.scalars(
-                select(Order).where(Order.status.in_((PENDING, COMPENSATING)))
+            rows = session.execute(
+                select(
+                    SagaStep.order_id,
+                    SagaStep.name,
+                    SagaStep.status,
+                    Order.updated_at.label("order_updated_at"),
+                )
+                .join(Order, Order.id == SagaStep.order_id)
+                .where(SagaStep.status.in_((*OWED, DEAD_LETTERED)), or_(forward, backward))
+                .order_by(SagaStep.order_id, SagaStep.position, SagaStep.name)
             ).all()
-            for order in orders:
-                steps = session.scalars(
-                    select(SagaStep)
-                    .where(SagaStep.order_id == order.id)
-                    .order_by(SagaStep.position)
-                ).all()
-                moments = [order.created_at, order.updated_at] + [
-                    t for s in steps for t in (s.started_at, s.finished_at) if t
-                ]
-                if max(_epoch(t) for t in moments) > cutoff:
-                    continue
-                kind = "compensation" if order.status == COMPENSATING else "step"
-                pending = [s for s in steps if s.kind == kind and s.status not in DONE]
-                if pending and pending[0].status != DEAD_LETTERED:
-                    waiting.append((order.id, pending[0].name))
-        return waiting
+            waiting: dict = {}
+            for row in rows:
+                waiting.setdefault(row.order_id, row)
+            last_activity: dict = {}
+            ids = list(waiting)
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                last_activity.update(
+                    session.execute(
+                        select(SagaStep.order_id, func.max(SagaStep.updated_at))
+                        .where(SagaStep.order_id.in_(chunk))
+                        .group_by(SagaStep.order_id)
+                    ).all()
+                )
+        stalled = []
+        for order_id, row in waiting.items():
+            if row.status == DEAD_LETTERED:
+                continue
+            moments = [t for t in (row.order_updated_at, last_activity.get(order_id)) if t]
+            if max(_epoch(t) for t in moments) <= cutoff:
+                stalled.append((order_id, row.name, row.status))
+        return stalled
 
     def order_status(self, order_id: int) -> str:
         with self.db.read() as session:

@@ -88,7 +88,9 @@ class Saga:
                 order_id,
                 name,
             )
-            self.dispatcher.compensate(order_id, [saga.BY_NAME[name].compensation])
+            compensation = saga.BY_NAME[name].compensation
+            self.log.owe_compensation(order_id, compensation)
+            self.dispatcher.compensate(order_id, [compensation])
             raise AlreadyCompensated(f"order {order_id} turned back while {name} applied")
         log.info("step succeeded order_id=%s step=%s detail=%r", order_id, name, detail)
         return result
@@ -228,9 +230,17 @@ class Saga:
         return f"{name} succeeded; saga continues with {rest or 'nothing'}"
 
     def park_stalled(self, idle_seconds: float) -> list[dict]:
-        """Hand every saga that stopped moving to the DLQ, which retries it from there."""
+        """Hand every saga that stopped moving to the DLQ, which retries it from there. A
+        step that failed but whose failure was never routed (its link_error message was
+        lost) is routed now: compensated (class 1) or parked (class 3)."""
         parked = []
-        for order_id, name in self.log.stalled(idle_seconds):
+        for order_id, name, status in self.log.stalled(idle_seconds):
+            if status == saga_log.FAILED_STEP:
+                log.warning(
+                    "routing a failure whose callback was lost order_id=%s step=%s", order_id, name
+                )
+                self.step_failed(order_id, name)
+                continue
             args = {"order_id": order_id}
             error = f"stalled: no progress for {idle_seconds:.0f}s (was its message lost?)"
             parked.append(self.dead_letter(order_id, name, args, error))
