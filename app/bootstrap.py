@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
-from app.db import Database
+from app.db import Database, open_database
 from app.faults import FaultInjector, parse_faults
 from app.saga.log import SagaLog
 from app.services.balances import BalanceService
@@ -52,7 +52,7 @@ def dlq_backoff(settings: Settings):
 
 def build_runtime(settings: Settings) -> Runtime:
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    dbs = {name: Database(settings.database_url(name)) for name in SERVICES}
+    dbs = {name: open_database(name, settings.database_url(name)) for name in SERVICES}
     faults = parse_faults(settings.faults_spec) if settings.faults_enabled else {}
     if faults:
         log.warning("fault injection is ON: %s", settings.faults_spec)

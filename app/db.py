@@ -3,6 +3,10 @@
 SQLite needs care under several worker processes: WAL lets readers run beside a writer,
 and write transactions start with BEGIN IMMEDIATE so two writers queue on the busy
 timeout instead of failing when a read lock cannot be upgraded.
+
+Only migrations (app/schema.py) create a database. A process pointed at a SQLite file
+that is not there fails on first use instead of quietly creating an empty one (which
+would split the truth between two files).
 """
 
 from __future__ import annotations
@@ -13,15 +17,19 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _sqlite_engine(url: str, begin: str) -> Engine:
+def _sqlite_engine(url: str, begin: str, create: bool) -> Engine:
     path = url.split("sqlite:///", 1)[-1]
-    if path and path != ":memory:":
+    if create and path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif path and path != ":memory:" and "?" not in path:
+        # Open read-write, never create: a missing file is an error, not an empty database.
+        url = f"sqlite:///file:{path}?mode=rw&uri=true"
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -45,12 +53,12 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
 class Database:
     """A service's database: `write()` for a transaction, `read()` for a consistent read."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = False):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            self._writer = _sqlite_engine(url, "BEGIN IMMEDIATE")
-            self._reader = _sqlite_engine(url, "BEGIN")
+            self._writer = _sqlite_engine(url, "BEGIN IMMEDIATE", create)
+            self._reader = _sqlite_engine(url, "BEGIN", create)
         else:
             self._writer = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
             self._reader = self._writer
@@ -77,3 +85,20 @@ class Database:
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
+
+
+class UnusableDatabaseURL(ValueError):
+    """A *_DATABASE_URL that cannot even be turned into an engine."""
+
+
+def open_database(service: str, url: str) -> Database:
+    """The service's Database, or an error that names the setting (never its password)."""
+    setting = f"{service.upper()}_DATABASE_URL"
+    try:
+        return Database(url)
+    except (ArgumentError, NoSuchModuleError):
+        raise UnusableDatabaseURL(f"{setting} is not a database URL SQLAlchemy knows") from None
+    except ImportError as exc:
+        raise UnusableDatabaseURL(
+            f"{setting} needs the driver {exc.name!r}, which is not installed"
+        ) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import ceiling, monolith, raw_chain, report, scenarios
 from bench.memory import PeakRss, hwm_mb
 from bench.stack import (
+    WEB_THREADS,
     WEB_WORKERS,
     WORKER_CONCURRENCY,
     WORKER_POOL,
@@ -80,7 +81,8 @@ SETTING_PREFIXES = (
     "DLQ_",
     "SLACK_",
     "VAR_DIR",
-    "WEB_WORKERS",
+    "WEB_",
+    "AUTH_",
 )
 
 
@@ -100,6 +102,22 @@ def parse_args(argv=None):
     )
     parser.add_argument("--threads", type=int, default=16, help="concurrent HTTP submitters")
     return parser.parse_args(argv)
+
+
+def customer_headers(settings: Settings):
+    """user id -> an Authorization header for that customer, minted once (not timed)."""
+    import functools
+
+    from app.auth import CUSTOMER, Keyring
+
+    keyring = Keyring(settings.auth_dir)
+    keyring.init()
+
+    @functools.cache
+    def header(user_id: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {keyring.mint(CUSTOMER, str(user_id), 86_400)}"}
+
+    return header
 
 
 def base_env() -> dict[str, str]:
@@ -123,9 +141,10 @@ def settings_view(settings: Settings, counts: dict, threads: int, databases: str
             "pool": WORKER_POOL,
         },
         "web": {
-            "command": f"gunicorn app.wsgi:app --workers {WEB_WORKERS} "
-            "--access-logfile - --graceful-timeout 10",
+            "command": "gunicorn -c config/gunicorn.py app.wsgi:app (gthread, "
+            f"{WEB_WORKERS} workers x {WEB_THREADS} threads)",
             "workers": WEB_WORKERS,
+            "threads": WEB_THREADS,
         },
         "raw_chain": {
             "app": "bench.raw_chain",
@@ -204,6 +223,7 @@ class Bench:
             "REDIS_URL": redis.url(0),
             "RAW_CHAIN_REDIS_URL": redis.url(1),
             "VAR_DIR": str(self.tmp),
+            "AUTH_DIR": str(self.tmp / "auth"),
             **database_env(urls),
         }
         settings = Settings.from_env(env)
@@ -257,7 +277,7 @@ class Bench:
         self.rss.watch("web", web.pid)
         rt = build_runtime(settings)
         try:
-            shop = scenarios.Shop(rt, web.port, self.args.threads)
+            shop = scenarios.Shop(rt, web.port, self.args.threads, customer_headers(settings))
             scenarios.happy_latency(shop, c["saga_warmup"])  # every process warms up
             self.rss.take()
             out = {}

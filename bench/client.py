@@ -1,5 +1,5 @@
-"""A small HTTP client for 127.0.0.1 (one connection per request, as gunicorn's sync workers
-close each one), a bounded thread pool of submitters, and percentiles."""
+"""A small HTTP client for 127.0.0.1 (one connection per request), a bounded thread pool of
+submitters, and percentiles."""
 
 from __future__ import annotations
 
@@ -21,9 +21,14 @@ class Reply:
     ms: float  # request duration (perf counter)
 
 
-def call(port: int, method: str, path: str, body: dict | None = None) -> Reply:
+def call(
+    port: int, method: str, path: str, body: dict | None = None, headers: dict | None = None
+) -> Reply:
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers = {
+        **({"Content-Type": "application/json"} if data is not None else {}),
+        **(headers or {}),
+    }
     sent_at, start = time.time(), time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:

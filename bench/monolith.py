@@ -98,7 +98,7 @@ class Refused(Exception):
 
 def make_engine(url: str) -> Engine:
     """The services' own engine setup (app/db.py): on SQLite, WAL and BEGIN IMMEDIATE."""
-    return Database(url).engine
+    return Database(url, create=True).engine
 
 
 def place_order(engine: Engine, user_id: int, items: list[dict], coupon_id: int | None) -> dict:

@@ -42,8 +42,9 @@ class Shop:
     """The bench's view of the running service: HTTP for the measured calls, the domain
     services for setup, and the saga log for timings and checks."""
 
-    def __init__(self, rt, port: int, threads: int, user_ids=None):
+    def __init__(self, rt, port: int, threads: int, credentials, user_ids=None):
         self.rt, self.port, self.threads = rt, port, threads
+        self.credentials = credentials  # user id -> its customer's Authorization header
         self.user_ids = user_ids or itertools.count(1)
 
     # --- setup (not timed) -----------------------------------------------------------
@@ -69,7 +70,7 @@ class Shop:
     # --- the measured calls ----------------------------------------------------------
 
     def post_order(self, body: dict):
-        reply = call(self.port, "POST", "/orders", body)
+        reply = call(self.port, "POST", "/orders", body, self.credentials(body["user_id"]))
         if reply.status != 202:
             raise RuntimeError(f"POST /orders answered {reply.status}: {reply.body}")
         return reply
@@ -319,7 +320,9 @@ def coupon_issuance(shop: Shop, requests: int, quantity: int) -> dict:
     users = [next(shop.user_ids) for _ in range(requests)]
 
     def issue(user: int):
-        reply = call(shop.port, "POST", f"/coupons/{coupon['id']}/issue", {"user_id": user})
+        reply = call(
+            shop.port, "POST", f"/coupons/{coupon['id']}/issue", {}, shop.credentials(user)
+        )
         if reply.status != 202:
             raise RuntimeError(f"POST issue answered {reply.status}: {reply.body}")
         return reply

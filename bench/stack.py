@@ -18,8 +18,8 @@ from config.settings import REPO_ROOT, SERVICES
 WORKER_QUEUES = "orders,products,balances,coupons,dataplatform"
 WORKER_CONCURRENCY = 2
 WORKER_POOL = "prefork"
-# The Procfile's `web` line: --workers ${WEB_WORKERS:-2}, at its default.
-WEB_WORKERS = 2
+# The Procfile's `web` line: config/gunicorn.py at its defaults (WEB_WORKERS, WEB_THREADS).
+WEB_WORKERS, WEB_THREADS = 2, 16
 
 
 def free_port() -> int:
@@ -166,27 +166,11 @@ class CeleryWorker(Process):
 
 
 class Gunicorn(Process):
-    """The Procfile's web line: gunicorn app.wsgi:app --workers 2 ... on a free port."""
+    """The Procfile's web line (config/gunicorn.py, its defaults) on a free port."""
 
     def __init__(self, name: str, target: str, env: dict[str, str], logdir: Path):
         self.port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            target,
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            str(WEB_WORKERS),
-            "--access-logfile",
-            "-",
-            "--error-logfile",
-            "-",
-            "--graceful-timeout",
-            "10",
-            "--no-control-socket",
-        ]
+        argv = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", target]
         super().__init__(name, argv, {**env, "PORT": str(self.port)}, logdir)
 
     @property

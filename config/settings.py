@@ -37,6 +37,8 @@ class Settings:
     flower_port: int = 5555
     flower_basic_auth: str = "operator:change-me"
     log_level: str = "INFO"
+    # Where the token keys live (app/auth/tokens.py): the API reads only the public keys.
+    auth_dir: Path = REPO_ROOT / "var" / "auth"
 
     # Step execution: a soft limit raises inside the step, the hard limit kills it.
     step_soft_time_limit: float = 10.0
@@ -107,6 +109,11 @@ class Settings:
             raise ValueError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
         return self
 
+    @staticmethod
+    def auth_dir_from_env(env: Mapping[str, str]) -> Path:
+        var_dir = Path(env.get("VAR_DIR") or REPO_ROOT / "var")
+        return Path(env.get("AUTH_DIR") or var_dir / "auth")
+
     def with_overrides(self, **changes) -> Settings:
         return replace(self, **changes)
 
@@ -144,6 +151,7 @@ class Settings:
             flower_port=number("FLOWER_PORT", defaults.flower_port, int),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or defaults.flower_basic_auth,
             log_level=env.get("LOG_LEVEL") or defaults.log_level,
+            auth_dir=cls.auth_dir_from_env(env),
             step_soft_time_limit=number("STEP_SOFT_TIME_LIMIT", defaults.step_soft_time_limit),
             step_time_limit=number("STEP_TIME_LIMIT", defaults.step_time_limit),
             step_max_retries=number("STEP_MAX_RETRIES", defaults.step_max_retries, int),

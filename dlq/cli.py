@@ -23,8 +23,12 @@ OK, FAILED_AGAIN, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 3, 4
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
+class Unusable(Exception):
+    """A setting points at something this command cannot use (exit 4)."""
+
+
 class Context:
-    """Builds the runtime only when a command needs it."""
+    """Builds the runtime only when a command needs it: `list` needs Redis only."""
 
     @cached_property
     def settings(self):
@@ -38,17 +42,42 @@ class Context:
         from app.saga.orchestrator import Saga
         from tasks.celery_app import create_celery
 
-        return Saga(build_runtime(self.settings), create_celery(self.settings).dispatcher)
+        runtime = build_runtime(self.settings)
+        for service, db in runtime.databases.items():
+            _check_database(service, db)
+        return Saga(runtime, create_celery(self.settings).dispatcher)
 
-    @property
+    @cached_property
     def store(self):
-        return self.saga.rt.dead_letters
+        import redis
+
+        from app.bootstrap import dlq_backoff
+        from dlq.store import DeadLetterStore
+
+        client = redis.Redis.from_url(self.settings.redis_url)
+        return DeadLetterStore(client, dlq_backoff(self.settings))
 
     def entry(self, eid: str) -> dict:
+        # Every command that acts on an entry needs the databases: check them first, so
+        # an unusable one is exit 4 whatever the entry.
+        self.saga  # noqa: B018
         entry = self.store.get(eid)
         if entry is None:
             fail(f"no DLQ entry {eid!r} (see: python -m dlq list)", NO_SUCH_ENTRY)
         return entry
+
+
+def _check_database(service: str, db) -> None:
+    """Open the database once, so that an unusable one is named in one line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    shown = make_url(db.url).render_as_string(hide_password=True)
+    try:
+        db.ping()
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise Unusable(f"cannot use the {service} database ({shown}): {reason}") from None
 
 
 def fail(message: str, code: int) -> None:
@@ -89,16 +118,22 @@ class GuardedGroup(click.Group):
 
     def invoke(self, ctx):
         from redis.exceptions import RedisError
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
         from app.errors import DomainError
 
         try:
             return super().invoke(ctx)
+        except Unusable as exc:
+            fail(str(exc), UNREACHABLE)
         except RedisError as exc:
             fail(f"cannot reach Redis: {exc}", UNREACHABLE)
-        except OperationalError as exc:
-            fail(f"cannot reach a database: {exc.orig}", UNREACHABLE)
+        except DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            fail(f"cannot use a database: {reason}", UNREACHABLE)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            # Raised outside app.db.open_database (which names the setting): say what.
+            fail(f"a database URL is not usable: {type(exc).__name__}", UNREACHABLE)
         except DomainError as exc:
             fail(str(exc), FAILED_AGAIN)
         except ValueError as exc:  # bad settings in the environment
@@ -349,4 +384,12 @@ def worker():
 
 
 def main() -> None:
-    cli(prog_name="python -m dlq")
+    """Usage errors are one line too (click's own are several), exit 2."""
+    try:
+        code = cli.main(prog_name="python -m dlq", standalone_mode=False)
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx else "python -m dlq"
+        fail(f"{' '.join(exc.format_message().split())} (see: {path} --help)", 2)
+    except click.Abort:
+        fail("aborted", FAILED_AGAIN)
+    sys.exit(code or 0)

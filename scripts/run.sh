@@ -5,8 +5,11 @@
 #   scripts/run.sh web worker   # only these (honcho process names)
 #
 # Settings (environment, with defaults):
-#   PORT=8000  FLOWER_PORT=5555  FLOWER_BASIC_AUTH=operator:change-me  WEB_WORKERS=2
-#   VAR_DIR=<repo>/var           SQLite databases and the private Redis's data
+#   PORT=8000  FLOWER_PORT=5555  WEB_WORKERS=2  WEB_THREADS=16
+#   FLOWER_BASIC_AUTH            Flower's user:password; if unset, a random password is kept
+#                                in $VAR_DIR/secrets/flower-basic-auth (never on a command line)
+#   VAR_DIR=<repo>/var           SQLite databases, the private Redis's data, token keys
+#                                ($VAR_DIR/auth) and local credentials ($VAR_DIR/credentials)
 #   REDIS_URL                    use this Redis; if unset, start a private one on
 #   REDIS_PORT=6380              127.0.0.1:$REDIS_PORT with its data in $VAR_DIR/redis
 #   ORDERS_DATABASE_URL, PRODUCTS_DATABASE_URL, BALANCES_DATABASE_URL,
@@ -22,7 +25,6 @@ cd "$root"
 
 export PORT=${PORT:-8000}
 export FLOWER_PORT=${FLOWER_PORT:-5555}
-export FLOWER_BASIC_AUTH=${FLOWER_BASIC_AUTH:-operator:change-me}
 VAR_DIR=${VAR_DIR:-$root/var}
 VAR_DIR=$(realpath -m -- "$VAR_DIR")
 export VAR_DIR
@@ -103,13 +105,44 @@ if [[ $SEED == 1 ]]; then
     python -m app.seed
 fi
 
+# Token keys and local development credentials (one token per file, readable by you only).
+export AUTH_DIR=${AUTH_DIR:-$VAR_DIR/auth}
+credentials=$VAR_DIR/credentials
+python -m app.auth dev-credentials --dir "$credentials" >&2
+
+# Flower's login: from the environment if given, else a random one kept in a file. Either
+# way it reaches Flower through its environment, never through a command line.
+if [[ -n ${FLOWER_BASIC_AUTH:-} ]]; then
+    flower_login="the FLOWER_BASIC_AUTH you set"
+else
+    export FLOWER_BASIC_AUTH_FILE=$VAR_DIR/secrets/flower-basic-auth
+    if [[ ! -s $FLOWER_BASIC_AUTH_FILE ]]; then
+        mkdir -p "$VAR_DIR/secrets" && chmod 700 "$VAR_DIR/secrets"
+        (umask 077 && python -c 'import secrets; print("operator:" + secrets.token_urlsafe(18))' \
+            >"$FLOWER_BASIC_AUTH_FILE")
+    fi
+    flower_login="user:password in $FLOWER_BASIC_AUTH_FILE"
+fi
+# The same login as a curl config file: `curl -K var/secrets/flower.curlrc ...` keeps it
+# off curl's command line.
+mkdir -p "$VAR_DIR/secrets" && chmod 700 "$VAR_DIR/secrets"
+(umask 077 && printf 'user = "%s"\n' "${FLOWER_BASIC_AUTH:-$(cat "$FLOWER_BASIC_AUTH_FILE")}" \
+    >"$VAR_DIR/secrets/flower.curlrc")
+
 redis_shown=$(printf '%s' "$REDIS_URL" | sed -E 's#//[^@/]*@#//***@#')
 cat <<EOF
 
   API     http://127.0.0.1:$PORT   (GET /healthz, GET /products, POST /orders)
-  Flower  http://127.0.0.1:$FLOWER_PORT   (login ${FLOWER_BASIC_AUTH%%:*} / ${FLOWER_BASIC_AUTH#*:})
+  Flower  http://127.0.0.1:$FLOWER_PORT   (login: $flower_login;
+          for curl: curl -K $VAR_DIR/secrets/flower.curlrc http://127.0.0.1:$FLOWER_PORT/api/workers)
   Redis   $redis_shown
   Data    $VAR_DIR
+  Tokens  $credentials/{customer-1,customer-2,admin,operator}.{token,header}
+          (more: python -m app.auth issue-token --role customer --user 7)
+
+  Try it (curl reads the Authorization header from the file):
+    curl -H @$credentials/customer-1.header http://127.0.0.1:$PORT/orders
+    make demo
 
 EOF
 

@@ -48,10 +48,15 @@ def client(flask_app):
 
 
 @pytest.fixture(scope="session")
+def credentials(primary_stack):
+    return primary_stack.credentials
+
+
+@pytest.fixture(scope="session")
 def rt(primary_stack):
     return primary_stack.rt
 
 
 @pytest.fixture
-def shop(client, rt) -> Shop:
-    return Shop(client, rt, _user_ids)
+def shop(client, rt, primary_stack) -> Shop:
+    return Shop(client, rt, _user_ids, primary_stack.credentials)

@@ -21,18 +21,35 @@ def settled(order: dict) -> bool:
 
 
 class Shop:
-    def __init__(self, client, rt, user_ids):
+    """Acts as each role would: an admin sets up products, coupons and balances, each
+    customer orders as itself, an operator reads any order."""
+
+    def __init__(self, client, rt, user_ids, credentials):
         self.client, self.rt, self._user_ids = client, rt, user_ids
+        self.credentials = credentials
 
     def new_user(self, balance: int = 0) -> int:
         user_id = next(self._user_ids)
         if balance:
-            self.ok(self.client.post(f"/balances/{user_id}/charge", json={"amount": balance}))
+            self.charge(user_id, balance)
         return user_id
+
+    def charge(self, user_id: int, amount: int) -> dict:
+        return self.ok(
+            self.client.post(
+                f"/balances/{user_id}/charge",
+                json={"amount": amount},
+                headers=self.credentials.admin,
+            )
+        )
 
     def product(self, stock: int = 10, price: int = 100) -> int:
         return self.ok(
-            self.client.post("/products", json={"name": "widget", "price": price, "stock": stock}),
+            self.client.post(
+                "/products",
+                json={"name": "widget", "price": price, "stock": stock},
+                headers=self.credentials.admin,
+            ),
             201,
         )["id"]
 
@@ -40,18 +57,25 @@ class Shop:
         """Issue one coupon to the user through the real issue flow; the issued coupon id."""
         coupon = self.ok(
             self.client.post(
-                "/coupons", json={"name": "promo", "discount": discount, "quantity": 1}
+                "/coupons",
+                json={"name": "promo", "discount": discount, "quantity": 1},
+                headers=self.credentials.admin,
             ),
             201,
         )
         req = self.ok(
-            self.client.post(f"/coupons/{coupon['id']}/issue", json={"user_id": user_id}), 202
+            self.client.post(
+                f"/coupons/{coupon['id']}/issue", headers=self.credentials.customer(user_id)
+            ),
+            202,
         )
-        done = wait_for(lambda: self._issued(req["request_id"]), 20, what="coupon issue")
+        done = wait_for(lambda: self._issued(req["request_id"], user_id), 20, what="coupon issue")
         return done["issued_coupon_id"]
 
-    def _issued(self, request_id):
-        body = self.client.get(f"/coupons/requests/{request_id}").get_json()
+    def _issued(self, request_id, user_id):
+        body = self.client.get(
+            f"/coupons/requests/{request_id}", headers=self.credentials.customer(user_id)
+        ).get_json()
         return body if body["status"] != "PENDING" else None
 
     def order(
@@ -62,7 +86,10 @@ class Shop:
         issued_coupon_id: int | None = None,
         key: str | None = None,
     ) -> int:
-        headers = {"Idempotency-Key": key} if key else {}
+        headers = {
+            **self.credentials.customer(user_id),
+            **({"Idempotency-Key": key} if key else {}),
+        }
         body = {
             "user_id": user_id,
             "items": [{"product_id": product_id, "quantity": quantity}],
@@ -71,7 +98,7 @@ class Shop:
         return self.ok(self.client.post("/orders", json=body, headers=headers), 202)["order_id"]
 
     def get_order(self, order_id: int) -> dict:
-        return self.ok(self.client.get(f"/orders/{order_id}"))
+        return self.ok(self.client.get(f"/orders/{order_id}", headers=self.credentials.operator))
 
     def wait_order(
         self, order_id: int, statuses=FINAL, timeout: float = 60, settle: bool = True
@@ -94,7 +121,9 @@ class Shop:
         return self.ok(self.client.get(f"/products/{product_id}"))["stock"]
 
     def balance(self, user_id: int) -> int:
-        return self.ok(self.client.get(f"/balances/{user_id}"))["balance"]
+        return self.ok(self.client.get(f"/balances/{user_id}", headers=self.credentials.admin))[
+            "balance"
+        ]
 
     @staticmethod
     def ok(response, status: int = 200) -> dict:

@@ -12,6 +12,8 @@ from config.settings import SERVICES, Settings
 from tests.shop import Shop
 from tests.support import (
     FAST_TIMINGS,
+    ApiProcess,
+    Credentials,
     DeadLetterWorkerProcess,
     PostgresDatabases,
     RedisServer,
@@ -40,7 +42,9 @@ class Stack:
             urls = self._pg.create()
         else:
             urls = {s: f"sqlite:///{self.workdir / f'{s}.db'}" for s in SERVICES}
+        self.credentials = Credentials(self.workdir / "auth")
         self.env = {
+            "AUTH_DIR": str(self.credentials.dir),
             "REDIS_URL": self.redis.url,
             **database_env(urls),
             **FAST_TIMINGS,
@@ -55,7 +59,7 @@ class Stack:
         self.app = create_app(self.settings)
         self.rt = self.app.extensions["saga"].rt
         self.saga = self.app.extensions["saga"]
-        self.shop = Shop(self.app.test_client(), self.rt, self._user_ids)
+        self.shop = Shop(self.app.test_client(), self.rt, self._user_ids, self.credentials)
         return self
 
     def worker(self, faults: str = "", queues=QUEUES, concurrency: int = 2, **env) -> WorkerProcess:
@@ -63,6 +67,9 @@ class Stack:
         return WorkerProcess(
             {**self.env, **fault_env, **env}, self.workdir / "logs", queues, concurrency
         ).start()
+
+    def api(self, **env) -> ApiProcess:
+        return ApiProcess({**self.env, **env}, self.workdir / "logs").start()
 
     def dlq_worker(self, faults: str = "", **env):
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}

@@ -3,17 +3,21 @@ workers as subprocesses (so soft time limits, crashes and redeliveries behave fo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import psycopg
 
+from app.auth import ADMIN, CUSTOMER, OPERATOR, Keyring
 from app.saga.definition import QUEUES
 from config.settings import REPO_ROOT, SERVICES
 
@@ -40,6 +44,36 @@ FAST_TIMINGS = {
     "SLACK_TIMEOUT": "2",
     "LOG_LEVEL": "INFO",
 }
+
+
+class Credentials:
+    """Tokens for the tests' own key directory, minted once per (role, subject)."""
+
+    def __init__(self, auth_dir: Path):
+        self.dir = auth_dir
+        self.keyring = Keyring(auth_dir)
+        self.keyring.init()
+        self._tokens: dict[tuple[str, str], str] = {}
+
+    def token(self, role: str, subject: str) -> str:
+        key = (role, str(subject))
+        if key not in self._tokens:
+            self._tokens[key] = self.keyring.mint(role, str(subject), 3600)
+        return self._tokens[key]
+
+    def header(self, role: str, subject: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role, subject)}"}
+
+    def customer(self, user_id: int) -> dict[str, str]:
+        return self.header(CUSTOMER, str(user_id))
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return self.header(ADMIN, "test-admin")
+
+    @property
+    def operator(self) -> dict[str, str]:
+        return self.header(OPERATOR, "test-operator")
 
 
 def free_port() -> int:
@@ -254,6 +288,52 @@ class WorkerProcess(ServiceProcess):
             "--loglevel",
             "INFO",
         ]
+
+
+class ApiProcess(ServiceProcess):
+    """The real API under gunicorn, with the settings the Procfile uses (config/gunicorn.py),
+    on a free port."""
+
+    name, ready_marker = "gunicorn", b"Booting worker"
+
+    def __init__(self, env: dict[str, str], logdir: Path, **settings: str):
+        self.port = free_port()
+        super().__init__({**env, "PORT": str(self.port), **settings}, logdir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "app.wsgi:app"]
+
+    def start(self):
+        super().start()
+        wait_for(lambda: http("GET", self.url + "/healthz")[0] == 200, 30, what="the API")
+        return self
+
+
+def http(method: str, url: str, body=None, headers=None, timeout: float = 30):
+    """One request: (status, parsed JSON body or None); (0, None) if nothing answered."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    except OSError:
+        return 0, None
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, None
 
 
 class DeadLetterWorkerProcess(ServiceProcess):

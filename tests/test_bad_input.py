@@ -1,118 +1,185 @@
-"""Bad input gets a 4xx with a JSON error body and changes nothing in any database."""
+"""Bad input gets a 4xx with a JSON error body and changes nothing in any database: each
+case is sent by a caller who may call the route (so it is the input that is refused, not
+the caller), in-process through the Flask app. What only a real server shows (chunked
+bodies, slow clients, the role table, the fuzz) is in test_api_security.py."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 UNKNOWN = 999_999
+CUSTOMER_ID = 1  # the customer every customer case is sent as
+
+
+def _nested(depth: int) -> str:
+    return '{"name": ' + "[" * depth + "]" * depth + ', "price": 1, "stock": 1}'
 
 
 def _cases(product, coupon_id):
-    order = {"user_id": 1, "items": [{"product_id": product, "quantity": 1}]}
+    order = {"items": [{"product_id": product, "quantity": 1}]}
+    named = {"price": 5, "stock": 1}
     return [
-        ("POST", "/products", "not json", 400),
-        ("POST", "/products", [1, 2], 400),
-        ("POST", "/products", {"name": "x", "price": 10}, 422),
-        ("POST", "/products", {"name": "x", "price": "10", "stock": 1}, 422),
-        ("POST", "/products", {"name": "x", "price": 0, "stock": 1}, 422),
-        ("POST", "/products", {"name": "x", "price": -5, "stock": 1}, 422),
-        ("POST", "/products", {"name": "x", "price": 5, "stock": -1}, 422),
-        ("POST", "/products", {"name": "x", "price": 5.5, "stock": 1}, 422),
-        ("POST", "/products", {"name": "", "price": 5, "stock": 1}, 422),
-        ("POST", "/products", {"name": "x", "price": 5, "stock": 1, "admin": True}, 422),
-        ("POST", "/products", {"name": "x" * 70_000, "price": 5, "stock": 1}, 413),
-        ("POST", "/balances/7/charge", {"amount": 0}, 422),
-        ("POST", "/balances/7/charge", {"amount": -100}, 422),
-        ("POST", "/balances/7/charge", {"amount": True}, 422),
-        ("POST", "/balances/7/charge", {}, 422),
-        ("POST", "/balances/abc/charge", {"amount": 10}, 404),
-        ("POST", "/balances/0/charge", {"amount": 10}, 404),
-        ("POST", "/balances/99999999999/charge", {"amount": 10}, 404),
-        ("GET", f"/balances/{UNKNOWN}", None, 404),
-        ("POST", "/coupons", {"name": "c", "discount": 0, "quantity": 1}, 422),
-        ("POST", "/coupons", {"name": "c", "discount": 5, "quantity": 0}, 422),
-        ("POST", f"/coupons/{UNKNOWN}/issue", {"user_id": 1}, 404),
-        ("POST", f"/coupons/{coupon_id}/issue", {"user_id": "1"}, 422),
-        ("GET", f"/coupons/requests/{UNKNOWN}", None, 404),
-        ("POST", "/orders", {"user_id": 1, "items": []}, 422),
-        ("POST", "/orders", {"user_id": 1}, 422),
-        ("POST", "/orders", {**order, "user_id": "1"}, 422),
-        ("POST", "/orders", {**order, "user_id": -1}, 422),
-        ("POST", "/orders", {"user_id": 1, "items": [{"product_id": product, "quantity": 0}]}, 422),
-        ("POST", "/orders", {"user_id": 1, "items": [{"product_id": product}]}, 422),
-        ("POST", "/orders", {"user_id": 1, "items": [{"product_id": UNKNOWN, "quantity": 1}]}, 404),
+        # (who, method, path, body, status); a str body is sent as raw bytes of JSON
+        ("admin", "POST", "/products", "not json", 400),
+        ("admin", "POST", "/products", [1, 2], 400),
+        ("admin", "POST", "/products", {"name": "x", "price": 10}, 422),
+        ("admin", "POST", "/products", {"name": "x", "price": "10", "stock": 1}, 422),
+        ("admin", "POST", "/products", {"name": "x", "price": 0, "stock": 1}, 422),
+        ("admin", "POST", "/products", {"name": "x", "price": -5, "stock": 1}, 422),
+        ("admin", "POST", "/products", {"name": "x", "price": 5, "stock": -1}, 422),
+        ("admin", "POST", "/products", {"name": "x", "price": 5.5, "stock": 1}, 422),
+        ("admin", "POST", "/products", {"name": "", **named}, 422),
+        ("admin", "POST", "/products", {"name": "x", "admin": True, **named}, 422),
+        ("admin", "POST", "/products", {"name": "x" * 70_000, **named}, 413),
+        # Names: control characters, bidi controls, nothing visible.
+        ("admin", "POST", "/products", {"name": "mug\x00", **named}, 422),
+        ("admin", "POST", "/products", {"name": "mug\x07bell", **named}, 422),
+        ("admin", "POST", "/products", {"name": "line\nbreak", **named}, 422),
+        ("admin", "POST", "/products", {"name": "gum\u202egnp.exe", **named}, 422),
+        ("admin", "POST", "/products", {"name": "\u2067isolate", **named}, 422),
+        ("admin", "POST", "/products", {"name": "\u200b\u200c\u200d\ufeff", **named}, 422),
+        ("admin", "POST", "/products", {"name": "\u0301\u0301", **named}, 422),
+        ("admin", "POST", "/products", {"name": "   ", **named}, 422),
+        ("admin", "POST", "/coupons", {"name": "\x1bc", "discount": 1, "quantity": 1}, 422),
+        # JSON that Python would take but must not: nesting, duplicates, NaN, bad bytes.
+        ("admin", "POST", "/products", _nested(30_000), 400),
+        ("admin", "POST", "/products", _nested(2_000), 400),
+        ("admin", "POST", "/products", '{"name": "a", "name": "b", "price": 1, "stock": 1}', 400),
+        ("admin", "POST", "/products", '{"name": "a", "price": NaN, "stock": 1}', 400),
+        ("admin", "POST", "/products", '{"name": "a", "price": Infinity, "stock": 1}', 400),
+        ("admin", "POST", "/products", b'{"name": "\xff\xfe", "price": 1, "stock": 1}', 400),
+        ("admin", "POST", "/products", '{"name": "\\ud800", "price": 1, "stock": 1}', 422),
+        ("admin", "POST", "/balances/7/charge", {"amount": 0}, 422),
+        ("admin", "POST", "/balances/7/charge", {"amount": -100}, 422),
+        ("admin", "POST", "/balances/7/charge", {"amount": True}, 422),
+        ("admin", "POST", "/balances/7/charge", {}, 422),
+        ("admin", "POST", "/balances/7/charge", '{"amount": 5, "amount": 500}', 400),
+        ("admin", "POST", "/balances/abc/charge", {"amount": 10}, 404),
+        ("admin", "POST", "/balances/0/charge", {"amount": 10}, 404),
+        ("admin", "POST", "/balances/99999999999/charge", {"amount": 10}, 404),
+        # Ids in paths are ASCII digits: Arabic-Indic and full-width digits are not ids.
+        ("admin", "POST", "/balances/\u0667/charge", {"amount": 10}, 404),
+        ("admin", "POST", "/balances/\uff17/charge", {"amount": 10}, 404),
+        ("admin", "GET", f"/balances/{UNKNOWN}", None, 404),
+        ("admin", "POST", "/coupons", {"name": "c", "discount": 0, "quantity": 1}, 422),
+        ("admin", "POST", "/coupons", {"name": "c", "discount": 5, "quantity": 0}, 422),
+        ("customer", "POST", f"/coupons/{UNKNOWN}/issue", {}, 404),
+        ("customer", "POST", f"/coupons/{coupon_id}/issue", {"user_id": "1"}, 422),
+        ("customer", "POST", f"/coupons/{coupon_id}/issue", {"user_id": 2}, 403),
+        ("customer", "GET", f"/coupons/requests/{UNKNOWN}", None, 404),
+        ("customer", "POST", "/orders", {"items": []}, 422),
+        ("customer", "POST", "/orders", {}, 422),
+        ("customer", "POST", "/orders", {**order, "user_id": "1"}, 422),
+        ("customer", "POST", "/orders", {**order, "user_id": -1}, 422),
+        ("customer", "POST", "/orders", {**order, "user_id": 2}, 403),
+        ("customer", "POST", "/orders", {"items": [{"product_id": product, "quantity": 0}]}, 422),
+        ("customer", "POST", "/orders", {"items": [{"product_id": product}]}, 422),
+        ("customer", "POST", "/orders", {"items": [{"product_id": UNKNOWN, "quantity": 1}]}, 404),
         (
+            "customer",
             "POST",
             "/orders",
             {
-                "user_id": 1,
                 "items": [
                     {"product_id": product, "quantity": 1},
                     {"product_id": product, "quantity": 2},
-                ],
+                ]
             },
             422,
         ),
-        ("POST", "/orders", {**order, "issued_coupon_id": UNKNOWN}, 404),
-        ("POST", "/orders", {**order, "issued_coupon_id": "x"}, 422),
-        ("POST", "/orders", "{broken json", 400),
-        ("GET", f"/orders/{UNKNOWN}", None, 404),
-        ("GET", "/orders/abc", None, 404),
-        ("GET", f"/products/{UNKNOWN}", None, 404),
-        ("DELETE", "/orders", None, 405),
-        ("GET", "/nowhere", None, 404),
+        ("customer", "POST", "/orders", {**order, "issued_coupon_id": UNKNOWN}, 422),
+        ("customer", "POST", "/orders", {**order, "issued_coupon_id": "x"}, 422),
+        ("customer", "POST", "/orders", "{broken json", 400),
+        ("customer", "POST", "/orders", "[" * 50_000, 400),
+        ("customer", "GET", f"/orders/{UNKNOWN}", None, 404),
+        ("customer", "GET", "/orders/abc", None, 404),
+        ("customer", "GET", "/orders/\u0661\u0662", None, 404),
+        ("customer", "GET", "/orders?limit=\u0661\u0662", None, 422),
+        ("customer", "GET", "/orders?limit=0", None, 422),
+        ("customer", "GET", "/orders?surprise=1", None, 422),
+        ("customer", "GET", f"/products/{UNKNOWN}", None, 404),
+        ("customer", "DELETE", "/orders", None, 405),
+        ("customer", "GET", "/nowhere", None, 404),
     ]
 
 
 @pytest.fixture(scope="module")
-def existing(flask_app):
+def existing(flask_app, credentials):
     client = flask_app.test_client()
-    product = client.post("/products", json={"name": "p", "price": 10, "stock": 5}).get_json()
-    coupon = client.post("/coupons", json={"name": "c", "discount": 1, "quantity": 1}).get_json()
+    admin = credentials.admin
+    product = client.post(
+        "/products", json={"name": "p", "price": 10, "stock": 5}, headers=admin
+    ).get_json()
+    coupon = client.post(
+        "/coupons", json={"name": "c", "discount": 1, "quantity": 1}, headers=admin
+    ).get_json()
     return product["id"], coupon["id"]
 
 
+def _send(client, credentials, who, method, path, body):
+    headers = credentials.admin if who == "admin" else credentials.customer(CUSTOMER_ID)
+    if isinstance(body, str | bytes):
+        return client.open(
+            path,
+            method=method,
+            data=body.encode() if isinstance(body, str) else body,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+    return client.open(path, method=method, json=body, headers=headers)
+
+
 @pytest.mark.parametrize("index", range(len(_cases(1, 1))))
-def test_bad_input_answers_4xx_json_and_changes_nothing(shop, client, existing, index):
-    method, path, body, status = _cases(*existing)[index]
+def test_bad_input_answers_4xx_json_and_changes_nothing(shop, client, credentials, existing, index):
+    who, method, path, body, status = _cases(*existing)[index]
     before = shop.snapshot()
 
-    if isinstance(body, str):
-        response = client.open(
-            path, method=method, data=body, headers={"Content-Type": "application/json"}
-        )
-    else:
-        response = client.open(path, method=method, json=body)
+    response = _send(client, credentials, who, method, path, body)
 
-    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
     error = response.get_json()["error"]
     assert error["code"] and error["message"]
     assert shop.snapshot() == before
 
 
-def test_oversized_idempotency_key_is_refused(shop, client, existing):
+def test_names_are_normalised_to_nfc_and_trimmed(client, credentials):
+    decomposed = "  Cafe\u0301 \U0001f469\u200d\U0001f373  "  # e + combining accent; a ZWJ emoji
+    product = client.post(
+        "/products", json={"name": decomposed, "price": 1, "stock": 1}, headers=credentials.admin
+    )
+    assert product.status_code == 201, product.get_data(as_text=True)
+    assert product.get_json()["name"] == "Caf\u00e9 \U0001f469\u200d\U0001f373"
+
+
+def test_oversized_or_non_ascii_idempotency_key_is_refused(shop, client, credentials, existing):
     product, _ = existing
     before = shop.snapshot()
-    response = client.post(
-        "/orders",
-        headers={"Idempotency-Key": "k" * 300},
-        json={"user_id": 1, "items": [{"product_id": product, "quantity": 1}]},
-    )
-    assert response.status_code == 400
-    assert "Idempotency-Key" in response.get_json()["error"]["message"]
+    for key in ("k" * 300, "caf\u00e9"):
+        response = client.post(
+            "/orders",
+            headers={"Idempotency-Key": key, **credentials.customer(CUSTOMER_ID)},
+            json={"items": [{"product_id": product, "quantity": 1}]},
+        )
+        assert response.status_code == 400
+        assert "Idempotency-Key" in response.get_json()["error"]["message"]
     assert shop.snapshot() == before
 
 
-def test_totals_and_balances_beyond_the_32_bit_columns_are_refused(shop, client):
+def test_totals_and_top_ups_beyond_the_cap_are_refused(shop, client, credentials):
     product = shop.product(stock=10, price=1_000_000_000)
     user = shop.new_user(balance=1_000_000_000)
-    shop.ok(shop.client.post(f"/balances/{user}/charge", json={"amount": 1_000_000_000}))
+    shop.charge(user, 1_000_000_000)
     before = shop.snapshot()
 
     too_big = client.post(
-        "/orders", json={"user_id": user, "items": [{"product_id": product, "quantity": 3}]}
+        "/orders",
+        json={"items": [{"product_id": product, "quantity": 3}]},
+        headers=credentials.customer(user),
     )
-    overflow = client.post(f"/balances/{user}/charge", json={"amount": 200_000_000})
+    overflow = client.post(
+        f"/balances/{user}/charge", json={"amount": 200_000_000}, headers=credentials.admin
+    )
 
     assert too_big.status_code == 422 and "total" in too_big.get_json()["error"]["message"]
     assert overflow.status_code == 422
@@ -120,32 +187,48 @@ def test_totals_and_balances_beyond_the_32_bit_columns_are_refused(shop, client)
 
 
 def test_broker_down_answers_503_changes_nothing_and_the_key_can_be_reused(
-    shop, primary_stack, worker
+    shop, primary_stack, worker, credentials
 ):
     from app import create_app
 
     product = shop.product(stock=5, price=100)
     user = shop.new_user(balance=1_000)
-    body = {"user_id": user, "items": [{"product_id": product, "quantity": 1}]}
+    body = {"items": [{"product_id": product, "quantity": 1}]}
     coupon = shop.ok(
-        shop.client.post("/coupons", json={"name": "c", "discount": 1, "quantity": 1}), 201
+        shop.client.post(
+            "/coupons",
+            json={"name": "c", "discount": 1, "quantity": 1},
+            headers=credentials.admin,
+        ),
+        201,
     )
     before = shop.snapshot()
     cut_off = create_app(primary_stack.settings.with_overrides(redis_url="redis://127.0.0.1:9/0"))
+    me = credentials.customer(user)
     try:
         down = cut_off.test_client().post(
-            "/orders", json=body, headers={"Idempotency-Key": "k-503"}
+            "/orders", json=body, headers={"Idempotency-Key": "k-503", **me}
         )
         assert down.status_code == 503
         assert down.get_json()["error"]["code"] == "broker_unavailable"
         assert shop.snapshot() == before
 
-        issue = cut_off.test_client().post(f"/coupons/{coupon['id']}/issue", json={"user_id": user})
+        issue = cut_off.test_client().post(f"/coupons/{coupon['id']}/issue", headers=me)
         assert issue.status_code == 503
     finally:
         cut_off.extensions["saga"].rt.dispose()
-    rejected = shop.client.get(f"/users/{user}/coupons").get_json()
+    rejected = shop.ok(shop.client.get(f"/users/{user}/coupons", headers=me))
     assert rejected == []  # the request was refused, not left PENDING for ever
 
     order_id = shop.order(user, product, key="k-503")  # the broker is back: same key works
     assert shop.wait_order(order_id)["status"] == "COMPLETED"
+
+
+def test_json_error_bodies_never_echo_a_credential(client, credentials):
+    token = credentials.token("customer", "1")
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for header in (f"Bearer {tampered}", f"Bearer {token}x", f"Basic {token}", token):
+        response = client.get("/orders", headers={"Authorization": header})
+        assert response.status_code == 401
+        assert token[:40] not in response.get_data(as_text=True)
+        assert json.loads(response.get_data())["error"]["code"] == "unauthorized"

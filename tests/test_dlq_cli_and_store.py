@@ -123,3 +123,38 @@ def test_the_cli_is_installed_as_the_saga_dlq_command(stack, tmp_path):
     assert shown["order"] is None  # parked work whose order is gone is still shown
     text = stack.cli("show", "107:use_balance")
     assert text.returncode == 0 and "not in the orders database" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:///{tmp}/missing/orders.db", "unable to open database file"),
+        ("sqlite:///{tmp}/absent.db", "unable to open database file"),
+        ("sqlite:///{tmp}/not-a-database.db", "file is not a database"),
+        ("not a url at all", "ORDERS_DATABASE_URL is not a database URL"),
+        ("mysql://ops:hunter2@127.0.0.1/orders", "needs the driver"),
+        ("postgresql+psycopg://ops:hunter2@127.0.0.1:9/orders", "cannot use the orders database"),
+    ],
+)
+def test_an_unusable_database_url_is_one_line_exit_4_and_creates_nothing(
+    stack, tmp_path, url, says
+):
+    _park(stack, 108)
+    (tmp_path / "not-a-database.db").write_text("this is text, not SQLite " * 100)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for args in (("show", "108:use_balance"), ("requeue", "108:use_balance", "--dry-run")):
+        result = stack.cli(*args, ORDERS_DATABASE_URL=url.format(tmp=tmp_path))
+        assert result.returncode == 4, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no empty database made
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("requeue",), ("list", "--status", "bogus"), ("frobnicate",), ("show",), ("list", "--x")],
+)
+def test_usage_errors_are_one_line_and_exit_2(stack, args):
+    result = stack.cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")

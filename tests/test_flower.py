@@ -1,4 +1,5 @@
-"""Flower runs on the same broker behind basic auth and shows the saga's tasks."""
+"""Flower runs on the same broker behind basic auth and shows the saga's tasks; its login
+never is on its command line, and only /healthcheck answers without it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -30,22 +32,15 @@ def _get(url: str, auth: str | None):
 
 
 def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
-    port, auth = free_port(), "ops:s3cret"
+    port, auth = free_port(), "ops:s3cret-flower-pw"
+    login_file = tmp_path / "flower-login"
+    login_file.write_text(auth + "\n")
     log = open(tmp_path / "flower.log", "wb")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
     flower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks.worker",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-            f"--basic-auth={auth}",
-        ],
+        [sys.executable, "-m", "tasks.flower", f"--port={port}", "--address=127.0.0.1"],
         cwd=REPO_ROOT,
-        env={**os.environ, **stack_env},
+        env={**env, **stack_env, "FLOWER_BASIC_AUTH_FILE": str(login_file)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -78,7 +73,36 @@ def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
         assert status == 200 and info["name"] == "saga.create_order"
         assert _get(f"{base}/api/tasks", None)[0] == 401
         assert _get(f"{base}/api/tasks", "ops:wrong")[0] == 401
+        assert _get(f"{base}/metrics", None)[0] == 401
+        assert _status(f"{base}/metrics", auth) == 200
+        assert _status(f"{base}/healthcheck", None) == 200
+        command_line = (Path("/proc") / str(flower.pid) / "cmdline").read_bytes()
+        assert b"s3cret-flower-pw" not in command_line
     finally:
         flower.terminate()
         flower.wait(10)
         log.close()
+    assert "s3cret-flower-pw" not in (tmp_path / "flower.log").read_text()
+
+
+def test_flower_refuses_to_start_without_a_login(stack_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_BASIC_AUTH")}
+    started = subprocess.run(
+        [sys.executable, "-m", "tasks.flower", f"--port={free_port()}"],
+        cwd=REPO_ROOT,
+        env={**env, **stack_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in started.stderr
+
+
+def _status(url: str, auth: str | None) -> int:
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code

@@ -15,12 +15,15 @@ from config.settings import REPO_ROOT
 from tests.support import free_port, wait_for
 
 
-def _call(url: str, body: dict | None = None, auth: str | None = None):
+def _call(url: str, body: dict | None = None, auth: str | None = None, header_file=None):
     headers = {"Content-Type": "application/json"}
     if auth:
         import base64
 
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    if header_file is not None:  # what `curl -H @file` sends
+        name, _, value = header_file.read_text().strip().partition(": ")
+        headers[name] = value
     data = json.dumps(body).encode() if body is not None else None
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=5) as r:
@@ -31,9 +34,18 @@ def _call(url: str, body: dict | None = None, auth: str | None = None):
         return 0, None
 
 
+def _command_lines() -> str:
+    """Every command line on the machine, as `ps` shows them."""
+    return subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+FLOWER_PASSWORD = "flower-pw-never-shown"
+FLOWER_LOGIN = f"ops:{FLOWER_PASSWORD}"
 
 
 def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path):
@@ -46,7 +58,7 @@ def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path
         FLOWER_PORT=str(flower_port),
         REDIS_PORT=str(redis_port),
         VAR_DIR=str(tmp_path / "var"),
-        FLOWER_BASIC_AUTH="ops:pw",
+        FLOWER_BASIC_AUTH=FLOWER_LOGIN,
     )
     log = open(tmp_path / "run.log", "wb")
     run = subprocess.Popen(
@@ -69,19 +81,21 @@ def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path
         assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
         products = {p["name"]: p for p in _call(f"{api}/products")[1]}
         beans = products["Coffee beans 1kg"]
-        coupon = _call(f"{api}/users/1/coupons")[1][0]
+        customer = tmp_path / "var" / "credentials" / "customer-1.header"
+        assert _call(f"{api}/users/1/coupons")[0] == 401
+        coupon = _call(f"{api}/users/1/coupons", header_file=customer)[1][0]
         status, placed = _call(
             f"{api}/orders",
             {
-                "user_id": 1,
                 "items": [{"product_id": beans["id"], "quantity": 1}],
                 "issued_coupon_id": coupon["id"],
             },
+            header_file=customer,
         )
         assert status == 202
         order = wait_for(
             lambda: (
-                (o := _call(f"{api}/orders/{placed['order_id']}")[1])
+                (o := _call(f"{api}/orders/{placed['order_id']}", header_file=customer)[1])
                 and o["status"] == "COMPLETED"
                 and o
             ),
@@ -89,8 +103,14 @@ def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path
             what="the demo order",
         )
         assert order["paid"] == beans["price"] - 500
-        assert _call(f"http://127.0.0.1:{flower_port}/api/workers", auth="ops:pw")[0] == 200
+        assert _call(f"http://127.0.0.1:{flower_port}/api/workers", auth=FLOWER_LOGIN)[0] == 200
         assert _call(f"http://127.0.0.1:{flower_port}/api/workers")[0] == 401
+        # No secret on any command line (what `ps` shows) or in what `make run` printed.
+        token = customer.read_text().split()[-1]
+        shown = _command_lines() + (tmp_path / "run.log").read_text()
+        assert "python -m tasks.flower" in shown and "gunicorn" in shown
+        for secret in (FLOWER_PASSWORD, token):
+            assert secret not in shown
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(60)

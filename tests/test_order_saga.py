@@ -97,7 +97,7 @@ def test_same_idempotency_key_runs_one_saga(shop, client):
     first = shop.order(user, product, quantity=3, key="checkout-42")
     replay = client.post(
         "/orders",
-        headers={"Idempotency-Key": "checkout-42"},
+        headers={"Idempotency-Key": "checkout-42", **shop.credentials.customer(user)},
         json={"user_id": user, "items": [{"product_id": product, "quantity": 3}]},
     )
 
@@ -117,7 +117,7 @@ def test_idempotency_key_reused_for_a_different_order_is_refused(shop, client):
 
     clash = client.post(
         "/orders",
-        headers={"Idempotency-Key": "basket-7"},
+        headers={"Idempotency-Key": "basket-7", **shop.credentials.customer(user)},
         json={"user_id": user, "items": [{"product_id": product, "quantity": 2}]},
     )
 
@@ -131,9 +131,22 @@ def test_orders_can_be_listed_by_status_for_the_operator(shop, client):
     product = shop.product(stock=5, price=100)
     failed = shop.wait_order(shop.order(user, product))["order_id"]  # balance too low
 
-    listed = shop.ok(client.get("/orders?status=FAILED&limit=500"))
+    operator = shop.credentials.operator
+    listed = shop.ok(client.get("/orders?status=FAILED&limit=500", headers=operator))
 
     assert failed in [o["order_id"] for o in listed]
     assert {o["status"] for o in listed} == {"FAILED"}
-    assert client.get("/orders?status=LOST").status_code == 422
-    assert client.get("/orders?limit=0").status_code == 422
+    assert client.get("/orders?status=LOST", headers=operator).status_code == 422
+    assert client.get("/orders?limit=0", headers=operator).status_code == 422
+
+
+def test_a_customer_lists_only_its_own_orders(shop, client):
+    product = shop.product(stock=5, price=10)
+    me, other = shop.new_user(balance=100), shop.new_user(balance=100)
+    mine = shop.order(me, product)
+    theirs = shop.order(other, product)
+
+    listed = shop.ok(client.get("/orders?limit=500", headers=shop.credentials.customer(me)))
+
+    assert [o["order_id"] for o in listed] == [mine]
+    assert theirs not in [o["order_id"] for o in listed]

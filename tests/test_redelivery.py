@@ -94,7 +94,7 @@ def test_step_that_failed_does_not_apply_when_redelivered_after_the_order_failed
     assert order["failed_step"] == "use_balance"
     order_id = order["order_id"]
     ctx = rt.orders.context(order_id)
-    shop.ok(shop.client.post(f"/balances/{user}/charge", json={"amount": 1_000}))
+    shop.charge(user, 1_000)
 
     # The same use_balance message arrives again, now that it would succeed.
     _deliver_again(flask_app, rt, "saga.use_balance", (ctx,), order_id, "use_balance", 1)

@@ -1,17 +1,21 @@
-"""The routes. Each parses its input, makes one domain call, and answers JSON."""
+"""The routes. Each declares who may call it, parses its input, makes one domain call, and
+answers JSON. Ids in paths are ASCII digits (`<id:...>`, app/http/converters.py)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, Forbidden
 
-from app.errors import InvalidRequest
+from app.auth import ADMIN, CUSTOMER
+from app.errors import CouponUnavailable, InvalidRequest, NotFound
 from app.http import schemas
+from app.http.access import STAFF, allow, caller, is_customer, public, visible_to_caller
+from app.http.body import json_object
 from app.http.errors import error_response
 from app.services.orders import MAX_TOTAL
 
 bp = Blueprint("api", __name__)
-ID = "int(min=1, max=2147483647)"
+ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
 
 
 def _saga():
@@ -22,55 +26,77 @@ def _rt():
     return _saga().rt
 
 
-def _body(model):
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
-    return model.model_validate(data)
+def _body(model, empty_ok: bool = False):
+    return model.model_validate(json_object(request, empty_ok=empty_ok))
+
+
+def _only_self(named_user_id: int | None) -> int:
+    """The caller's user id; a body that names another user is refused."""
+    me = caller().user_id
+    if named_user_id is not None and named_user_id != me:
+        raise Forbidden(f"you may act only as yourself (user {me}), not as user {named_user_id}")
+    return me
+
+
+def _own(record: dict, not_found: str) -> dict:
+    """A user's record, or 404 (never 403) when it is another user's: ids don't leak."""
+    if not visible_to_caller(record["user_id"]):
+        raise NotFound(not_found)
+    return record
 
 
 @bp.post("/products")
+@allow(ADMIN)
 def create_product():
     body = _body(schemas.NewProduct)
     return jsonify(_rt().products.create(body.name, body.price, body.stock)), 201
 
 
 @bp.get("/products")
+@public
 def list_products():
     return jsonify(_rt().products.list())
 
 
-@bp.get(f"/products/<{ID}:product_id>")
+@bp.get("/products/<id:product_id>")
+@public
 def get_product(product_id: int):
     return jsonify(_rt().products.get(product_id))
 
 
-@bp.post(f"/balances/<{ID}:user_id>/charge")
+@bp.post("/balances/<id:user_id>/charge")
+@allow(ADMIN)
 def charge_balance(user_id: int):
     body = _body(schemas.Charge)
     return jsonify(_rt().balances.charge(user_id, body.amount))
 
 
-@bp.get(f"/balances/<{ID}:user_id>")
+@bp.get("/balances/<id:user_id>")
+@allow(*ANYONE_SIGNED_IN)
 def get_balance(user_id: int):
+    if not visible_to_caller(user_id):
+        raise NotFound(f"user {user_id} has no balance account")
     return jsonify(_rt().balances.get(user_id))
 
 
 @bp.post("/coupons")
+@allow(ADMIN)
 def create_coupon():
     body = _body(schemas.NewCoupon)
     return jsonify(_rt().coupons.create(body.name, body.discount, body.quantity)), 201
 
 
-@bp.get(f"/coupons/<{ID}:coupon_id>")
+@bp.get("/coupons/<id:coupon_id>")
+@public
 def get_coupon(coupon_id: int):
     return jsonify(_rt().coupons.get(coupon_id))
 
 
-@bp.post(f"/coupons/<{ID}:coupon_id>/issue")
+@bp.post("/coupons/<id:coupon_id>/issue")
+@allow(CUSTOMER)
 def issue_coupon(coupon_id: int):
-    body = _body(schemas.IssueCoupon)
-    issue = _rt().issue_requests.request(coupon_id, body.user_id)
+    user_id = _only_self(_body(schemas.IssueCoupon, empty_ok=True).user_id)
+    issue = _rt().issue_requests.request(coupon_id, user_id)
     try:
         _saga().dispatcher.issue_coupon(issue["request_id"])
     except Exception as exc:  # the broker is down: the request must not wait forever
@@ -84,32 +110,45 @@ def issue_coupon(coupon_id: int):
     return jsonify({"request_id": issue["request_id"], "status": issue["status"]}), 202
 
 
-@bp.get(f"/coupons/requests/<{ID}:request_id>")
+@bp.get("/coupons/requests/<id:request_id>")
+@allow(*ANYONE_SIGNED_IN)
 def get_issue_request(request_id: int):
-    return jsonify(_rt().issue_requests.get(request_id))
+    missing = f"issue request {request_id} does not exist"
+    return jsonify(_own(_rt().issue_requests.get(request_id), missing))
 
 
-@bp.get(f"/users/<{ID}:user_id>/coupons")
+@bp.get("/users/<id:user_id>/coupons")
+@allow(*ANYONE_SIGNED_IN)
 def user_coupons(user_id: int):
+    if not visible_to_caller(user_id):
+        raise NotFound(f"user {user_id} does not exist")
     return jsonify(_rt().issued_coupons.for_user(user_id))
 
 
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= 200 and key.isascii() and key.isprintable()):
+        raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
+    return key
+
+
 @bp.post("/orders")
+@allow(CUSTOMER)
 def place_order():
     body = _body(schemas.NewOrder)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
-        raise BadRequest("Idempotency-Key must be 1 to 200 printable characters")
+    user_id = _only_self(body.user_id)
+    key = _idempotency_key()
     rt = _rt()
     items = [item.model_dump() for item in body.items]
-    # Unknown ids are the caller's mistake: refuse them before anything is stored.
+    # Unknown ids and another user's coupon are the caller's mistake: refuse them before
+    # anything is stored or any saga starts.
     prices = rt.products.prices([item["product_id"] for item in items])
     if sum(prices[i["product_id"]] * i["quantity"] for i in items) > MAX_TOTAL:
         raise InvalidRequest(f"the order's total would exceed {MAX_TOTAL}")
     if body.issued_coupon_id is not None:
-        rt.issued_coupons.get(body.issued_coupon_id)
+        _check_coupon_is_callers(body.issued_coupon_id, user_id)
     order, created = rt.orders.place(
-        body.user_id, items, body.issued_coupon_id, key, plan=_saga().plan()
+        user_id, items, body.issued_coupon_id, key, plan=_saga().plan()
     )
     if created:
         try:
@@ -134,19 +173,37 @@ def place_order():
     return response, 202
 
 
+def _check_coupon_is_callers(issued_coupon_id: int, user_id: int) -> None:
+    """Whether the coupon is still unused is decided by use_coupon (two orders may race
+    for it); whose it is can be refused now. Another user's coupon and one that does not
+    exist get the same answer."""
+    refusal = CouponUnavailable(f"issued coupon {issued_coupon_id} is not one of yours")
+    try:
+        coupon = _rt().issued_coupons.get(issued_coupon_id)
+    except NotFound:
+        raise refusal from None
+    if coupon["user_id"] != user_id:
+        raise refusal
+
+
 @bp.get("/orders")
+@allow(*ANYONE_SIGNED_IN)
 def list_orders():
-    """The newest orders; `?status=NEEDS_ATTENTION` lists what waits for a human."""
+    """The newest orders (a customer's own only); `?status=NEEDS_ATTENTION` lists what
+    waits for a human."""
     query = schemas.OrderQuery.model_validate(request.args.to_dict())
-    return jsonify(_rt().orders.summaries(query.status, query.limit))
+    only_user = caller().user_id if is_customer() else None
+    return jsonify(_rt().orders.summaries(query.status, int(query.limit), only_user))
 
 
-@bp.get(f"/orders/<{ID}:order_id>")
+@bp.get("/orders/<id:order_id>")
+@allow(*ANYONE_SIGNED_IN)
 def get_order(order_id: int):
-    return jsonify(_rt().orders.get(order_id))
+    return jsonify(_own(_rt().orders.get(order_id), f"order {order_id} does not exist"))
 
 
 @bp.get("/healthz")
+@public
 def healthz():
     rt = _rt()
     checks = {}

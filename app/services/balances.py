@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Integer, update
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Integer, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -15,7 +15,10 @@ from app.db import Database
 from app.errors import InsufficientBalance, InvalidRequest, NotFound
 from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
 
-MAX_BALANCE = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
+# What a top-up may bring a balance to. The column is 64-bit: a refund always goes in (a
+# compensation must never be refused), even when a top-up that landed between the payment
+# and its refund already brought the balance to this cap.
+MAX_BALANCE = 2**31 - 1
 
 
 class Base(DeclarativeBase):
@@ -26,7 +29,7 @@ class Balance(Base):
     __tablename__ = "balances"
     __table_args__ = (CheckConstraint("balance >= 0", name="balance_not_negative"),)
     user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    balance: Mapped[int] = mapped_column(Integer, default=0)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -52,7 +55,7 @@ class BalanceService:
                 account = Balance(user_id=user_id, balance=0)
                 session.add(account)
             if account.balance + amount > MAX_BALANCE:
-                raise InvalidRequest(f"a balance cannot exceed {MAX_BALANCE}")
+                raise InvalidRequest(f"a top-up cannot bring a balance above {MAX_BALANCE}")
             account.balance += amount
             account.updated_at = utcnow()
             session.flush()

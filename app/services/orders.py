@@ -10,7 +10,16 @@ import hashlib
 import json
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, delete, select
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -33,6 +42,10 @@ class Base(DeclarativeBase):
 
 class Order(Base):
     __tablename__ = "orders"
+    # An Idempotency-Key is the client's own: two users' keys never collide.
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_idempotency_key"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(Integer, index=True)
     status: Mapped[str] = mapped_column(String(20), default=PENDING, index=True)
@@ -42,7 +55,7 @@ class Order(Base):
     paid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     failed_step: Mapped[str | None] = mapped_column(String(40), nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -123,10 +136,10 @@ class OrderService:
         plan: list[tuple[str, str]],
     ) -> tuple[dict, bool]:
         """Store a PENDING order and its saga plan. Returns (order, created); the same
-        Idempotency-Key returns the first order and created=False."""
+        Idempotency-Key (of the same user) returns the first order and created=False."""
         print_ = fingerprint(user_id, items, issued_coupon_id)
         if idempotency_key:
-            existing = self._by_key(idempotency_key, print_)
+            existing = self._by_key(user_id, idempotency_key, print_)
             if existing is not None:
                 return existing, False
         try:
@@ -157,16 +170,18 @@ class OrderService:
                 order_id = order.id
         except IntegrityError:
             # A concurrent request with the same key won the race: answer with its order.
-            existing = self._by_key(idempotency_key, print_) if idempotency_key else None
+            existing = self._by_key(user_id, idempotency_key, print_) if idempotency_key else None
             if existing is None:
                 raise
             return existing, False
         # The caller needs only the id and status: don't read back what was just written.
         return {"order_id": order_id, "status": PENDING}, True
 
-    def _by_key(self, key: str, print_: str) -> dict | None:
+    def _by_key(self, user_id: int, key: str, print_: str) -> dict | None:
         with self.db.read() as session:
-            order = session.scalar(select(Order).where(Order.idempotency_key == key))
+            order = session.scalar(
+                select(Order).where(Order.user_id == user_id, Order.idempotency_key == key)
+            )
             if order is None:
                 return None
             if order.request_fingerprint != print_:
@@ -255,11 +270,14 @@ class OrderService:
             rows = session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
             return {row.id: row.status for row in rows}
 
-    def summaries(self, status: str | None, limit: int) -> list[dict]:
-        """The newest orders, optionally only those in one status (e.g. NEEDS_ATTENTION)."""
+    def summaries(self, status: str | None, limit: int, user_id: int | None = None) -> list[dict]:
+        """The newest orders, optionally only those in one status (e.g. NEEDS_ATTENTION)
+        or of one user."""
         query = select(Order).order_by(Order.id.desc()).limit(limit)
         if status is not None:
             query = query.where(Order.status == status)
+        if user_id is not None:
+            query = query.where(Order.user_id == user_id)
         with self.db.read() as session:
             return [
                 {

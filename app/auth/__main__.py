@@ -1,0 +1,3 @@
+from app.auth.cli import main
+
+main()

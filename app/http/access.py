@@ -1,0 +1,97 @@
+"""Every route's access rule, checked before the route runs.
+
+A route declares its rule with `@public` or `@allow(role, ...)`; `install(app)` refuses to
+start an app with a route that declares none, so a new route cannot be forgotten. A
+customer may be allowed on a route and still see only its own data: the route checks that
+with `visible_to_caller(user_id)` and answers 404 for other users' ids, so ids don't leak.
+
+Answers: no or a bad credential 401 (with `WWW-Authenticate: Bearer`), a role the route
+does not allow 403, always with the JSON error body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask, current_app, g, request
+
+from app.auth import ADMIN, CUSTOMER, OPERATOR, Identity, InvalidCredential, TokenVerifier
+from app.http.errors import error_response
+
+PUBLIC = frozenset()
+STAFF = (ADMIN, OPERATOR)
+
+
+def public(view: Callable) -> Callable:
+    """Anyone may call it: catalogue reads and the health check."""
+    view.access_rule = PUBLIC
+    return view
+
+
+def allow(*roles: str) -> Callable[[Callable], Callable]:
+    def mark(view: Callable) -> Callable:
+        view.access_rule = frozenset(roles)
+        return view
+
+    return mark
+
+
+def caller() -> Identity:
+    return g.identity
+
+
+def is_customer() -> bool:
+    return caller().role == CUSTOMER
+
+
+def visible_to_caller(user_id: int) -> bool:
+    """Staff see every user's data; a customer only its own."""
+    return not is_customer() or caller().user_id == user_id
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _unauthorized(message: str):
+    response, status = error_response(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="order-saga"'
+    return response, status
+
+
+def _check_access():
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if view is None:
+        return None  # no such route: the 404 or 405 answers for itself
+    rule = view.access_rule
+    if rule is PUBLIC:
+        return None
+    token = _bearer_token()
+    if token is None:
+        return _unauthorized("this route needs a credential: Authorization: Bearer <token>")
+    try:
+        g.identity = current_app.extensions["token_verifier"].verify(token)
+    except InvalidCredential as exc:
+        return _unauthorized(str(exc))
+    if g.identity.role not in rule:
+        allowed = ", ".join(sorted(rule))
+        return error_response(
+            403, "forbidden", f"a {g.identity.role} may not do this (allowed: {allowed})"
+        )
+    return None
+
+
+def install(app: Flask, verifier: TokenVerifier) -> None:
+    missing = [
+        endpoint
+        for endpoint, view in app.view_functions.items()
+        if endpoint != "static" and not hasattr(view, "access_rule")
+    ]
+    if missing:
+        raise RuntimeError(f"routes without an access rule: {', '.join(sorted(missing))}")
+    app.extensions["token_verifier"] = verifier
+    app.before_request(_check_access)
