@@ -6,7 +6,7 @@ PROCS ?=
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv redis run test demo lint bench clean
+.PHONY: help venv redis run test demo drill lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -26,6 +26,9 @@ test: venv redis ## run the test suite (it starts its own Redis and workers)
 
 demo: ## place three demo orders against a running `make run`
 	@scripts/demo.sh
+
+drill: venv redis ## the multi-host drill: each service on its own network namespace (root)
+	$(PY) scripts/multihost_drill.py
 
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .

@@ -6,16 +6,19 @@ from flask import Flask
 
 from config.settings import Settings
 
+# The services whose routes the API serves (and whose databases it opens), unless SERVICES
+# says otherwise. The data platform has no routes.
+API_SERVICES = ("orders", "products", "balances", "coupons")
+
 
 def create_app(settings: Settings | None = None) -> Flask:
     from app.auth import TokenVerifier
-    from app.bootstrap import build_runtime
+    from app.bootstrap import build_runner, build_saga_log
     from app.http import access
     from app.http.body import MAX_BODY_BYTES
     from app.http.converters import IdConverter
     from app.http.errors import register_error_handlers
     from app.http.routes import bp
-    from app.saga.orchestrator import Saga
     from tasks.celery_app import create_celery
 
     settings = settings or Settings.from_env()
@@ -24,8 +27,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.url_map.converters["id"] = IdConverter
     celery = create_celery(settings)
-    app.extensions["saga"] = Saga(build_runtime(settings), celery.dispatcher)
+    runner = build_runner(settings, celery.dispatcher, settings.services or API_SERVICES)
     app.extensions["celery"] = celery
+    app.extensions["runner"] = runner
+    app.extensions["services"] = runner.deps
+    app.extensions["saga_log"] = build_saga_log(runner.deps)
     register_error_handlers(app)
     app.register_blueprint(bp)
     access.install(app, TokenVerifier(settings.auth_dir))

@@ -1,41 +1,75 @@
-"""The composition root: builds every real collaborator from Settings, nothing at import."""
+"""The composition root: builds every real collaborator from Settings, nothing at import.
+
+A process declares the services it serves and gets only their database engines: a
+products worker holds the products database and Redis, nothing else, and refuses to start
+without PRODUCTS_DATABASE_URL.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import socket
 
 import redis
 
 from app.db import Database, open_database
-from app.faults import FaultInjector, parse_faults
-from app.saga.log import SagaLog
+from app.order_saga import HOOKS, WORKFLOWS
 from app.services.balances import BalanceService
 from app.services.coupons import CouponService, IssuedCouponService, IssueRequestService
 from app.services.dataplatform import DataPlatformService, RedisStream
 from app.services.orders import OrderService
 from app.services.products import ProductService
 from config.settings import SERVICES, Settings
-from dlq.store import DeadLetterStore
+from sagaflow import EventLog, Projector, Runner, SagaLog
+from sagaflow.dlq.store import DeadLetterStore
+from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
 
 log = logging.getLogger(__name__)
+# The order saga's log lives in the order service's database: the order workflow's home.
+HOME = "orders"
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    redis: redis.Redis
-    databases: dict[str, Database]
-    orders: OrderService
-    products: ProductService
-    balances: BalanceService
-    coupons: CouponService
-    issued_coupons: IssuedCouponService
-    issue_requests: IssueRequestService
-    dataplatform: DataPlatformService
-    saga_log: SagaLog
-    dead_letters: DeadLetterStore
-    faults: FaultInjector
+class NotServed(RuntimeError):
+    """Work for a service this process does not serve (a misrouted message)."""
+
+
+class Services:
+    """The services one process serves, each on its own database, plus Redis."""
+
+    def __init__(self, settings: Settings, served: tuple[str, ...]):
+        unknown = sorted(set(served) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"unknown services: {', '.join(unknown)}")
+        self.settings, self.served = settings, tuple(served)
+        self.redis = redis.Redis.from_url(settings.require_redis(), health_check_interval=30)
+        # Every URL is checked before any engine is built: a missing one is named at once.
+        urls = {name: settings.database_url(name) for name in self.served}
+        self.databases: dict[str, Database] = {
+            name: open_database(name, url) for name, url in urls.items()
+        }
+        db = self.databases.get
+        self._services = {
+            "orders": db("orders") and OrderService(db("orders")),
+            "products": db("products") and ProductService(db("products")),
+            "balances": db("balances") and BalanceService(db("balances")),
+            "coupons": db("coupons") and CouponService(db("coupons")),
+            "issued_coupons": db("coupons") and IssuedCouponService(db("coupons")),
+            "issue_requests": db("coupons") and IssueRequestService(db("coupons")),
+            "dataplatform": db("dataplatform")
+            and DataPlatformService(db("dataplatform"), RedisStream(self.redis)),
+        }
+
+    def __getattr__(self, name: str):
+        services = self.__dict__.get("_services", {})
+        if name not in services:
+            raise AttributeError(name)
+        found = services[name]
+        if found is None:
+            raise NotServed(
+                f"this process does not serve the {name} service (it serves "
+                f"{', '.join(self.served) or 'none'}): was the message sent to the wrong queue?"
+            )
+        return found
 
     def dispose(self) -> None:
         for db in self.databases.values():
@@ -50,24 +84,36 @@ def dlq_backoff(settings: Settings):
     return backoff
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    dbs = {name: open_database(name, settings.database_url(name)) for name in SERVICES}
-    faults = parse_faults(settings.faults_spec) if settings.faults_enabled else {}
-    if faults:
-        log.warning("fault injection is ON: %s", settings.faults_spec)
-    return Runtime(
-        settings=settings,
-        redis=client,
-        databases=dbs,
-        orders=OrderService(dbs["orders"]),
-        products=ProductService(dbs["products"]),
-        balances=BalanceService(dbs["balances"]),
-        coupons=CouponService(dbs["coupons"]),
-        issued_coupons=IssuedCouponService(dbs["coupons"]),
-        issue_requests=IssueRequestService(dbs["coupons"]),
-        dataplatform=DataPlatformService(dbs["dataplatform"], RedisStream(client)),
-        saga_log=SagaLog(dbs["orders"]),
-        dead_letters=DeadLetterStore(client, dlq_backoff(settings)),
-        faults=FaultInjector(faults, client.incr, overrun=settings.step_soft_time_limit + 1),
+def faults_from(settings: Settings, client) -> FaultInjector:
+    if not settings.faults_enabled or not settings.faults_spec:
+        return NO_FAULTS
+    known = [n for wf in WORKFLOWS.values() for n in wf.step_names + wf.compensation_names]
+    log.warning("fault injection is ON: %s", settings.faults_spec)
+    return FaultInjector(
+        parse_faults(settings.faults_spec, known),
+        client.incr,
+        overrun=settings.step_soft_time_limit + 1,
     )
+
+
+def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -> Runner:
+    """The Runner of a process that serves `served` (none: it only routes and parks)."""
+    services = Services(settings, served)
+    client = services.redis
+    return Runner(
+        WORKFLOWS,
+        services,
+        EventLog(client),
+        DeadLetterStore(client, dlq_backoff(settings)),
+        dispatcher,
+        faults_from(settings, client),
+        worker=f"{socket.gethostname()}:{','.join(served) or '-'}",
+    )
+
+
+def build_saga_log(services: Services) -> SagaLog:
+    return SagaLog(services.databases[HOME], WORKFLOWS)
+
+
+def build_projector(services: Services) -> Projector:
+    return Projector(services.databases[HOME], services.redis, WORKFLOWS, HOOKS)

@@ -90,6 +90,8 @@ class Database:
 class UnusableDatabaseURL(ValueError):
     """A *_DATABASE_URL that cannot even be turned into an engine."""
 
+    setting = True  # the CLI's "cannot use" exit code
+
 
 def open_database(service: str, url: str) -> Database:
     """The service's Database, or an error that names the setting (never its password)."""

@@ -1,4 +1,5 @@
-"""Domain errors. Each says how the saga treats it: compensate, retry, or stop."""
+"""Domain errors. A BusinessError is an expected refusal: the order saga never retries it
+and turns back (app/order_saga.py declares it so to the saga runtime)."""
 
 from __future__ import annotations
 
@@ -47,25 +48,3 @@ class CouponUnavailable(BusinessError):
 class UnknownProduct(BusinessError):
     code = "unknown_product"
     http_status = 404
-
-
-class InjectedBusinessError(BusinessError):
-    """Raised by fault injection (SAGA_FAULTS) to drill the compensation path."""
-
-    code = "injected_business_error"
-
-
-class AlreadyCompensated(DomainError):
-    """A late step arrived after its compensation ran: it must not apply, and nothing else
-    needs to happen (the saga already moved on)."""
-
-    code = "already_compensated"
-    http_status = 409
-
-
-class TransientError(Exception):
-    """An infrastructure hiccup that may succeed on a second try: retried with backoff."""
-
-
-class StepTimeout(TransientError):
-    """A step overran its time budget."""

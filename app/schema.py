@@ -7,9 +7,11 @@ from alembic.config import Config
 
 from app.services import balances, coupons, dataplatform, orders, products
 from config.settings import REPO_ROOT, SERVICES, Settings
+from sagaflow.log import SagaBase
 
 METADATA = {
-    "orders": orders.Base.metadata,
+    # The order workflow's home: the saga runtime's log lives beside the orders.
+    "orders": [orders.Base.metadata, SagaBase.metadata],
     "products": products.Base.metadata,
     "balances": balances.Base.metadata,
     "coupons": coupons.Base.metadata,

@@ -11,8 +11,10 @@ table already has rows, so running it again is harmless.
 
 from __future__ import annotations
 
-from app.bootstrap import Runtime, build_runtime
+from app.bootstrap import Services
 from config.settings import Settings
+
+SEEDED = ("products", "balances", "coupons")
 
 PRODUCTS = [
     ("Coffee beans 1kg", 15000, 100),
@@ -24,7 +26,7 @@ COUPON = ("Welcome 500", 500, 100)
 COUPON_HOLDER = 1
 
 
-def seed(rt: Runtime) -> bool:
+def seed(rt: Services) -> bool:
     """Load the catalogue unless products exist; True if it loaded anything."""
     if rt.products.list():
         return False
@@ -54,7 +56,7 @@ def seed(rt: Runtime) -> bool:
 
 
 def main() -> None:
-    rt = build_runtime(Settings.from_env())
+    rt = Services(Settings.from_env(), SEEDED)
     try:
         if not seed(rt):
             print("demo catalogue: products already present, nothing loaded")

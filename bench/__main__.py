@@ -28,6 +28,7 @@ from bench.stack import (
     WORKER_QUEUES,
     CeleryWorker,
     Gunicorn,
+    Orchestrator,
     PostgresDatabases,
     RedisServer,
     SqliteDatabases,
@@ -268,14 +269,16 @@ class Bench:
         self.memory_detail[name] = self.rss.last_detail.get("worker")
 
     def saga(self, env, settings) -> dict:
-        from app.bootstrap import build_runtime
+        from app.bootstrap import Services
+        from config.settings import SERVICES
 
         c = self.counts
         worker = self.start(CeleryWorker("saga-worker", "tasks.worker", env, self.logs))
+        self.start(Orchestrator(env, self.logs))
         web = self.start(Gunicorn("web", "app.wsgi:app", env, self.logs))
         self.rss.watch("worker", worker.pid)
         self.rss.watch("web", web.pid)
-        rt = build_runtime(settings)
+        rt = Services(settings, SERVICES)
         try:
             shop = scenarios.Shop(rt, web.port, self.args.threads, customer_headers(settings))
             scenarios.happy_latency(shop, c["saga_warmup"])  # every process warms up

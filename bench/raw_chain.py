@@ -22,14 +22,16 @@ import redis
 from celery import Celery, chain
 from celery.signals import worker_process_init
 
-from config.settings import Settings
-from tasks.celery_app import delivery_conf
+from config.settings import SERVICES, Settings
+from sagaflow.celery_app import delivery_conf
 
 SETTINGS = Settings.from_env()
-QUEUES = ("orders", "products", "balances", "coupons", "dataplatform")
+QUEUES = SERVICES
 DONE_KEY = "bench:raw_chain:done"
 
-CONF = delivery_conf(SETTINGS)
+CONF = delivery_conf(
+    SETTINGS.broker_visibility_timeout, SETTINGS.broker_restore_interval, list(QUEUES)
+)
 # The settings that decide how much each message costs; compared with the saga's app.
 COMPARED = (
     "task_serializer",

@@ -15,13 +15,15 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from app.saga import log as saga_log
+from app.order_context import saga_id_of
 from app.services.coupons import ISSUED, PENDING, IssueRequest
-from app.services.orders import Order, OrderItem, SagaStep
+from app.services.orders import Order, OrderItem
 from bench.client import call, percentiles, submit_all
+from sagaflow import StepStatus
+from sagaflow.log import SagaInstance, SagaStepRow
 
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
-STEP_DONE = (saga_log.SUCCEEDED, saga_log.SKIPPED, saga_log.FAILED_STEP, saga_log.DEAD_LETTERED)
+STEP_DONE = (StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED, StepStatus.DEAD_LETTERED)
 PRICE, DISCOUNT = 1000, 100
 
 
@@ -82,21 +84,31 @@ class Shop:
     # --- reading the saga log --------------------------------------------------------
 
     def statuses(self, ids: list[int]) -> dict[int, str]:
-        out = {}
-        for chunk in _chunks(ids):
-            out.update(self.rt.orders.statuses(chunk))
-        return out
-
-    def step_rows(self, ids: list[int], name: str) -> dict[int, tuple[str, float | None]]:
+        """Each order's saga status, from the saga log."""
         out = {}
         with self.rt.databases["orders"].read() as session:
             for chunk in _chunks(ids):
                 rows = session.execute(
-                    select(SagaStep.order_id, SagaStep.status, SagaStep.finished_at).where(
-                        SagaStep.order_id.in_(chunk), SagaStep.name == name
+                    select(SagaInstance.business_key, SagaInstance.status).where(
+                        SagaInstance.saga_id.in_([saga_id_of(i) for i in chunk])
                     )
                 )
-                out.update({r.order_id: (r.status, _epoch(r.finished_at)) for r in rows})
+                out.update({int(r.business_key): r.status for r in rows})
+        return out
+
+    def step_rows(self, ids: list[int], name: str) -> dict[int, tuple[str, float | None]]:
+        """(status, finished at) of one step per order: the worker's own clock, when it
+        sent the step's success."""
+        out = {}
+        with self.rt.databases["orders"].read() as session:
+            for chunk in _chunks(ids):
+                by_saga = {saga_id_of(i): i for i in chunk}
+                rows = session.execute(
+                    select(SagaStepRow.saga_id, SagaStepRow.status, SagaStepRow.finished_at).where(
+                        SagaStepRow.saga_id.in_(list(by_saga)), SagaStepRow.name == name
+                    )
+                )
+                out.update({by_saga[r.saga_id]: (r.status, _epoch(r.finished_at)) for r in rows})
         return out
 
     def settled(self, ids: list[int]) -> bool:
@@ -122,9 +134,9 @@ class Shop:
         """Poll one order's saga log (cheap, straight from the database) until settled."""
         deadline = time.monotonic() + timeout
         while True:
-            status = self.rt.saga_log.order_status(order_id)
-            publish = self.rt.saga_log.step(order_id, "publish_order") or {}
-            if status == "FAILED" or (status in FINAL and publish.get("status") in STEP_DONE):
+            status = self.statuses([order_id]).get(order_id)
+            publish = self.step_rows([order_id], "publish_order").get(order_id, ("", None))
+            if status == "FAILED" or (status in FINAL and publish[0] in STEP_DONE):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"order {order_id} not settled after {timeout}s ({status})")
@@ -229,7 +241,7 @@ def failure_path(shop: Shop, count: int, used: dict[int, int], product: int) -> 
     compensated = 0
     for name in ("refund_balance", "restore_stock", "cancel_order"):
         rows = shop.step_rows(ids, name)
-        compensated += sum(1 for i in ids if rows.get(i, ("",))[0] == saga_log.SUCCEEDED)
+        compensated += sum(1 for i in ids if rows.get(i, ("",))[0] == StepStatus.SUCCEEDED)
     return {
         "orders": count,
         "statuses": shop.count_statuses(ids),

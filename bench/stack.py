@@ -165,6 +165,18 @@ class CeleryWorker(Process):
         return self
 
 
+class Orchestrator(Process):
+    """`python -m tasks.orchestrator`: it keeps the saga log from the workers' events."""
+
+    def __init__(self, env: dict[str, str], logdir: Path):
+        super().__init__("orchestrator", [sys.executable, "-m", "tasks.orchestrator"], env, logdir)
+
+    def start(self) -> Orchestrator:
+        super().start()
+        self.wait_ready(lambda: "orchestrator started" in self.log_text(), 60)
+        return self
+
+
 class Gunicorn(Process):
     """The Procfile's web line (config/gunicorn.py, its defaults) on a free port."""
 

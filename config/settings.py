@@ -1,4 +1,9 @@
-"""Every setting the processes read, from the environment, with defaults that work locally.
+"""Every setting the processes read, from the environment.
+
+Timings and limits have defaults. Where things are (REDIS_URL, each service's
+*_DATABASE_URL) has none: a process that needs one and does not have it refuses to start,
+naming the setting, rather than quietly use a local file and split the truth. `make run`
+sets them all for local development (scripts/run.sh).
 
 Settings are read once per process into an immutable object and passed to whatever needs
 them; tests pass their own values through the environment of the processes they start,
@@ -19,8 +24,10 @@ SERVICES = ("orders", "products", "balances", "coupons", "dataplatform")
 log = logging.getLogger(__name__)
 
 
-def _sqlite_default(service: str, var_dir: Path) -> str:
-    return f"sqlite:///{var_dir / f'{service}.db'}"
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+    setting = True
 
 
 def _flag(value: str | None, default: bool) -> bool:
@@ -31,8 +38,11 @@ def _flag(value: str | None, default: bool) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = ""
     database_urls: Mapping[str, str] = field(default_factory=dict)
+    # The services this process serves (SERVICES=products,balances): it builds only their
+    # database engines. A worker serves the queues it consumes.
+    services: tuple[str, ...] = ()
     port: int = 8000
     flower_port: int = 5555
     flower_basic_auth: str = "operator:change-me"
@@ -78,7 +88,17 @@ class Settings:
     slack_timeout: float = 5.0
 
     def database_url(self, service: str) -> str:
-        return self.database_urls[service]
+        url = self.database_urls.get(service)
+        if not url:
+            raise SettingsError(
+                f"{service.upper()}_DATABASE_URL is not set, and this process serves {service}"
+            )
+        return url
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise SettingsError("REDIS_URL is not set (make run sets it for local development)")
+        return self.redis_url
 
     @property
     def longest_retry_delay(self) -> int:
@@ -88,25 +108,25 @@ class Settings:
         """Refuse combinations that would silently break delivery guarantees."""
         worst_case = self.longest_retry_delay + self.step_time_limit
         if self.broker_visibility_timeout <= worst_case:
-            raise ValueError(
+            raise SettingsError(
                 f"BROKER_VISIBILITY_TIMEOUT={self.broker_visibility_timeout}s must exceed the "
                 f"longest retry delay plus the hard time limit ({worst_case}s): "
                 "otherwise Redis delivers a waiting retry a second time"
             )
         if self.saga_stall_seconds <= worst_case:
-            raise ValueError(
+            raise SettingsError(
                 f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the longest retry "
                 f"delay plus the hard time limit ({worst_case}s), or slow work looks stalled"
             )
         redelivery = self.broker_visibility_timeout + self.broker_restore_interval
         if self.saga_stall_seconds <= redelivery:
-            raise ValueError(
+            raise SettingsError(
                 f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the broker's "
                 f"redelivery (BROKER_VISIBILITY_TIMEOUT + BROKER_RESTORE_INTERVAL = "
                 f"{redelivery}s), or the DLQ re-runs work that Redis is about to redeliver"
             )
         if self.step_soft_time_limit >= self.step_time_limit:
-            raise ValueError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
+            raise SettingsError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
         return self
 
     @staticmethod
@@ -120,11 +140,17 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        var_dir = Path(env.get("VAR_DIR", REPO_ROOT / "var"))
         urls = {
-            name: env.get(f"{name.upper()}_DATABASE_URL") or _sqlite_default(name, var_dir)
+            name: env[f"{name.upper()}_DATABASE_URL"]
             for name in SERVICES
+            if env.get(f"{name.upper()}_DATABASE_URL")
         }
+        services = tuple(s.strip() for s in env.get("SERVICES", "").split(",") if s.strip())
+        unknown = sorted(set(services) - set(SERVICES))
+        if unknown:
+            raise SettingsError(
+                f"SERVICES names {', '.join(unknown)}: the services are {', '.join(SERVICES)}"
+            )
         defaults = cls()
 
         def number(key: str, default, kind=float):
@@ -134,7 +160,7 @@ class Settings:
             try:
                 return kind(raw)
             except ValueError as exc:
-                raise ValueError(f"{key}={raw!r} is not a number") from exc
+                raise SettingsError(f"{key}={raw!r} is not a number") from exc
 
         faults_enabled = _flag(env.get("SAGA_FAULTS_ENABLED"), False)
         faults_spec = env.get("SAGA_FAULTS", "")
@@ -145,8 +171,9 @@ class Settings:
             faults_spec = ""
 
         return cls(
-            redis_url=env.get("REDIS_URL") or defaults.redis_url,
+            redis_url=env.get("REDIS_URL") or "",
             database_urls=urls,
+            services=services,
             port=number("PORT", defaults.port, int),
             flower_port=number("FLOWER_PORT", defaults.flower_port, int),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or defaults.flower_basic_auth,

@@ -99,6 +99,14 @@ if [[ -z ${REDIS_URL:-} ]]; then
     export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 fi
 
+# Where everything is, set explicitly: no process falls back to a default of its own.
+for service in orders products balances coupons dataplatform; do
+    var="$(printf '%s' "$service" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
+    if [[ -z ${!var:-} ]]; then
+        export "$var=sqlite:///$VAR_DIR/$service.db"
+    fi
+done
+
 log "migrating the databases"
 python -m app.schema
 if [[ $SEED == 1 ]]; then

@@ -1,72 +1,104 @@
-"""The Celery application factory: broker, queues, delivery guarantees, task registry."""
+"""The shop's Celery application: the order saga's tasks (sagaflow), the coupon issue task,
+and the worker's role.
+
+A worker serves the services whose queues it consumes (`-Q products`): it builds only their
+database engines, and refuses to start if one of their URLs is missing.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery import Celery
-from celery.signals import worker_process_init
-from kombu import Queue
+from celery.signals import celeryd_init
 
-from app.saga.definition import QUEUES, SAGA
-from compensations.tasks import register_compensations
-from config.settings import Settings
-from tasks.dispatch import CeleryDispatcher
-from tasks.runtime import LazySaga
-from tasks.steps import register_steps
+from app.order_saga import RETRYABLE, WORKFLOWS
+from config.settings import SERVICES, Settings
+from sagaflow.celery_app import CeleryDispatcher, delivery_conf, install
+from sagaflow.workflow import RetryPolicy
+
+log = logging.getLogger("saga.worker")
 
 
-def _routes() -> dict:
-    routes = {f"saga.{s.name}": {"queue": s.queue} for s in SAGA}
-    routes.update(
-        {f"compensations.{s.compensation}": {"queue": s.queue} for s in SAGA if s.compensation}
+def default_retry(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_retries=settings.step_max_retries,
+        backoff=settings.step_retry_backoff,
+        backoff_max=settings.step_retry_backoff_max,
+        jitter=settings.step_retry_jitter,
+        soft_time_limit=settings.step_soft_time_limit,
+        time_limit=settings.step_time_limit,
     )
-    routes["saga.step_failed"] = {"queue": "orders"}
-    routes["coupons.process_issue_request"] = {"queue": "coupons"}
-    return routes
 
 
-def delivery_conf(settings: Settings) -> dict:
-    """How every message is delivered; the benchmark's raw chain uses the same, so the
-    comparison is fair."""
-    return dict(
-        task_serializer="json",
-        accept_content=["json"],
-        # Nobody reads task results: the saga log is the record. No backend, no writes.
-        result_backend=None,
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # A message whose task kills its worker every time counts each loss as a retry, so
-        # it ends in the DLQ instead of being redelivered forever.
-        task_retry_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue="orders",
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout,
-            "unacked_restore_interval": settings.broker_restore_interval,
-            "unacked_restore_throttle": 1,
-        },
-        broker_connection_retry_on_startup=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-    )
+def _queues(option) -> tuple[str, ...]:
+    if not option:
+        return ()
+    items = option.split(",") if isinstance(option, str) else option
+    return tuple(q.strip() for q in items if q.strip())
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("saga", broker=settings.redis_url, set_as_current=False)
-    app.conf.update(delivery_conf(settings), task_routes=_routes())
-    app.lazy_saga = LazySaga(settings, lambda: CeleryDispatcher(app))
+    from app.bootstrap import build_runner
+
+    app = Celery("saga", broker=settings.redis_url or None, set_as_current=False)
+    app.conf.update(
+        delivery_conf(
+            settings.broker_visibility_timeout, settings.broker_restore_interval, list(SERVICES)
+        )
+    )
     app.dispatcher = CeleryDispatcher(app)
-    register_steps(app, settings)
-    register_compensations(app, settings)
+    # Until a worker says which queues it consumes, a process serves what SERVICES says.
+    app.served = settings.services
+    install(
+        app,
+        list(WORKFLOWS.values()),
+        default_retry(settings),
+        lambda: build_runner(settings, app.dispatcher, app.served),
+        settings,
+    )
+    app.conf.task_routes = {
+        **app.conf.task_routes,
+        "coupons.process_issue_request": {"queue": "coupons"},
+    }
 
-    @worker_process_init.connect(weak=False)
-    def _fresh_runtime_in_child(**_):
-        app.lazy_saga.reset()
+    @app.task(
+        bind=True,
+        shared=False,
+        name="coupons.process_issue_request",
+        autoretry_for=RETRYABLE,
+        max_retries=None,
+        retry_backoff=settings.step_retry_backoff,
+        retry_backoff_max=settings.step_retry_backoff_max,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
+    def process_issue_request(self, request_id: int) -> dict:
+        """Serve one coupon issue request, first come first served."""
+        return app.sagas.runner.deps.issue_requests.process(request_id)
 
-    logging.getLogger("slack_sdk").setLevel(logging.WARNING)
+    @celeryd_init.connect(weak=False)
+    def _serve_the_consumed_queues(options=None, **_):
+        queues = _queues((options or {}).get("queues"))
+        unknown = sorted(set(queues) - set(SERVICES))
+        problem = None
+        if not queues:
+            problem = f"give the queues to consume: -Q {','.join(SERVICES)} (or some of them)"
+        elif unknown:
+            problem = f"unknown queues {', '.join(unknown)}: the services are {', '.join(SERVICES)}"
+        else:
+            missing = [q for q in queues if not settings.database_urls.get(q)]
+            if missing:
+                names = ", ".join(f"{q.upper()}_DATABASE_URL" for q in missing)
+                problem = f"{names} not set, and this worker consumes {', '.join(missing)}"
+            if not settings.redis_url:
+                problem = "REDIS_URL is not set"
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        app.served = queues
+        log.info("worker serves %s", ", ".join(queues))
+
     return app

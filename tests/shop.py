@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.ledger import APPLIED
+from app.order_context import saga_id_of
 from app.services import balances, coupons, dataplatform, orders, products
+from sagaflow.ledger import APPLIED
+from sagaflow.log import SagaBase
 from tests.support import wait_for
 
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
@@ -133,10 +135,9 @@ class Shop:
     # --- reading the services' own records ------------------------------------------
 
     def ledger(self, service_module, db_name: str, order_id: int) -> dict[str, str]:
+        ledger = service_module.Ledger
         with self.rt.databases[db_name].read() as session:
-            rows = session.scalars(
-                select(service_module.Ledger).where(service_module.Ledger.order_id == order_id)
-            )
+            rows = session.scalars(select(ledger).where(ledger.saga_id == saga_id_of(order_id)))
             return {row.step: row.status for row in rows}
 
     def issued_coupon(self, issued_coupon_id: int) -> dict:
@@ -148,15 +149,16 @@ class Shop:
     def snapshot(self) -> dict:
         """Every row of every service's database, to prove a request changed nothing."""
         tables = {}
-        for name, module in (
-            ("orders", orders),
-            ("products", products),
-            ("balances", balances),
-            ("coupons", coupons),
-            ("dataplatform", dataplatform),
+        for name, metadata in (
+            ("orders", orders.Base.metadata),
+            ("orders", SagaBase.metadata),
+            ("products", products.Base.metadata),
+            ("balances", balances.Base.metadata),
+            ("coupons", coupons.Base.metadata),
+            ("dataplatform", dataplatform.Base.metadata),
         ):
             with self.rt.databases[name].read() as session:
-                for table in module.Base.metadata.sorted_tables:
+                for table in metadata.sorted_tables:
                     rows = session.execute(select(table)).all()
                     tables[f"{name}.{table.name}"] = sorted(map(tuple, rows), key=repr)
         return tables

@@ -7,14 +7,15 @@ import itertools
 import os
 from pathlib import Path
 
-from app.saga.definition import QUEUES
 from config.settings import SERVICES, Settings
+from tests.inspect_view import Inspector
 from tests.shop import Shop
 from tests.support import (
     FAST_TIMINGS,
     ApiProcess,
     Credentials,
     DeadLetterWorkerProcess,
+    OrchestratorProcess,
     PostgresDatabases,
     RedisServer,
     WorkerProcess,
@@ -57,12 +58,23 @@ class Stack:
         migrate(self.env)
         self.settings = Settings.from_env({**os.environ, **self.env})
         self.app = create_app(self.settings)
-        self.rt = self.app.extensions["saga"].rt
-        self.saga = self.app.extensions["saga"]
+        self.rt = Inspector(self.settings)
+        self.runner = self.app.extensions["runner"]
         self.shop = Shop(self.app.test_client(), self.rt, self._user_ids, self.credentials)
+        # The saga log is kept by the orchestrator: every stack runs one.
+        self.orchestrator = self.start_orchestrator()
         return self
 
-    def worker(self, faults: str = "", queues=QUEUES, concurrency: int = 2, **env) -> WorkerProcess:
+    def start_orchestrator(self, **env) -> OrchestratorProcess:
+        return OrchestratorProcess({**self.env, **env}, self.workdir / "logs").start()
+
+    def restart_orchestrator(self, **env) -> None:
+        self.orchestrator.stop()
+        self.orchestrator = self.start_orchestrator(**env)
+
+    def worker(
+        self, faults: str = "", queues=SERVICES, concurrency: int = 2, **env
+    ) -> WorkerProcess:
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
         return WorkerProcess(
             {**self.env, **fault_env, **env}, self.workdir / "logs", queues, concurrency
@@ -81,6 +93,8 @@ class Stack:
         return run_cli({**self.env, **env}, *args, stdin=stdin)
 
     def stop(self) -> None:
+        self.orchestrator.stop()
+        self.app.extensions["services"].dispose()
         self.rt.dispose()
         self.redis.stop()
         if self._pg:

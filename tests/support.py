@@ -18,7 +18,6 @@ from pathlib import Path
 import psycopg
 
 from app.auth import ADMIN, CUSTOMER, OPERATOR, Keyring
-from app.saga.definition import QUEUES
 from config.settings import REPO_ROOT, SERVICES
 
 # Short limits and delays so failure tests finish in seconds; the relations the settings
@@ -263,7 +262,7 @@ class WorkerProcess(ServiceProcess):
 
     name, ready_marker = "worker", b"ready."
 
-    def __init__(self, env: dict[str, str], logdir: Path, queues=QUEUES, concurrency: int = 2):
+    def __init__(self, env: dict[str, str], logdir: Path, queues=SERVICES, concurrency: int = 2):
         super().__init__(env, logdir)
         self.queues, self.concurrency = tuple(queues), concurrency
 
@@ -334,6 +333,15 @@ def http(method: str, url: str, body=None, headers=None, timeout: float = 30):
         return status, json.loads(raw) if raw else None
     except ValueError:
         return status, None
+
+
+class OrchestratorProcess(ServiceProcess):
+    """The real `python -m tasks.orchestrator`: it keeps the saga log."""
+
+    name, ready_marker = "orchestrator", b"orchestrator started"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "tasks.orchestrator"]
 
 
 class DeadLetterWorkerProcess(ServiceProcess):

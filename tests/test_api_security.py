@@ -24,8 +24,9 @@ OWNER, OTHER = 4_101, 4_102  # two customers; the owner's data is what the table
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    # Its own stack, and no worker: nothing moves in the databases but what a request does.
-    stack = Stack("sqlite", tmp_path_factory.mktemp("security")).start()
+    # Its own stack, and no worker: nothing moves in the databases but what a request does
+    # (nor does the stall check park the orders placed here, which no worker will run).
+    stack = Stack("sqlite", tmp_path_factory.mktemp("security"), SAGA_STALL_SECONDS="3600").start()
     yield stack
     stack.stop()
 

@@ -216,7 +216,7 @@ def test_broker_down_answers_503_changes_nothing_and_the_key_can_be_reused(
         issue = cut_off.test_client().post(f"/coupons/{coupon['id']}/issue", headers=me)
         assert issue.status_code == 503
     finally:
-        cut_off.extensions["saga"].rt.dispose()
+        cut_off.extensions["services"].dispose()
     rejected = shop.ok(shop.client.get(f"/users/{user}/coupons", headers=me))
     assert rejected == []  # the request was refused, not left PENDING for ever
 

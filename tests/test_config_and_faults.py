@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import InjectedBusinessError, TransientError
-from app.faults import Fault, FaultInjector, parse_faults
+from app.order_saga import ORDER
 from config.settings import Settings
+from sagaflow.errors import InjectedBusinessError, TransientError
+from sagaflow.faults import Fault, FaultInjector, parse_faults
+
+KNOWN = ORDER.step_names + ORDER.compensation_names
 
 
-def test_defaults_work_locally_with_sqlite_under_var():
+def test_where_things_are_has_no_default_a_missing_url_is_named():
     settings = Settings.from_env({})
-    assert settings.database_url("orders").endswith("var/orders.db")
     assert settings.broker_visibility_timeout > settings.step_retry_backoff_max
+    with pytest.raises(ValueError, match="PRODUCTS_DATABASE_URL is not set"):
+        settings.database_url("products")
+    with pytest.raises(ValueError, match="REDIS_URL is not set"):
+        settings.require_redis()
+
+
+def test_services_must_be_known():
+    assert Settings.from_env({"SERVICES": "products, balances"}).services == (
+        "products",
+        "balances",
+    )
+    with pytest.raises(ValueError, match="SERVICES names warehouse"):
+        Settings.from_env({"SERVICES": "products,warehouse"})
 
 
 def test_visibility_timeout_shorter_than_a_retry_delay_is_refused():
@@ -33,7 +48,7 @@ def test_faults_are_ignored_unless_enabled(caplog):
 
 
 def test_fault_spec_parses_names_kinds_and_times():
-    assert parse_faults("decrease_stock:timeout:2, refund_balance:transient") == {
+    assert parse_faults("decrease_stock:timeout:2, refund_balance:transient", KNOWN) == {
         "decrease_stock": Fault("decrease_stock", "timeout", 2),
         "refund_balance": Fault("refund_balance", "transient", None),
     }
@@ -50,7 +65,7 @@ def test_fault_spec_parses_names_kinds_and_times():
 )
 def test_bad_fault_spec_says_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
-        parse_faults(spec)
+        parse_faults(spec, KNOWN)
 
 
 def test_fault_fires_the_given_number_of_times_per_order():
@@ -60,13 +75,15 @@ def test_fault_fires_the_given_number_of_times_per_order():
         counts[key] = counts.get(key, 0) + 1
         return counts[key]
 
-    faults = FaultInjector(parse_faults("use_coupon:business:1,use_balance:transient"), count, 0)
+    faults = FaultInjector(
+        parse_faults("use_coupon:business:1,use_balance:transient", KNOWN), count, 0
+    )
     with pytest.raises(InjectedBusinessError):
-        faults.before("use_coupon", 1)
-    faults.before("use_coupon", 1)  # the second time it behaves
+        faults.before("use_coupon", "order-1")
+    faults.before("use_coupon", "order-1")  # the second time it behaves
     with pytest.raises(InjectedBusinessError):
-        faults.before("use_coupon", 2)  # counted per order
+        faults.before("use_coupon", "order-2")  # counted per saga
     for _ in range(3):
         with pytest.raises(TransientError):
-            faults.before("use_balance", 1)
-    faults.before("decrease_stock", 1)  # no fault named: nothing happens
+            faults.before("use_balance", "order-1")
+    faults.before("decrease_stock", "order-1")  # no fault named: nothing happens

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.inspect_view import eid as entry_id
 from tests.slack_server import SlackServer
 from tests.stack import Stack
 from tests.support import wait_for
@@ -35,8 +36,8 @@ def slack_ok(slack):
     slack.answer = 200
 
 
-# A DLQ worker that calls a saga stalled after a few seconds; the settings insist that the
-# stall time exceed the broker's redelivery, which exceeds a retry plus the hard limit.
+# An orchestrator that calls a saga stalled after a few seconds; the settings insist that
+# the stall time exceed the broker's redelivery, which exceeds a retry plus the hard limit.
 QUICK_STALL = {"SAGA_STALL_SECONDS": "7", "BROKER_VISIBILITY_TIMEOUT": "5", "STEP_TIME_LIMIT": "3"}
 
 
@@ -47,7 +48,7 @@ def _customer(stack, stock=10, balance=1_000):
 
 def _dead_lettered(stack, order_id, name):
     return wait_for(
-        lambda: (e := stack.rt.dead_letters.get(f"{order_id}:{name}")) and e,
+        lambda: (e := stack.rt.dead_letters.get(entry_id(order_id, name))) and e,
         60,
         what=f"{order_id}:{name} in the DLQ",
     )
@@ -66,7 +67,7 @@ def test_timed_out_step_is_retried_by_the_dlq_worker_and_the_saga_completes(stac
     finally:
         dlq.stop()
         worker.stop()
-    entry = stack.rt.dead_letters.get(f"{order_id}:use_balance")
+    entry = stack.rt.dead_letters.get(entry_id(order_id, "use_balance"))
     assert (entry["status"], entry["attempts"]) == ("resolved", 1)
     assert order["steps"][2]["attempts"] == 4
     stack.shop.check_invariants([order_id], product, 10, user, 1_000)
@@ -83,13 +84,13 @@ def test_exhausted_retries_send_one_slack_alert_then_cli_requeue_completes_the_o
     finally:
         dlq.stop()
         worker.stop()
-    eid = f"{order_id}:use_balance"
+    eid = entry_id(order_id, "use_balance")
     assert len(slack.messages) == 1
     text = slack.texts()[0]
-    assert f"python -m dlq requeue {eid}" in text and f"order {order_id}" in text
+    assert f"python -m dlq requeue {eid}" in text and f"order-{order_id}" in text
     assert "StepTimeout" in text or "SoftTimeLimitExceeded" in text
     listed = json.loads(stack.cli("list", "--json", "--status", "needs_human").stdout)
-    assert [e["id"] for e in listed if e["order_id"] == order_id] == [eid]
+    assert [e["id"] for e in listed if e["saga_id"] == f"order-{order_id}"] == [eid]
     assert listed[-1]["kind"] == "step" and listed[-1]["attempts"] == 2
 
     plan = stack.cli("requeue", eid, "--dry-run")
@@ -117,7 +118,7 @@ def test_cli_compensate_gives_up_a_stuck_step_and_undoes_the_order(stack):
         order_id = stack.shop.order(user, product, quantity=3, issued_coupon_id=coupon)
         _dead_lettered(stack, order_id, "use_coupon")
         # No DLQ worker runs here, so the entry is still "retrying": the operator forces it.
-        result = stack.cli("compensate", f"{order_id}:use_coupon", "--force", "--json")
+        result = stack.cli("compensate", entry_id(order_id, "use_coupon"), "--force", "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["compensations"] == [
             "restore_coupon",
@@ -145,7 +146,7 @@ def test_failed_publication_keeps_the_order_completed_and_is_retried(stack):
         user, product = _customer(stack)
         order_id = stack.shop.order(user, product)
         entry = _dead_lettered(stack, order_id, "publish_order")
-        assert entry["kind"] == "publish"
+        assert entry["kind"] == "after_pivot"
         assert stack.shop.get_order(order_id)["status"] == "COMPLETED"
         wait_for(lambda: stack.shop.published(order_id) == 1, 30, what="publication")
     finally:
@@ -174,7 +175,7 @@ def test_stuck_compensation_is_retried_by_the_dlq_worker_and_the_rest_follow(sta
     finally:
         dlq.stop()
         worker.stop()
-    assert stack.rt.dead_letters.get(f"{order_id}:refund_balance")["status"] == "resolved"
+    assert stack.rt.dead_letters.get(entry_id(order_id, "refund_balance"))["status"] == "resolved"
     assert order["failed_step"] == "use_coupon"
     stack.shop.check_invariants([order_id], product, 10, user, 1_000, coupon)
 
@@ -187,7 +188,7 @@ def test_slack_answering_500_loses_nothing_and_the_alert_arrives_once_it_recover
         user, product = _customer(stack)
         order_id = stack.shop.order(user, product)
         wait_for(lambda: slack.failures >= 2, 60, what="failed alert attempts")
-        eid = f"{order_id}:decrease_stock"
+        eid = entry_id(order_id, "decrease_stock")
         entry = stack.rt.dead_letters.get(eid)
         assert entry["status"] == "needs_human" and not entry["alerted"]
         assert "answered 500" in entry["alert_error"]
@@ -215,7 +216,7 @@ def test_slack_not_listening_keeps_the_entry_and_the_worker_alive(stack):
     try:
         user, product = _customer(stack)
         order_id = stack.shop.order(user, product)
-        eid = f"{order_id}:decrease_stock"
+        eid = entry_id(order_id, "decrease_stock")
         wait_for(
             lambda: (e := stack.rt.dead_letters.get(eid)) and e.get("alert_error"),
             60,
@@ -255,29 +256,37 @@ def test_bot_token_alert_reaches_chat_post_message(stack, slack):
     assert message["path"] == "/api/chat.postMessage"
     assert message["body"]["channel"] == "#saga-alerts"
     assert message["auth"] == "Bearer xoxb-test"
-    assert f"{order_id}:decrease_stock" in message["body"]["text"]
+    assert entry_id(order_id, "decrease_stock") in message["body"]["text"]
 
 
-def test_dlq_worker_killed_mid_retry_loses_nothing(stack):
-    # The worker's tries fail; the DLQ worker dies right after its retry applied the step.
-    worker = stack.worker(faults="use_balance:transient:3")
-    dlq = stack.dlq_worker(faults="use_balance:crash")
+def test_a_worker_killed_while_running_a_dlq_retry_loses_nothing_and_applies_once(stack):
+    # The worker's own three tries fail and the step is parked.
+    first = stack.worker(faults="use_balance:transient:3")
     try:
         user, product = _customer(stack)
         order_id = stack.shop.order(user, product, quantity=2)
-        wait_for(lambda: dlq.proc.poll() is not None, 60, what="the DLQ worker to die")
-        eid = f"{order_id}:use_balance"
-        assert stack.rt.dead_letters.get(eid)["status"] == "retrying"
-        again = stack.dlq_worker()  # no faults: the lease runs out, and it retries
-        try:
-            order = stack.shop.wait_order(order_id, ("COMPLETED",), timeout=60)
-        finally:
-            again.stop()
+        eid = entry_id(order_id, "use_balance")
+        _dead_lettered(stack, order_id, "use_balance")
+        wait_for(
+            lambda: stack.rt.saga_log.step(order_id, "use_balance")["status"] == "dead_lettered",
+            20,
+            what="the step parked",
+        )
+    finally:
+        first.stop()
+    # The DLQ's retry runs on a worker that dies right after it applied the step, before
+    # the message is acknowledged: the fault counter is shared, so occurrence 4 crashes.
+    second = stack.worker(faults="use_balance:crash:4")
+    dlq = stack.dlq_worker()
+    try:
+        order = stack.shop.wait_order(order_id, ("COMPLETED",), timeout=90)
     finally:
         dlq.stop()
-        worker.stop()
+        second.stop()
+    assert "injecting fault" in second.log() and "crash" in second.log()
     assert stack.rt.dead_letters.get(eid)["status"] == "resolved"
     assert order["status"] == "COMPLETED"
+    assert stack.shop.balance(user) == 1_000 - 200  # charged once
     stack.shop.check_invariants([order_id], product, 10, user, 1_000)
 
 
@@ -285,7 +294,8 @@ def test_saga_whose_message_was_lost_is_found_parked_and_finished(stack):
     user, product = _customer(stack)
     order_id = stack.shop.order(user, product, quantity=2)  # no worker is running
     stack.rt.redis.delete("orders")  # the broker loses the queued create_order message
-    dlq = stack.dlq_worker(**QUICK_STALL)
+    stack.restart_orchestrator(**QUICK_STALL)
+    dlq = stack.dlq_worker()
     worker = stack.worker()
     try:
         entry = _dead_lettered(stack, order_id, "create_order")
@@ -294,7 +304,8 @@ def test_saga_whose_message_was_lost_is_found_parked_and_finished(stack):
     finally:
         worker.stop()
         dlq.stop()
-    assert stack.rt.dead_letters.get(f"{order_id}:create_order")["status"] == "resolved"
+        stack.restart_orchestrator()
+    assert stack.rt.dead_letters.get(entry_id(order_id, "create_order"))["status"] == "resolved"
     stack.shop.check_invariants([order_id], product, 10, user, 1_000)
 
 
@@ -308,10 +319,13 @@ def test_completed_order_whose_publication_message_was_lost_is_published_exactly
         stack.shop.wait_order(order_id, ("COMPLETED",), settle=False)
         wait_for(lambda: stack.rt.redis.llen("dataplatform"), 10, what="the publish message")
         stack.rt.redis.delete("dataplatform")
-        dlq = stack.dlq_worker(**QUICK_STALL)
+        # The DLQ sends its retry to the data platform's queue: a worker serves it now.
+        publisher = stack.worker(queues=("dataplatform",))
+        stack.restart_orchestrator(**QUICK_STALL)
+        dlq = stack.dlq_worker()
         try:
             entry = _dead_lettered(stack, order_id, "publish_order")
-            assert entry["kind"] == "publish"
+            assert entry["kind"] == "after_pivot"
             assert entry["error"].startswith("stalled: no progress")
             wait_for(lambda: stack.shop.published(order_id) == 1, 30, what="publication")
             wait_for(
@@ -321,6 +335,8 @@ def test_completed_order_whose_publication_message_was_lost_is_published_exactly
             )
         finally:
             dlq.stop()
+            publisher.stop()
+            stack.restart_orchestrator()
     finally:
         worker.stop()
     streamed = [

@@ -23,11 +23,12 @@ def stack(tmp_path_factory):
 
 def _park(stack, order_id: int, name: str = "use_balance", kind: str = "step"):
     return stack.rt.dead_letters.push(
-        order_id=order_id,
+        saga_id=f"order-{order_id}",
+        workflow="order",
         name=name,
         kind=kind,
         task=f"saga.{name}",
-        args={"order_id": order_id},
+        args={"saga_id": f"order-{order_id}", "ctx": None, "then": []},
         error_class="StepTimeout",
         error="too slow",
         traceback="",
@@ -37,27 +38,28 @@ def _park(stack, order_id: int, name: str = "use_balance", kind: str = "step"):
 def test_the_same_work_is_never_in_the_dlq_twice(stack):
     first = _park(stack, 101)
     second = _park(stack, 101)
-    assert first["id"] == second["id"] == "101:use_balance"
+    assert first["id"] == second["id"] == "order-101:use_balance"
     assert second["handoffs"] == 2
-    assert [e["id"] for e in stack.rt.dead_letters.entries(order_id=101)] == ["101:use_balance"]
+    entries = stack.rt.dead_letters.entries(saga_id="order-101")
+    assert [e["id"] for e in entries] == ["order-101:use_balance"]
 
 
 def test_entries_survive_a_redis_restart_with_persistence(stack):
     _park(stack, 102, "publish_order", "publish")
     stack.redis.stop()
     stack.redis.start()  # same port, same data directory: it reloads the append-only file
-    entry = stack.rt.dead_letters.get("102:publish_order")
+    entry = stack.rt.dead_letters.get("order-102:publish_order")
     assert entry["kind"] == "publish" and entry["status"] == "retrying"
 
 
 def test_list_json_prints_entries_with_the_documented_fields(stack):
     _park(stack, 103)
-    result = stack.cli("list", "--json", "--order", "103")
+    result = stack.cli("list", "--json", "--saga", "order-103")
     assert result.returncode == 0, result.stderr
     [entry] = json.loads(result.stdout)
-    assert {"id", "order_id", "name", "kind", "status", "attempts", "error"} <= entry.keys()
-    assert (entry["order_id"], entry["name"], entry["kind"], entry["status"]) == (
-        103,
+    assert {"id", "saga_id", "name", "kind", "status", "attempts", "error"} <= entry.keys()
+    assert (entry["saga_id"], entry["name"], entry["kind"], entry["status"]) == (
+        "order-103",
         "use_balance",
         "step",
         "retrying",
@@ -68,9 +70,9 @@ def test_list_json_prints_entries_with_the_documented_fields(stack):
     "args",
     [
         ("show", "nope:step"),
-        ("requeue", "404:use_balance"),
-        ("compensate", "404:use_balance"),
-        ("resolve", "404:use_balance", "--note", "x"),
+        ("requeue", "order-404:use_balance"),
+        ("compensate", "order-404:use_balance"),
+        ("resolve", "order-404:use_balance", "--note", "x"),
     ],
 )
 def test_unknown_ids_get_one_line_and_exit_3(stack, args):
@@ -90,27 +92,29 @@ def test_bad_usage_exits_2_and_unreachable_redis_exits_4(stack):
 
 def test_compensate_refuses_a_compensation_entry(stack):
     _park(stack, 104, "refund_balance", "compensation")
-    result = stack.cli("compensate", "104:refund_balance")
+    result = stack.cli("compensate", "order-104:refund_balance")
     assert result.returncode == 1 and "only a stuck forward step" in result.stderr
 
 
 def test_resolve_then_purge_deletes_only_resolved_entries(stack):
     _park(stack, 105)
     _park(stack, 106)
-    assert stack.cli("resolve", "105:use_balance", "--note", "refunded by hand").returncode == 0
+    assert (
+        stack.cli("resolve", "order-105:use_balance", "--note", "refunded by hand").returncode == 0
+    )
     refused = stack.cli("purge")  # no terminal and no --yes: nothing is deleted
-    assert refused.returncode == 1 and stack.rt.dead_letters.get("105:use_balance")
+    assert refused.returncode == 1 and stack.rt.dead_letters.get("order-105:use_balance")
     purged = stack.cli("purge", "--yes", "--json")
     assert purged.returncode == 0 and json.loads(purged.stdout)["purged"] >= 1
-    assert stack.rt.dead_letters.get("105:use_balance") is None
-    assert stack.rt.dead_letters.get("106:use_balance")["status"] == "retrying"
+    assert stack.rt.dead_letters.get("order-105:use_balance") is None
+    assert stack.rt.dead_letters.get("order-106:use_balance")["status"] == "retrying"
 
 
 def test_the_cli_is_installed_as_the_saga_dlq_command(stack, tmp_path):
     _park(stack, 107)
     command = Path(sys.executable).with_name("saga-dlq")
     result = subprocess.run(
-        [str(command), "show", "107:use_balance", "--json"],
+        [str(command), "show", "order-107:use_balance", "--json"],
         env={**os.environ, **stack.env},
         capture_output=True,
         text=True,
@@ -119,10 +123,10 @@ def test_the_cli_is_installed_as_the_saga_dlq_command(stack, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert shown["entry"]["id"] == "107:use_balance"
-    assert shown["order"] is None  # parked work whose order is gone is still shown
-    text = stack.cli("show", "107:use_balance")
-    assert text.returncode == 0 and "not in the orders database" in text.stdout
+    assert shown["entry"]["id"] == "order-107:use_balance"
+    assert shown["saga"] is None  # parked work whose saga is gone is still shown
+    text = stack.cli("show", "order-107:use_balance")
+    assert text.returncode == 0 and "not in the saga log" in text.stdout
 
 
 @pytest.mark.parametrize(
@@ -142,7 +146,10 @@ def test_an_unusable_database_url_is_one_line_exit_4_and_creates_nothing(
     _park(stack, 108)
     (tmp_path / "not-a-database.db").write_text("this is text, not SQLite " * 100)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    for args in (("show", "108:use_balance"), ("requeue", "108:use_balance", "--dry-run")):
+    for args in (
+        ("show", "order-108:use_balance"),
+        ("requeue", "order-108:use_balance", "--dry-run"),
+    ):
         result = stack.cli(*args, ORDERS_DATABASE_URL=url.format(tmp=tmp_path))
         assert result.returncode == 4, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr

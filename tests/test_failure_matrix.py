@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.saga.definition import BY_COMPENSATION, COMPENSATION_NAMES, SAGA, STEP_NAMES
+from app.order_saga import ORDER
 from tests.stack import Stack, available_backends
 from tests.support import wait_for
 
@@ -27,21 +27,15 @@ class Case:
     target_status: str  # the target's row in the saga log
     attempts: int | None
     dlq_kind: str | None = None
-    operator_gives_up: bool = False  # compensations reached only through an operator
 
     @property
     def id(self) -> str:
         return f"{self.target}-{self.kind}"
 
 
-def _compensated_by_failure_at(step: str) -> list[str]:
-    index = STEP_NAMES.index(step)
-    return [s.compensation for s in reversed(SAGA[:index]) if s.compensation]
-
-
 def step_cases() -> list[Case]:
     cases = []
-    for step in SAGA:
+    for step in ORDER.steps:
         after_success = step.compensation is None  # publish_order: the order already succeeded
         cases += [
             Case(
@@ -51,7 +45,7 @@ def step_cases() -> list[Case]:
                 "COMPLETED" if after_success else "FAILED",
                 "dead_lettered" if after_success else "failed",
                 1,
-                "publish" if after_success else None,
+                "after_pivot" if after_success else None,
             ),
             Case(
                 step.name, "timeout-recovers", f"{step.name}:timeout:1", "COMPLETED", "succeeded", 2
@@ -63,7 +57,7 @@ def step_cases() -> list[Case]:
                 "COMPLETED" if after_success else "NEEDS_ATTENTION",
                 "dead_lettered",
                 MAX_ATTEMPTS,
-                "publish" if after_success else "step",
+                "after_pivot" if after_success else "step",
             ),
             Case(step.name, "crash", f"{step.name}:crash:1", "COMPLETED", "succeeded", 2),
         ]
@@ -72,21 +66,11 @@ def step_cases() -> list[Case]:
 
 def compensation_cases() -> list[Case]:
     cases = []
-    for name in COMPENSATION_NAMES:
-        # restore_coupon only runs when an operator gives up on a stuck use_coupon; the
-        # others run when use_coupon refuses the order.
-        trigger = "use_coupon:timeout" if name == "restore_coupon" else "use_coupon:business"
-        gives_up = name == "restore_coupon"
+    for name in ORDER.compensation_names:
+        # use_coupon refusing the order runs every compensation, its own (a void) first.
+        trigger = "use_coupon:business"
         cases += [
-            Case(
-                name,
-                "error-recovers",
-                f"{trigger},{name}:transient:1",
-                "FAILED",
-                "succeeded",
-                2,
-                operator_gives_up=gives_up,
-            ),
+            Case(name, "error-recovers", f"{trigger},{name}:transient:1", "FAILED", "succeeded", 2),
             Case(
                 name,
                 "error-exhausts",
@@ -95,17 +79,8 @@ def compensation_cases() -> list[Case]:
                 "dead_lettered",
                 MAX_ATTEMPTS,
                 "compensation",
-                operator_gives_up=gives_up,
             ),
-            Case(
-                name,
-                "crash",
-                f"{trigger},{name}:crash:1",
-                "FAILED",
-                "succeeded",
-                2,
-                operator_gives_up=gives_up,
-            ),
+            Case(name, "crash", f"{trigger},{name}:crash:1", "FAILED", "succeeded", 2),
         ]
     return cases
 
@@ -129,9 +104,6 @@ def test_failure_matrix(stack, case: Case):
         product = shop.product(stock=10, price=100)
         coupon = shop.coupon_for(user, discount=30)  # issuing is not subject to the faults
         order_id = shop.order(user, product, quantity=2, issued_coupon_id=coupon)
-        if case.operator_gives_up:
-            shop.wait_order(order_id, ("NEEDS_ATTENTION",))
-            stack.saga.give_up(order_id, "use_coupon")
         order = _settled(shop, order_id, case)
     finally:
         worker.stop()
@@ -141,10 +113,7 @@ def test_failure_matrix(stack, case: Case):
     assert steps[case.target]["status"] == case.target_status, steps[case.target]
     assert steps[case.target]["attempts"] == case.attempts, steps[case.target]
     _check_route(case, order, steps)
-    entries = stack.rt.dead_letters.entries(order_id=order_id)
-    if case.operator_gives_up:
-        abandoned = [e for e in entries if e["name"] == "use_coupon"]
-        assert [e["status"] for e in abandoned] == ["resolved"]
+    entries = stack.rt.dead_letters.entries(saga_id=order["saga_id"])
     entries = [e for e in entries if e["status"] != "resolved"]
     if case.dlq_kind:
         assert [(e["name"], e["kind"]) for e in entries] == [(case.target, case.dlq_kind)]
@@ -180,14 +149,16 @@ def _settled(shop, order_id: int, case: Case) -> dict:
 def _check_route(case: Case, order: dict, steps: dict) -> None:
     """The saga log says why: which step failed and which compensations ran, in order."""
     compensations = [s["name"] for s in order["steps"] if s["kind"] == "compensation"]
-    if case.target in STEP_NAMES and case.kind == "business" and case.status == "FAILED":
+    if case.target in ORDER.step_names and case.kind == "business" and case.status == "FAILED":
         assert order["failed_step"] == case.target
-        assert compensations == _compensated_by_failure_at(case.target)
+        # Newest first, the failed step's own undo (a void) included.
+        assert compensations == ORDER.compensations_for(case.target)
         assert all(steps[c]["status"] == "succeeded" for c in compensations)
-    if case.target in BY_COMPENSATION:
-        expected = _compensated_by_failure_at("use_coupon")
-        if case.operator_gives_up:
-            expected = ["restore_coupon", *expected]
+        assert steps[compensations[0]]["detail"] == "nothing to undo: step never applied (voided)"
+        later = ORDER.steps_after(case.target)
+        assert all(steps[s]["status"] == "not_run" for s in later)
+    if case.target in ORDER.compensation_names:
+        expected = ORDER.compensations_for("use_coupon")
         assert compensations == expected
         later = compensations[compensations.index(case.target) + 1 :]
         if case.kind == "error-exhausts":

@@ -50,7 +50,7 @@ def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
         user = shop.new_user(balance=500)
 
         def seen_in_flower(order_id):
-            status, tasks = _get(f"{base}/api/tasks?taskname=saga.create_order", auth)
+            status, tasks = _get(f"{base}/api/tasks?taskname=order.create_order", auth)
             return status == 200 and [
                 t
                 for t in tasks.values()
@@ -70,7 +70,7 @@ def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
             raise AssertionError("Flower never showed a saga task")
         assert task["state"] == "SUCCESS"
         status, info = _get(f"{base}/api/task/info/{task['uuid']}", auth)
-        assert status == 200 and info["name"] == "saga.create_order"
+        assert status == 200 and info["name"] == "order.create_order"
         assert _get(f"{base}/api/tasks", None)[0] == 401
         assert _get(f"{base}/api/tasks", "ops:wrong")[0] == 401
         assert _get(f"{base}/metrics", None)[0] == 401

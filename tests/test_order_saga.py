@@ -84,8 +84,17 @@ def test_used_coupon_fails_the_order_and_undoes_balance_and_stock_newest_first(s
     assert second["status"] == "FAILED"
     assert second["failed_step"] == "use_coupon"
     compensations = [s for s in second["steps"] if s["kind"] == "compensation"]
-    assert [c["name"] for c in compensations] == ["refund_balance", "restore_stock", "cancel_order"]
+    # Newest first, starting with the failed step's own undo, which voids it so that a
+    # late delivery of it can never apply.
+    assert [c["name"] for c in compensations] == [
+        "restore_coupon",
+        "refund_balance",
+        "restore_stock",
+        "cancel_order",
+    ]
     assert all(c["status"] == "succeeded" for c in compensations)
+    assert compensations[0]["detail"] == "nothing to undo: step never applied (voided)"
+    assert [c["detail"] for c in compensations[1:3]] == ["undone", "undone"]
     order_ids = [first["order_id"], second["order_id"]]
     shop.check_invariants(order_ids, product, 5, user, 1_000, coupon)
 

@@ -1,4 +1,4 @@
-"""Every step and compensation is idempotent, keyed by (order id, step): a message
+"""Every step and compensation is idempotent, keyed by (saga id, step): a message
 delivered twice changes nothing the second time, and a compensation that arrives before
 its step makes the late step refuse to apply."""
 
@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import AlreadyCompensated
-from app.saga.definition import queue_of
+from app.order_context import saga_id_of
+from app.order_saga import ORDER
+from sagaflow import AlreadyCompensated
 from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def _deliver_again(flask_app, rt, task: str, args: tuple, order_id: int, name: str, times: int):
+def _deliver_again(flask_app, rt, args: tuple, order_id: int, name: str, times: int):
     """Send the task by hand, `times` times, and wait until the worker ran each."""
     before = rt.saga_log.step(order_id, name)["attempts"]
     celery = flask_app.extensions["celery"]
     for _ in range(times):
-        celery.send_task(task, args=args, queue=queue_of(name))
+        celery.send_task(f"order.{name}", args=args, queue=ORDER.queue_of(name))
     wait_for(
         lambda: (
             (s := rt.saga_log.step(order_id, name))["attempts"] == before + times
@@ -37,10 +38,10 @@ def test_every_step_delivered_twice_changes_nothing(shop, flask_app, rt):
     shop.wait_order(order_id)
     wait_for(lambda: shop.published(order_id) == 1, 10, what="publication")
     stream_before = rt.redis.xlen("dataplatform.orders")
-    ctx = rt.orders.context(order_id)
+    ctx = rt.saga_log.context(order_id)
 
     for name in ("create_order", "decrease_stock", "use_balance", "use_coupon", "publish_order"):
-        _deliver_again(flask_app, rt, f"saga.{name}", (ctx,), order_id, name, times=2)
+        _deliver_again(flask_app, rt, (ctx,), order_id, name, times=2)
 
     assert shop.stock(product) == 8
     assert shop.balance(user) == 1_000 - 180
@@ -61,7 +62,7 @@ def test_every_compensation_delivered_twice_undoes_once(shop, flask_app, rt):
     order_id = failed["order_id"]
 
     for name in ("refund_balance", "restore_stock", "cancel_order"):
-        _deliver_again(flask_app, rt, f"compensations.{name}", (order_id,), order_id, name, 2)
+        _deliver_again(flask_app, rt, (saga_id_of(order_id),), order_id, name, 2)
 
     assert shop.stock(product) == 9  # only the first, completed order holds stock
     assert shop.balance(user) == 1_000 - 90
@@ -71,18 +72,18 @@ def test_every_compensation_delivered_twice_undoes_once(shop, flask_app, rt):
 def test_compensation_before_its_step_voids_the_late_step(rt, shop):
     product = shop.product(stock=10, price=100)
     user = shop.new_user(balance=500)
-    order_id = 900_001  # an order whose step never ran here
+    saga_id = saga_id_of(900_001)  # an order whose step never ran here
 
-    assert "never applied" in rt.products.restore_stock(order_id)
-    assert "never applied" in rt.balances.refund_balance(order_id)
+    assert "never applied" in rt.products.restore_stock(saga_id)
+    assert "never applied" in rt.balances.refund_balance(saga_id)
     with pytest.raises(AlreadyCompensated):
-        rt.products.decrease_stock(order_id, [{"product_id": product, "quantity": 4}])
+        rt.products.decrease_stock(saga_id, [{"product_id": product, "quantity": 4}])
     with pytest.raises(AlreadyCompensated):
-        rt.balances.use_balance(order_id, user, 300)
+        rt.balances.use_balance(saga_id, user, 300)
 
     assert shop.stock(product) == 10
     assert shop.balance(user) == 500
-    assert "already voided" in rt.products.restore_stock(order_id)
+    assert "already voided" in rt.products.restore_stock(saga_id)
 
 
 def test_step_that_failed_does_not_apply_when_redelivered_after_the_order_failed(
@@ -93,11 +94,11 @@ def test_step_that_failed_does_not_apply_when_redelivered_after_the_order_failed
     order = shop.wait_order(shop.order(user, product))
     assert order["failed_step"] == "use_balance"
     order_id = order["order_id"]
-    ctx = rt.orders.context(order_id)
+    ctx = rt.saga_log.context(order_id)
     shop.charge(user, 1_000)
 
     # The same use_balance message arrives again, now that it would succeed.
-    _deliver_again(flask_app, rt, "saga.use_balance", (ctx,), order_id, "use_balance", 1)
+    _deliver_again(flask_app, rt, (ctx,), order_id, "use_balance", 1)
 
     assert shop.balance(user) == 1_050
     assert rt.saga_log.step(order_id, "use_balance")["status"] == "refused"

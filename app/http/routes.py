@@ -12,18 +12,22 @@ from app.http import schemas
 from app.http.access import STAFF, allow, caller, is_customer, public, visible_to_caller
 from app.http.body import json_object
 from app.http.errors import error_response
+from app.order_context import OrderContext, saga_id_of
+from app.order_saga import ORDER
 from app.services.orders import MAX_TOTAL
+from sagaflow import SagaLog
 
 bp = Blueprint("api", __name__)
 ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
 
 
-def _saga():
-    return current_app.extensions["saga"]
-
-
 def _rt():
-    return _saga().rt
+    """The services this process serves (app/bootstrap.py)."""
+    return current_app.extensions["services"]
+
+
+def _runner():
+    return current_app.extensions["runner"]
 
 
 def _body(model, empty_ok: bool = False):
@@ -98,7 +102,9 @@ def issue_coupon(coupon_id: int):
     user_id = _only_self(_body(schemas.IssueCoupon, empty_ok=True).user_id)
     issue = _rt().issue_requests.request(coupon_id, user_id)
     try:
-        _saga().dispatcher.issue_coupon(issue["request_id"])
+        current_app.extensions["celery"].send_task(
+            "coupons.process_issue_request", args=(issue["request_id"],), queue="coupons"
+        )
     except Exception as exc:  # the broker is down: the request must not wait forever
         current_app.logger.error(
             "could not queue coupon request %s: %r", issue["request_id"], str(exc)
@@ -141,23 +147,38 @@ def place_order():
     rt = _rt()
     items = [item.model_dump() for item in body.items]
     # Unknown ids and another user's coupon are the caller's mistake: refuse them before
-    # anything is stored or any saga starts.
-    prices = rt.products.prices([item["product_id"] for item in items])
-    if sum(prices[i["product_id"]] * i["quantity"] for i in items) > MAX_TOTAL:
+    # anything is stored or any saga starts. The quote comes from the product and coupon
+    # services' own interfaces; the saga carries it, so no step reads their databases.
+    lines, discount = _quote(items, body.issued_coupon_id, user_id)
+    total = sum(line["unit_price"] * line["quantity"] for line in lines)
+    if total > MAX_TOTAL:
         raise InvalidRequest(f"the order's total would exceed {MAX_TOTAL}")
-    if body.issued_coupon_id is not None:
-        _check_coupon_is_callers(body.issued_coupon_id, user_id)
-    order, created = rt.orders.place(
-        user_id, items, body.issued_coupon_id, key, plan=_saga().plan()
-    )
+    discount = min(discount, total)
+    started = {}
+
+    def start_saga(session, order_id: int) -> None:
+        ctx = OrderContext(
+            order_id=order_id,
+            user_id=user_id,
+            items=lines,
+            issued_coupon_id=body.issued_coupon_id,
+            total=total,
+            discount=discount,
+            paid=total - discount,
+        )
+        SagaLog.create(session, ORDER, ctx)
+        started["ctx"] = ctx
+
+    order, created = rt.orders.place(user_id, items, body.issued_coupon_id, key, start_saga)
     if created:
         try:
-            _saga().start(order["order_id"])
+            _runner().start(ORDER, started["ctx"])
         except Exception as exc:  # the broker is down: say so, and don't leave a ghost
             current_app.logger.error(
                 "could not start saga order_id=%s error=%r", order["order_id"], str(exc)
             )
-            rt.orders.discard(order["order_id"])
+            saga_id = saga_id_of(order["order_id"])
+            rt.orders.discard(order["order_id"], also=lambda s: SagaLog.discard(s, saga_id))
             return error_response(
                 503, "broker_unavailable", "the order could not be started; try again"
             )
@@ -171,6 +192,16 @@ def place_order():
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
+
+
+def _quote(items: list[dict], issued_coupon_id: int | None, user_id: int):
+    prices = _rt().products.prices([item["product_id"] for item in items])
+    lines = [{**item, "unit_price": prices[item["product_id"]]} for item in items]
+    discount = 0
+    if issued_coupon_id is not None:
+        _check_coupon_is_callers(issued_coupon_id, user_id)
+        discount = _rt().issued_coupons.discount_for(issued_coupon_id, user_id)
+    return lines, discount
 
 
 def _check_coupon_is_callers(issued_coupon_id: int, user_id: int) -> None:
@@ -199,7 +230,11 @@ def list_orders():
 @bp.get("/orders/<id:order_id>")
 @allow(*ANYONE_SIGNED_IN)
 def get_order(order_id: int):
-    return jsonify(_own(_rt().orders.get(order_id), f"order {order_id} does not exist"))
+    order = _own(_rt().orders.get(order_id), f"order {order_id} does not exist")
+    timeline = current_app.extensions["saga_log"].timeline(saga_id_of(order_id))
+    order["saga_id"] = saga_id_of(order_id)
+    order["steps"] = timeline["steps"] if timeline else []
+    return jsonify(order)
 
 
 @bp.get("/healthz")

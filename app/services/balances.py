@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import Database
 from app.errors import InsufficientBalance, InvalidRequest, NotFound
-from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
+from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 
 # What a top-up may bring a balance to. The column is 64-bit: a refund always goes in (a
 # compensation must never be refused), even when a top-up that landed between the payment
@@ -33,7 +33,7 @@ class Balance(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-Ledger = make_ledger_model(Base)
+Ledger = ledger_table(Base)
 
 
 class BalanceService:
@@ -68,7 +68,7 @@ class BalanceService:
                 raise NotFound(f"user {user_id} has no balance account")
             return {"user_id": user_id, "balance": account.balance}
 
-    def use_balance(self, order_id: int, user_id: int, amount: int) -> dict:
+    def use_balance(self, saga_id: str, user_id: int, amount: int) -> dict:
         """Take `amount` from the user's balance. Undone by refund_balance."""
 
         def apply(session):
@@ -82,9 +82,9 @@ class BalanceService:
                     raise InsufficientBalance(f"user {user_id} has less than {amount}")
             return {"user_id": user_id, "amount": amount}
 
-        return apply_once(self.db, Ledger, order_id, "use_balance", apply)
+        return apply_once(self.db, Ledger, saga_id, "use_balance", apply)
 
-    def refund_balance(self, order_id: int) -> str:
+    def refund_balance(self, saga_id: str) -> str:
         """Give back exactly what use_balance took for this order."""
 
         def undo(session, applied):
@@ -94,4 +94,4 @@ class BalanceService:
                 .values(balance=Balance.balance + applied["amount"], updated_at=utcnow())
             )
 
-        return compensate_once(self.db, Ledger, order_id, "use_balance", undo)
+        return compensate_once(self.db, Ledger, saga_id, "use_balance", undo)

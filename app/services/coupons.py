@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import Database
 from app.errors import CouponUnavailable, NotFound
-from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
+from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 
 UNUSED, USED = "UNUSED", "USED"
 PENDING, ISSUED, REJECTED = "PENDING", "ISSUED", "REJECTED"
@@ -68,7 +68,7 @@ class IssueRequest(Base):
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-Ledger = make_ledger_model(Base)
+Ledger = ledger_table(Base)
 
 
 def _coupon_view(c: Coupon) -> dict:
@@ -225,7 +225,7 @@ class IssuedCouponService:
                 raise CouponUnavailable(f"coupon {issued_coupon_id} is not held by user {user_id}")
             return session.get(Coupon, issued.coupon_id).discount
 
-    def use_coupon(self, order_id: int, issued_coupon_id: int, user_id: int) -> dict:
+    def use_coupon(self, saga_id: str, order_id: int, issued_coupon_id: int, user_id: int) -> dict:
         """Mark the user's coupon USED by this order. Undone by restore_coupon."""
 
         def apply(session):
@@ -242,21 +242,22 @@ class IssuedCouponService:
                 raise CouponUnavailable(
                     f"coupon {issued_coupon_id} is used or not held by user {user_id}"
                 )
-            return {"issued_coupon_id": issued_coupon_id}
+            return {"issued_coupon_id": issued_coupon_id, "order_id": order_id}
 
-        return apply_once(self.db, Ledger, order_id, "use_coupon", apply)
+        return apply_once(self.db, Ledger, saga_id, "use_coupon", apply)
 
-    def restore_coupon(self, order_id: int) -> str:
-        """Put the coupon this order used back to UNUSED."""
+    def restore_coupon(self, saga_id: str) -> str:
+        """Put the coupon this saga's order used back to UNUSED."""
 
         def undo(session, applied):
             session.execute(
                 update(IssuedCoupon)
                 .where(
                     IssuedCoupon.id == applied["issued_coupon_id"],
-                    IssuedCoupon.order_id == order_id,
+                    # Ledger rows written before it recorded the order: the id is enough.
+                    IssuedCoupon.order_id == applied.get("order_id", IssuedCoupon.order_id),
                 )
                 .values(status=UNUSED, order_id=None)
             )
 
-        return compensate_once(self.db, Ledger, order_id, "use_coupon", undo)
+        return compensate_once(self.db, Ledger, saga_id, "use_coupon", undo)

@@ -13,7 +13,7 @@ from sqlalchemy import Boolean, DateTime, Integer, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import Database
-from app.ledger import utcnow
+from sagaflow.ledger import utcnow
 
 STREAM = "dataplatform.orders"
 

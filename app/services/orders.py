@@ -1,13 +1,16 @@
-"""Order service: the order (OrderService), its line items (OrderProductService) and its
-payment record (OrderPaymentService). The saga log lives in this database too.
+"""Order service: the order (OrderService), its line items and its payment record
+(OrderPaymentService). The order saga's log lives in this database too (sagaflow's own
+tables: the order service is the workflow's home).
 
-Step: create_order (price the items, apply the coupon). Compensation: cancel_order.
+Step: create_order (fix the quoted prices on the order). Compensation: cancel_order.
+An order's status mirrors its saga's, set by the saga's hooks (app/order_saga.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import (
@@ -19,13 +22,14 @@ from sqlalchemy import (
     UniqueConstraint,
     delete,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.db import Database
-from app.errors import AlreadyCompensated, Conflict, NotFound
-from app.ledger import utcnow
+from app.errors import Conflict, NotFound
+from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 
 PENDING = "PENDING"
 COMPLETED = "COMPLETED"
@@ -79,25 +83,7 @@ class OrderPayment(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class SagaStep(Base):
-    """One row per (order, step or compensation): the saga log."""
-
-    __tablename__ = "saga_steps"
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(40), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # step or compensation
-    position: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Any write to the row counts as progress (a retry being scheduled too): the stall
-    # check reads it, so work that is merely waiting for its retry never looks stuck.
-    updated_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True, default=utcnow, onupdate=utcnow
-    )
+Ledger = ledger_table(Base)
 
 
 def fingerprint(user_id: int, items: list[dict], issued_coupon_id: int | None) -> str:
@@ -105,22 +91,6 @@ def fingerprint(user_id: int, items: list[dict], issued_coupon_id: int | None) -
         {"user_id": user_id, "items": items, "coupon": issued_coupon_id}, sort_keys=True
     )
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def saga_context(order: Order) -> dict:
-    """What every step after create_order needs, as plain JSON (ids and integers)."""
-    return {
-        "order_id": order.id,
-        "user_id": order.user_id,
-        "issued_coupon_id": order.issued_coupon_id,
-        "items": [
-            {"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price}
-            for i in order.items
-        ],
-        "total": order.total,
-        "discount": order.discount,
-        "paid": order.paid,
-    }
 
 
 class OrderService:
@@ -133,10 +103,11 @@ class OrderService:
         items: list[dict],
         issued_coupon_id: int | None,
         idempotency_key: str | None,
-        plan: list[tuple[str, str]],
+        start_saga: Callable[[object, int], None],
     ) -> tuple[dict, bool]:
-        """Store a PENDING order and its saga plan. Returns (order, created); the same
-        Idempotency-Key (of the same user) returns the first order and created=False."""
+        """Store a PENDING order; `start_saga(session, order_id)` records its saga in the
+        same transaction. Returns (order, created); the same Idempotency-Key (of the same
+        user) returns the first order and created=False."""
         print_ = fingerprint(user_id, items, issued_coupon_id)
         if idempotency_key:
             existing = self._by_key(user_id, idempotency_key, print_)
@@ -156,18 +127,8 @@ class OrderService:
                 ]
                 session.add(order)
                 session.flush()
-                for position, (name, kind) in enumerate(plan):
-                    session.add(
-                        SagaStep(
-                            order_id=order.id,
-                            name=name,
-                            kind=kind,
-                            position=position,
-                            status="pending",
-                            attempts=0,
-                        )
-                    )
                 order_id = order.id
+                start_saga(session, order_id)
         except IntegrityError:
             # A concurrent request with the same key won the race: answer with its order.
             existing = self._by_key(user_id, idempotency_key, print_) if idempotency_key else None
@@ -186,17 +147,13 @@ class OrderService:
                 return None
             if order.request_fingerprint != print_:
                 raise Conflict("Idempotency-Key was already used for a different order")
-            order_id = order.id
-        return self.get(order_id)
+            return {"order_id": order.id, "status": order.status}
 
     def get(self, order_id: int) -> dict:
         with self.db.read() as session:
             order = session.get(Order, order_id)
             if order is None:
                 raise NotFound(f"order {order_id} does not exist")
-            steps = session.scalars(
-                select(SagaStep).where(SagaStep.order_id == order_id).order_by(SagaStep.position)
-            ).all()
             payment = session.get(OrderPayment, order_id)
             return {
                 "order_id": order.id,
@@ -215,54 +172,45 @@ class OrderService:
                     {"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price}
                     for i in order.items
                 ],
-                "steps": [_step_view(s) for s in steps],
                 "created_at": order.created_at.isoformat(),
             }
 
-    def context(self, order_id: int) -> dict:
-        with self.db.read() as session:
-            order = session.get(Order, order_id)
-            if order is None:
-                raise NotFound(f"order {order_id} does not exist")
-            return saga_context(order)
+    def confirm(self, saga_id: str, order_id: int, items: list[dict], discount: int) -> dict:
+        """create_order: fix the quoted unit prices, total, discount and amount to pay.
+        Idempotent (the ledger); refuses once cancelled. Undone by cancel_order."""
 
-    def price(self, order_id: int, prices: dict[int, int], discount: int) -> dict:
-        """create_order: fix unit prices, total, discount and amount to pay. Idempotent: a
-        priced order keeps its first prices. Undone by cancel_order."""
-        with self.db.write() as session:
+        def apply(session):
             order = session.get(Order, order_id, with_for_update=True)
             if order is None:
                 raise NotFound(f"order {order_id} does not exist")
-            if order.status == FAILED:
-                raise AlreadyCompensated(f"order {order_id} was already cancelled")
-            if order.total is None:
-                for item in order.items:
-                    item.unit_price = prices[item.product_id]
-                order.total = sum(i.unit_price * i.quantity for i in order.items)
-                order.discount = min(discount, order.total)
-                order.paid = order.total - order.discount
-                order.updated_at = utcnow()
-            return saga_context(order)
-
-    def cancel(self, order_id: int, reason: str | None) -> str:
-        """cancel_order: the order ends FAILED with the reason; a late create_order refuses."""
-        with self.db.write() as session:
-            order = session.get(Order, order_id, with_for_update=True)
-            if order is None:
-                raise NotFound(f"order {order_id} does not exist")
-            if order.status == FAILED:
-                return "nothing to do: already cancelled"
-            order.status = FAILED
-            order.failure_reason = order.failure_reason or reason
+            prices = {i["product_id"]: i["unit_price"] for i in items}
+            for item in order.items:
+                item.unit_price = prices[item.product_id]
+            order.total = sum(i.unit_price * i.quantity for i in order.items)
+            order.discount = min(discount, order.total)
+            order.paid = order.total - order.discount
             order.updated_at = utcnow()
-            return "order cancelled"
+            return {"total": order.total, "discount": order.discount, "paid": order.paid}
 
-    def discard(self, order_id: int) -> None:
+        return apply_once(self.db, Ledger, saga_id, "create_order", apply)
+
+    def cancel(self, saga_id: str, order_id: int) -> str:
+        """cancel_order: the order is cancelled; a late create_order refuses (the ledger)."""
+
+        def undo(session, _applied):
+            order = session.get(Order, order_id, with_for_update=True)
+            order.updated_at = utcnow()
+
+        outcome = compensate_once(self.db, Ledger, saga_id, "create_order", undo)
+        return "order cancelled" if outcome == "undone" else outcome
+
+    def discard(self, order_id: int, also=None) -> None:
         """Remove an order whose saga never started (the broker refused it), so that the
         request changed nothing and its Idempotency-Key can be used again."""
         with self.db.write() as session:
-            for table in (SagaStep, OrderItem):
-                session.execute(delete(table).where(table.order_id == order_id))
+            if also is not None:
+                also(session)
+            session.execute(delete(OrderItem).where(OrderItem.order_id == order_id))
             session.execute(delete(Order).where(Order.id == order_id))
 
     def statuses(self, order_ids: list[int]) -> dict[int, str]:
@@ -291,10 +239,25 @@ class OrderService:
                 for o in session.scalars(query)
             ]
 
+    # --- kept in step with the saga (its hooks, in the orchestrator's transaction) ------
+
+    @staticmethod
+    def mirror(session, order_id: int, status: str, failed_step, failure_reason) -> None:
+        session.execute(
+            update(Order)
+            .where(Order.id == order_id)
+            .values(
+                status=status,
+                failed_step=failed_step,
+                failure_reason=failure_reason,
+                updated_at=utcnow(),
+            )
+        )
+
 
 class OrderPaymentService:
     """The order's own record of what it paid: PAID when use_balance succeeds, REFUNDED when
-    refund_balance undoes it. Written in the saga log's transaction, so the two agree."""
+    refund_balance undoes it. Written by the saga's hooks, with the saga log."""
 
     @staticmethod
     def record(session, order_id: int, amount: int, status: str) -> None:
@@ -303,16 +266,3 @@ class OrderPaymentService:
             session.add(OrderPayment(order_id=order_id, amount=amount, status=status))
         else:
             payment.status, payment.updated_at = status, utcnow()
-
-
-def _step_view(step: SagaStep) -> dict:
-    return {
-        "name": step.name,
-        "kind": step.kind,
-        "status": step.status,
-        "attempts": step.attempts,
-        "error": step.error,
-        "detail": step.detail,
-        "started_at": step.started_at.isoformat() if step.started_at else None,
-        "finished_at": step.finished_at.isoformat() if step.finished_at else None,
-    }

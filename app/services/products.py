@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import Database
 from app.errors import NotFound, OutOfStock, UnknownProduct
-from app.ledger import apply_once, compensate_once, make_ledger_model, utcnow
+from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 
 
 class Base(DeclarativeBase):
@@ -29,7 +29,7 @@ class Product(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-Ledger = make_ledger_model(Base)
+Ledger = ledger_table(Base)
 
 
 def _view(product: Product) -> dict:
@@ -70,7 +70,7 @@ class ProductService:
             raise UnknownProduct(f"unknown product ids: {missing}")
         return prices
 
-    def decrease_stock(self, order_id: int, items: list[dict]) -> dict:
+    def decrease_stock(self, saga_id: str, items: list[dict]) -> dict:
         """Take every item's quantity out of stock, all or nothing. Undone by restore_stock."""
 
         def apply(session):
@@ -92,9 +92,9 @@ class ProductService:
                 "items": [{"product_id": i["product_id"], "quantity": i["quantity"]} for i in items]
             }
 
-        return apply_once(self.db, Ledger, order_id, "decrease_stock", apply)
+        return apply_once(self.db, Ledger, saga_id, "decrease_stock", apply)
 
-    def restore_stock(self, order_id: int) -> str:
+    def restore_stock(self, saga_id: str) -> str:
         """Put back exactly what decrease_stock took for this order."""
 
         def undo(session, applied):
@@ -105,4 +105,4 @@ class ProductService:
                     .values(stock=Product.stock + item["quantity"])
                 )
 
-        return compensate_once(self.db, Ledger, order_id, "decrease_stock", undo)
+        return compensate_once(self.db, Ledger, saga_id, "decrease_stock", undo)

@@ -1,8 +1,8 @@
 """Fault injection for tests and drills: SAGA_FAULTS=name:kind[:times],...
 
-Honoured only with SAGA_FAULTS_ENABLED=1 (config/settings.py warns and drops it otherwise).
-`times` counts per (order, name) in Redis, so it holds across processes and redeliveries:
-`decrease_stock:timeout:2` makes each order's stock step time out twice, then succeed.
+Honoured only with SAGA_FAULTS_ENABLED=1 (the settings warn and drop it otherwise).
+`times` counts per (saga, name) in Redis, so it holds across processes and redeliveries:
+`decrease_stock:timeout:2` makes each saga's stock step time out twice, then succeed.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from app.errors import InjectedBusinessError, StepTimeout, TransientError
-from app.saga.definition import COMPENSATION_NAMES, STEP_NAMES
+from sagaflow.errors import InjectedBusinessError, StepTimeout, TransientError
 
 KINDS = ("business", "timeout", "transient", "crash")
-log = logging.getLogger(__name__)
+log = logging.getLogger("sagaflow.faults")
 
 
 @dataclass(frozen=True)
@@ -27,21 +26,22 @@ class Fault:
     times: int | None  # None: every time
 
 
-def parse_faults(spec: str) -> dict[str, Fault]:
+def parse_faults(spec: str, known: Iterable[str]) -> dict[str, Fault]:
     """Parse `name:kind[:times],...`; raises ValueError naming the bad part."""
+    known = set(known)
     faults: dict[str, Fault] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         fields = part.split(":")
         if len(fields) not in (2, 3):
             raise ValueError(f"SAGA_FAULTS entry {part!r} is not name:kind[:times]")
         name, kind = fields[0], fields[1]
-        if name not in STEP_NAMES + COMPENSATION_NAMES:
+        if name not in known:
             raise ValueError(f"SAGA_FAULTS names unknown step {name!r}")
         if kind not in KINDS:
             raise ValueError(f"SAGA_FAULTS kind {kind!r} is not one of {', '.join(KINDS)}")
         times = None
         if len(fields) == 3:
-            if not fields[2].isdigit() or int(fields[2]) < 1:
+            if not (fields[2].isascii() and fields[2].isdigit()) or int(fields[2]) < 1:
                 raise ValueError(f"SAGA_FAULTS times {fields[2]!r} is not a positive integer")
             times = int(fields[2])
         faults[name] = Fault(name, kind, times)
@@ -54,25 +54,25 @@ class FaultInjector:
         self._count = count  # increments and returns a shared counter
         self._overrun = overrun
 
-    def _fires(self, name: str, order_id: int, kinds: tuple[str, ...]) -> Fault | None:
+    def _fires(self, name: str, saga_id: str, kinds: tuple[str, ...]) -> Fault | None:
         fault = self.faults.get(name)
         if fault is None or fault.kind not in kinds:
             return None
-        seen = self._count(f"saga:faults:{order_id}:{name}")
+        seen = self._count(f"sagaflow:faults:{saga_id}:{name}")
         if fault.times is not None and seen > fault.times:
             return None
         log.warning(
-            "injecting fault order_id=%s step=%s kind=%s occurrence=%s",
-            order_id,
+            "injecting fault saga_id=%s step=%s kind=%s occurrence=%s",
+            saga_id,
             name,
             fault.kind,
             seen,
         )
         return fault
 
-    def before(self, name: str, order_id: int) -> None:
-        """Faults that strike before the step changes anything."""
-        fault = self._fires(name, order_id, ("business", "transient", "timeout"))
+    def before(self, name: str, saga_id: str) -> None:
+        """Faults that strike before the work changes anything."""
+        fault = self._fires(name, saga_id, ("business", "transient", "timeout"))
         if fault is None:
             return
         if fault.kind == "business":
@@ -83,8 +83,11 @@ class FaultInjector:
         time.sleep(self._overrun)
         raise StepTimeout(f"injected timeout in {name}: overran {self._overrun:.1f}s")
 
-    def after(self, name: str, order_id: int) -> None:
+    def after(self, name: str, saga_id: str) -> None:
         """A crash after the change committed but before the message is acknowledged: the
         worst moment, since the redelivered message must then change nothing."""
-        if self._fires(name, order_id, ("crash",)) is not None:
+        if self._fires(name, saga_id, ("crash",)) is not None:
             os._exit(70)  # no cleanup, no flush: exactly what a killed process gets
+
+
+NO_FAULTS = FaultInjector({}, lambda _key: 0, 0.0)

@@ -13,7 +13,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
-log = logging.getLogger("saga.dlq.alerts")
+log = logging.getLogger("sagaflow.dlq.alerts")
 
 
 class AlertFailed(Exception):
@@ -26,22 +26,23 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def alert_text(entry: dict) -> str:
-    """What a human needs to act: what, which order, the error, the attempts, the commands."""
+def alert_text(entry: dict, cli: str = "python -m dlq") -> str:
+    """What a human needs to act: what, which saga, the error, the attempts, and the exact
+    commands (`cli` is how the operator's shell reaches the CLI)."""
     eid = entry["id"]
     lines = [
-        f":rotating_light: Order saga needs a human: {entry['kind']} `{entry['name']}` "
-        f"of order {entry['order_id']} could not be completed automatically.",
+        f":rotating_light: Saga needs a human: {entry['kind']} `{entry['name']}` "
+        f"of {entry['saga_id']} could not be completed automatically.",
         f"Error: {entry['error']}",
-        f"Attempts: {entry['attempts']} by the DLQ worker, after the worker's own retries; "
+        f"Attempts: {entry['attempts']} by the DLQ, after the worker's own retries; "
         f"first failed {_when(entry.get('first_failed_at'))}, "
         f"last {_when(entry.get('last_failed_at'))}.",
-        f"Inspect:    python -m dlq show {eid}",
-        f"Retry now:  python -m dlq requeue {eid}",
+        f"Inspect:    {cli} show {eid}",
+        f"Retry now:  {cli} requeue {eid}",
     ]
     if entry["kind"] == "step":
-        lines.append(f"Give up and compensate:  python -m dlq compensate {eid}")
-    lines.append(f"Fixed by hand:  python -m dlq resolve {eid} --note '...'")
+        lines.append(f"Give up and compensate:  {cli} compensate {eid}")
+    lines.append(f"Fixed by hand:  {cli} resolve {eid} --note '...'")
     return "\n".join(lines)
 
 

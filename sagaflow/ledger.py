@@ -1,12 +1,12 @@
-"""Idempotency for saga steps, keyed by (order id, step), kept in each service's own database.
+"""Idempotency for saga work, keyed by (saga id, step), kept in each service's own database
+and written in the same local transaction as the business change.
 
-A step and its compensation share one ledger row. Whichever arrives first decides:
+A step and its compensation share one row. Whichever arrives first decides:
 - step first: the row says APPLIED (with what was applied); a repeat is a no-op, and the
   compensation later undoes exactly what the row records, then marks it COMPENSATED;
-- compensation first (the step timed out and may never have run): the row says VOIDED, and
-  a late step refuses to apply.
-The row is written in the same local transaction as the business change, so the two can
-never disagree. Concurrent duplicates collide on the primary key and the loser re-reads.
+- compensation first (the step timed out and may never have run, or never was reached):
+  the row says VOIDED, and a late step refuses to apply.
+Concurrent duplicates collide on the primary key and the loser re-reads.
 """
 
 from __future__ import annotations
@@ -16,28 +16,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, Text
+from sqlalchemy import DateTime, String, Text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Database
-from app.errors import AlreadyCompensated
+from sagaflow.errors import AlreadyCompensated
 
-APPLIED = "APPLIED"
-COMPENSATED = "COMPENSATED"
-VOIDED = "VOIDED"
+APPLIED, COMPENSATED, VOIDED = "APPLIED", "COMPENSATED", "VOIDED"
+NEVER_APPLIED = "nothing to undo: step never applied (voided)"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_ledger_model(base) -> type:
-    """The ledger table for one service's declarative base."""
+def ledger_table(base) -> type:
+    """The ledger table in one service's declarative base (its own database)."""
 
     class SagaLedger(base):
-        __tablename__ = "saga_ledger"
-        order_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        __tablename__ = "sagaflow_ledger"
+        saga_id: Mapped[str] = mapped_column(String(80), primary_key=True)
         step: Mapped[str] = mapped_column(String(40), primary_key=True)
         status: Mapped[str] = mapped_column(String(16))
         payload: Mapped[str] = mapped_column(Text, default="{}")
@@ -46,7 +44,7 @@ def make_ledger_model(base) -> type:
     return SagaLedger
 
 
-def _retry_on_duplicate(db: Database, work: Callable):
+def _retry_on_duplicate(db, work: Callable):
     """Run `work(session)` in a transaction; if a concurrent duplicate won the key, re-run
     once so this call sees the winner's row."""
     try:
@@ -57,19 +55,17 @@ def _retry_on_duplicate(db: Database, work: Callable):
             return work(session)
 
 
-def apply_once(
-    db: Database, ledger, order_id: int, step: str, apply: Callable[[Any], dict]
-) -> dict:
-    """Apply `apply(session)` once for (order_id, step) and return what it applied."""
+def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]) -> dict:
+    """Apply `apply(session)` once for (saga_id, step) and return what it applied."""
 
     def work(session):
-        entry = session.get(ledger, (order_id, step), with_for_update=True)
+        entry = session.get(ledger, (saga_id, step), with_for_update=True)
         if entry is not None:
             if entry.status == APPLIED:
                 return json.loads(entry.payload)
-            raise AlreadyCompensated(f"{step} for order {order_id} was already compensated")
+            raise AlreadyCompensated(f"{step} of {saga_id} was already {entry.status.lower()}")
         # Claim the key first: a concurrent duplicate blocks here, then fails on the key.
-        entry = ledger(order_id=order_id, step=step, status=APPLIED, payload="{}")
+        entry = ledger(saga_id=saga_id, step=step, status=APPLIED, payload="{}")
         session.add(entry)
         session.flush()
         applied = apply(session)
@@ -79,17 +75,15 @@ def apply_once(
     return _retry_on_duplicate(db, work)
 
 
-def compensate_once(
-    db: Database, ledger, order_id: int, step: str, undo: Callable[[Any, dict], None]
-) -> str:
-    """Undo (order_id, step) once; if it never applied, void it so it never will."""
+def compensate_once(db, ledger, saga_id: str, step: str, undo: Callable[[Any, dict], None]) -> str:
+    """Undo (saga_id, step) once; if it never applied, void it so it never will."""
 
     def work(session):
-        entry = session.get(ledger, (order_id, step), with_for_update=True)
+        entry = session.get(ledger, (saga_id, step), with_for_update=True)
         if entry is None:
-            session.add(ledger(order_id=order_id, step=step, status=VOIDED, payload="{}"))
+            session.add(ledger(saga_id=saga_id, step=step, status=VOIDED, payload="{}"))
             session.flush()
-            return "nothing to undo: step never applied (voided)"
+            return NEVER_APPLIED
         if entry.status == APPLIED:
             undo(session, json.loads(entry.payload))
             entry.status = COMPENSATED

@@ -1,7 +1,7 @@
-"""A durable Redis-backed store of stuck saga work, one entry per (order, step).
+"""A durable Redis-backed store of stuck saga work, one entry per (saga, step).
 
 Layout (all keys under `dlq:`):
-- `dlq:entry:<id>`  hash: the entry (id is "<order_id>:<name>", so the same piece of work
+- `dlq:entry:<id>`  hash: the entry (id is "<saga_id>:<name>", so the same piece of work
   is never in the DLQ twice: a second hand-off updates the first entry);
 - `dlq:ids`         sorted set of every entry by first failure time, for listing;
 - `dlq:due`         sorted set of entries the worker must act on, by when.
@@ -57,6 +57,27 @@ redis.call('ZADD', KEYS[1], ARGV[2], ids[1])
 return {ids[1], 1}
 """
 
+# An operator gives the work up (and compensates) only if it has not succeeded meanwhile;
+# the work, if a retry of it is still running, then finds the entry given up.
+_GIVE_UP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'resolved' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'resolved', 'given_up', '1', 'note', ARGV[1],
+           'resolved_at', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 1
+"""
+
+# The work succeeded: close its entry, unless an operator gave it up first ("given_up").
+_SUCCEEDED = """
+if redis.call('HGET', KEYS[1], 'given_up') == '1' then return 'given_up' end
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'resolved' then return 'none' end
+redis.call('HSET', KEYS[1], 'status', 'resolved', 'note', ARGV[1], 'resolved_at', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 'resolved'
+"""
+
 # Delete an entry only if it is still resolved: it may have been handed off again.
 _PURGE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'resolved' then return 0 end
@@ -67,8 +88,8 @@ return 1
 """
 
 
-def entry_id(order_id: int, name: str) -> str:
-    return f"{order_id}:{name}"
+def entry_id(saga_id: str, name: str) -> str:
+    return f"{saga_id}:{name}"
 
 
 def _decode(raw: dict) -> dict:
@@ -76,13 +97,14 @@ def _decode(raw: dict) -> dict:
         k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
         for k, v in raw.items()
     }
-    for field in ("order_id", "attempts", "handoffs"):
+    for field in ("attempts", "handoffs"):
         if field in entry:
             entry[field] = int(entry[field])
     for field in ("first_failed_at", "last_failed_at", "next_attempt_at", "resolved_at"):
         if entry.get(field):
             entry[field] = float(entry[field])
     entry["alerted"] = entry.get("alerted") == "1"
+    entry["given_up"] = entry.get("given_up") == "1"
     entry["args"] = json.loads(entry.get("args") or "{}")
     return entry
 
@@ -95,11 +117,14 @@ class DeadLetterStore:
         self._push = redis.register_script(_PUSH)
         self._claim = redis.register_script(_CLAIM)
         self._purge = redis.register_script(_PURGE)
+        self._give_up = redis.register_script(_GIVE_UP)
+        self._succeeded = redis.register_script(_SUCCEEDED)
 
     def push(
         self,
         *,
-        order_id: int,
+        saga_id: str,
+        workflow: str,
         name: str,
         kind: str,
         task: str,
@@ -110,10 +135,11 @@ class DeadLetterStore:
     ) -> dict:
         """Hand stuck work to the DLQ; the first retry comes after one backoff."""
         now = self.clock()
-        eid = entry_id(order_id, name)
+        eid = entry_id(saga_id, name)
         fields = {
             "id": eid,
-            "order_id": order_id,
+            "saga_id": saga_id,
+            "workflow": workflow,
             "name": name,
             "kind": kind,
             "task": task,
@@ -150,7 +176,7 @@ class DeadLetterStore:
         return _decode(raw) if raw else None
 
     def entries(
-        self, status: str | None = None, name: str | None = None, order_id: int | None = None
+        self, status: str | None = None, name: str | None = None, saga_id: str | None = None
     ) -> list[dict]:
         ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(IDS, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
@@ -162,7 +188,7 @@ class DeadLetterStore:
             for e in found
             if (status is None or e["status"] == status)
             and (name is None or e["name"] == name)
-            and (order_id is None or e["order_id"] == order_id)
+            and (saga_id is None or e["saga_id"] == saga_id)
         ]
 
     def claim(self, lease_seconds: float) -> dict | None | bool:
@@ -224,12 +250,18 @@ class DeadLetterStore:
         self.unschedule(eid)
         return True
 
-    def resolve_work(self, order_id: int, name: str, note: str) -> None:
-        """Called when the work itself succeeded, by whatever path: close its entry."""
-        eid = entry_id(order_id, name)
-        status = self.redis.hget(ENTRY + eid, "status")
-        if status is not None and status not in (b"resolved", "resolved"):
-            self.resolve(eid, note)
+    def work_succeeded(self, saga_id: str, name: str, note: str) -> str:
+        """The work succeeded, by whatever path: close its entry. Returns "resolved",
+        "none" (no open entry) or "given_up" (an operator gave it up meanwhile: the work
+        must be undone, not carried forward)."""
+        eid = entry_id(saga_id, name)
+        found = self._succeeded(keys=[ENTRY + eid, DUE], args=[note, self.clock(), eid])
+        return found.decode() if isinstance(found, bytes) else found
+
+    def give_up(self, eid: str, note: str) -> bool:
+        """Close an entry that is not resolved, as given up; False if it was resolved (the
+        work may have succeeded meanwhile)."""
+        return bool(self._give_up(keys=[ENTRY + eid, DUE], args=[note, self.clock(), eid]))
 
     def purge(self, ids: Iterable[str]) -> int:
         """Delete these entries if they are still resolved; returns how many went."""

@@ -1,0 +1,71 @@
+"""The order saga: the one list that pairs each step with its compensation, and how the
+order service reacts to the saga (its hooks). Everything that needs the order of steps
+reads ORDER: the Celery tasks and chains, the compensations, the timeline, the DLQ, the
+fault names and the README's table.
+
+Adding or removing a step is one entry here plus its service code.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError
+
+from app.errors import BusinessError
+from app.order_context import OrderContext, order_id_of
+from app.services.orders import OrderPaymentService, OrderService
+from compensations import undo
+from sagaflow import Compensation, Event, Hooks, Phase, Step, TransientError, Workflow
+from tasks import steps
+
+# Only what may succeed on a second try. Business errors are never here. (The Celery
+# adapter adds its own soft time limit.)
+RETRYABLE = (
+    TransientError,
+    OperationalError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+ORDER = Workflow(
+    name="order",
+    context=OrderContext,
+    key=lambda ctx: ctx.order_id,
+    home="orders",
+    steps=[
+        Step("create_order", "orders", steps.create_order, Compensation("cancel_order", undo.cancel_order)),
+        Step("decrease_stock", "products", steps.decrease_stock, Compensation("restore_stock", undo.restore_stock)),
+        Step("use_balance", "balances", steps.use_balance, Compensation("refund_balance", undo.refund_balance)),
+        Step("use_coupon", "coupons", steps.use_coupon, Compensation("restore_coupon", undo.restore_coupon)),
+        # After the order succeeded: a failure is retried, never compensated.
+        Step("publish_order", "dataplatform", steps.publish_order),
+    ],
+    business_errors=(BusinessError,),
+    retryable=RETRYABLE,
+)  # fmt: skip
+
+WORKFLOWS = {ORDER.name: ORDER}
+
+
+def mirror_order_status(session, instance, old: str, new: str) -> None:
+    """The order's status is its saga's, with why it stopped."""
+    OrderService.mirror(
+        session, order_id_of(instance.saga_id), new, instance.failed_step, instance.failure_reason
+    )
+
+
+def record_payment(session, instance, event: Event) -> None:
+    """The order's own record of what it paid, from the balance step and its undo."""
+    if event.phase != Phase.SUCCEEDED:
+        return
+    order_id = order_id_of(instance.saga_id)
+    if event.name == "use_balance" and event.ctx is not None:
+        OrderPaymentService.record(session, order_id, event.ctx["paid"], "PAID")
+    elif event.name == "refund_balance" and event.detail == "undone":
+        OrderPaymentService.record(session, order_id, 0, "REFUNDED")
+
+
+HOOKS = {ORDER.name: Hooks(on_status=[mirror_order_status], on_step=[record_payment])}

@@ -1,1 +1,0 @@
-"""The order saga: its definition, its log, and the rules that route each failure."""

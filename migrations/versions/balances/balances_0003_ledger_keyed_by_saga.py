@@ -1,0 +1,25 @@
+"""balances: the idempotency ledger is keyed by saga id (the saga runtime's own table)
+
+Revision ID: balances_0003
+Revises: balances_0002
+Create Date: 2026-12-01 11:00:00
+"""
+
+from alembic import op
+
+from sagaflow.schema import create_ledger, move_legacy_ledger
+
+
+revision = "balances_0003"
+down_revision = "balances_0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_ledger(op)
+    move_legacy_ledger(op, "order")
+
+
+def downgrade() -> None:
+    raise NotImplementedError("the ledger keyed by order id is gone; restore from a backup")

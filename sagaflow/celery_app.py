@@ -1,0 +1,306 @@
+"""The Celery adapter: one task per step and per compensation of a workflow, a chain with a
+link_error callback on every signature, and the delivery guarantees they all share.
+
+    app = Celery("shop", broker=...)
+    app.conf.update(delivery_conf(visibility_timeout=120, restore_interval=10))
+    sagas = install(app, [ORDER], defaults=RetryPolicy(...), runner=build_runner)
+
+`runner` builds the process's Runner (engines, Redis client) on first use after the
+worker forks, so nothing created before a fork is shared with the children.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from celery import Celery, Task, chain
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from sagaflow.errors import AlreadyCompensated, InjectedBusinessError
+from sagaflow.runner import Runner
+from sagaflow.status import WorkKind
+from sagaflow.workflow import RetryPolicy, Workflow
+
+log = logging.getLogger("sagaflow.tasks")
+STEP_FAILED = "sagaflow.step_failed"
+
+
+def delivery_conf(visibility_timeout: int, restore_interval: int, queues: list[str]) -> dict:
+    """How every message is delivered: acknowledged only after the work is done, given
+    back if the worker dies, one at a time, JSON only, no result backend."""
+    return dict(
+        task_serializer="json",
+        accept_content=["json"],
+        # Nobody reads task results: the saga log is the record. No backend, no writes.
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # A message whose task kills its worker every time counts each loss as a retry, so
+        # it ends in the DLQ instead of being redelivered forever.
+        task_retry_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(name) for name in queues],
+        task_default_queue=queues[0],
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": restore_interval,
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+
+
+class Sagas:
+    """What the tasks of one Celery app share: the workflows and the process's Runner."""
+
+    def __init__(self, workflows: list[Workflow], build_runner: Callable[[], Runner], settings):
+        self.workflows = {wf.name: wf for wf in workflows}
+        self._build, self.settings = build_runner, settings
+        self._runner: Runner | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            with self._lock:
+                if self._runner is None:
+                    self._runner = self._build()
+        return self._runner
+
+    def reset(self) -> None:
+        """Forget (without closing) what the parent built: its sockets belong to it."""
+        self._runner = None
+
+
+class SagaTask(Task):
+    """Acknowledge only after the work is done, and re-queue it if the worker dies: every
+    step is idempotent, so a redelivery is safe. Written once here for every task."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    workflow: Workflow | None = None
+    work: str = ""
+
+    @property
+    def sagas(self) -> Sagas:
+        return self.app.sagas
+
+    @property
+    def runner(self) -> Runner:
+        return self.sagas.runner
+
+    def __call__(self, *args, **kwargs):
+        dlq_entry = kwargs.get("dlq_entry", "")
+        saga_id = kwargs.get("saga_id") or (args[0] if args and isinstance(args[0], str) else "")
+        fields = f"saga_id={saga_id} step={self.work} task_id={self.request.id}"
+        # A retry from the DLQ is one attempt: the DLQ counts and spaces them, not autoretry.
+        run = getattr(self, "_orig_run", self.run) if dlq_entry else self.run
+        try:
+            # Call run() directly: Task.__call__ would push a fresh request and lose the
+            # retry count that bounds autoretry.
+            return run(*args, **kwargs)
+        except (Ignore, Reject):
+            raise
+        except Retry as retry:
+            log.warning(
+                "retrying %s attempt=%s in=%ss error=%r",
+                fields,
+                self.request.retries + 1,
+                retry.when,
+                str(retry.exc),
+            )
+            raise
+        except AlreadyCompensated:
+            log.info("ignored late delivery %s: the saga is being or was undone", fields)
+            raise Ignore() from None
+        except Exception as exc:
+            if self.workflow is None:
+                log.error("failed %s error=%r", fields, str(exc))
+                raise
+            self._failed(exc, args, kwargs, dlq_entry, fields)
+            raise
+
+    def _failed(self, exc, args, kwargs, dlq_entry: str, fields: str) -> None:
+        wf = self.workflow
+        if wf.kind_of(self.work) == WorkKind.COMPENSATION:
+            saga_id, retry_args = args[0], {"saga_id": args[0], "plan": kwargs.get("plan")}
+        else:
+            ctx = args[0]
+            saga_id, retry_args = wf.saga_id(wf.parse(ctx)), {"saga_id": "", "ctx": ctx}
+        self.runner.after_failure(
+            wf,
+            self.work,
+            exc,
+            saga_id,
+            retry_args,
+            dlq_entry,
+            fields,
+            self.sagas.settings.dlq_max_attempts,
+        )
+
+
+def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -> dict:
+    def pick(field):
+        value = getattr(step_retry, field)
+        return getattr(defaults, field) if value is None else value
+
+    return {
+        # A step that overran its soft time limit is a timeout: retried like any other.
+        "autoretry_for": (*retryable, SoftTimeLimitExceeded),
+        "max_retries": pick("max_retries"),
+        "retry_backoff": pick("backoff"),
+        "retry_backoff_max": pick("backoff_max"),
+        "retry_jitter": pick("jitter"),
+        # Used when a lost worker counts as a retry: Celery's default (180 s) would outlast
+        # the broker's visibility timeout and have Redis deliver the message again meanwhile.
+        "default_retry_delay": pick("backoff"),
+        "soft_time_limit": pick("soft_time_limit"),
+        "time_limit": pick("time_limit"),
+    }
+
+
+def _step_task(wf: Workflow, name: str):
+    def run(self, ctx: dict, saga_id: str = "", dlq_entry: str = "") -> dict:
+        return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
+
+    run.__name__ = name
+    run.__doc__ = f"Step {name} of {wf.name}: runs on its service's queue, returns the context."
+    return run
+
+
+def _compensation_task(wf: Workflow, name: str):
+    def run(self, saga_id: str, plan: list | None = None, dlq_entry: str = "") -> str:
+        return self.runner.run_compensation(wf, name, saga_id, self.request.retries + 1, dlq_entry)
+
+    run.__name__ = name
+    run.__doc__ = f"Compensation {name} of {wf.name}: undoes its step once for one saga."
+    return run
+
+
+def routes(workflows: list[Workflow]) -> dict:
+    found = {}
+    for wf in workflows:
+        for step in wf.steps:
+            found[f"{wf.name}.{step.name}"] = {"queue": step.queue}
+            if step.compensation:
+                found[f"{wf.name}.{step.compensation.name}"] = {"queue": step.queue}
+    return found
+
+
+def install(
+    app: Celery,
+    workflows: list[Workflow],
+    defaults: RetryPolicy,
+    build_runner: Callable[[], Runner],
+    settings,
+) -> Sagas:
+    """Register every workflow's tasks on `app` (shared=False: each app its own tasks)."""
+    app.sagas = Sagas(workflows, build_runner, settings)
+    app.conf.task_routes = {**(app.conf.task_routes or {}), **routes(workflows)}
+    for wf in workflows:
+        # Expected business refusals are logged as such, without a traceback.
+        throws = (InjectedBusinessError, *wf.business_errors)
+        for step in wf.steps:
+            app.task(
+                _step_task(wf, step.name),
+                bind=True,
+                shared=False,
+                base=SagaTask,
+                name=f"{wf.name}.{step.name}",
+                workflow=wf,
+                work=step.name,
+                throws=throws,
+                **_options(step.retry, defaults, wf.retryable),
+            )
+            if step.compensation:
+                app.task(
+                    _compensation_task(wf, step.compensation.name),
+                    bind=True,
+                    shared=False,
+                    base=SagaTask,
+                    name=f"{wf.name}.{step.compensation.name}",
+                    workflow=wf,
+                    work=step.compensation.name,
+                    throws=throws,
+                    **_options(step.retry, defaults, wf.retryable),
+                )
+
+    # The link_error callback retries what reaching Redis needs for as long as it takes.
+    retryable = tuple({t for wf in workflows for t in wf.retryable})
+    helper = {**_options(RetryPolicy(), defaults, retryable), "max_retries": None}
+
+    @app.task(bind=True, shared=False, base=SagaTask, name=STEP_FAILED, **helper)
+    def step_failed(self, failure: dict) -> str:
+        """link_error callback of every step and compensation: route its failure. Takes one
+        argument so Celery sends it as a queued task rather than running it inline."""
+        wf = self.sagas.workflows[failure["workflow"]]
+        return self.runner.step_failed(
+            wf, failure["name"], failure["saga_id"], failure.get("plan") or []
+        )
+
+    @worker_process_init.connect(weak=False)
+    def _fresh_runner_in_child(**_):
+        app.sagas.reset()
+
+    return app.sagas
+
+
+class CeleryDispatcher:
+    """Builds the chains a saga runs as: one signature per piece of work, each on its
+    service's queue, each carrying its own link_error callback (errbacks attached to a
+    whole chain are lost when chains are composed in several Celery versions)."""
+
+    def __init__(self, app: Celery):
+        self.app = app
+
+    def _errback(self, wf: Workflow, saga_id: str, name: str, plan=()):
+        failure = {"workflow": wf.name, "saga_id": saga_id, "name": name, "plan": list(plan)}
+        return self.app.signature(
+            STEP_FAILED, args=(failure,), immutable=True, queue=wf.queue_of(name)
+        )
+
+    def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
+        saga_id = wf.saga_id(wf.parse(ctx))
+        signatures = []
+        for index, name in enumerate(steps):
+            kwargs = {"saga_id": saga_id}
+            if index == 0 and dlq_entry:
+                kwargs["dlq_entry"] = dlq_entry
+            sig = self.app.signature(
+                f"{wf.name}.{name}",
+                args=(ctx,) if index == 0 else (),
+                kwargs=kwargs,
+                queue=wf.queue_of(name),
+            )
+            sig.link_error(self._errback(wf, saga_id, name))
+            signatures.append(sig)
+        chain(*signatures).apply_async()
+
+    def compensate(
+        self, wf: Workflow, saga_id: str, plan: list[str], start: int = 0, dlq_entry: str = ""
+    ) -> None:
+        signatures = []
+        for index, name in enumerate(plan[start:]):
+            kwargs = {"plan": list(plan)}
+            if index == 0 and dlq_entry:
+                kwargs["dlq_entry"] = dlq_entry
+            sig = self.app.signature(
+                f"{wf.name}.{name}",
+                args=(saga_id,),
+                kwargs=kwargs,
+                immutable=True,
+                queue=wf.queue_of(name),
+            )
+            sig.link_error(self._errback(wf, saga_id, name, plan))
+            signatures.append(sig)
+        chain(*signatures).apply_async()

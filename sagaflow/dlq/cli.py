@@ -1,0 +1,350 @@
+"""The operator's CLI for the dead-letter queue, for any workflow: `build_cli(Context)`.
+
+Exit codes scripts can rely on: 0 done; 1 the work failed again or the action is refused;
+2 bad usage; 3 no such entry; 4 Redis or a database could not be used. Errors, usage
+errors included, are one line on stderr.
+
+The context the application gives it provides: `settings`, `store` (Redis only),
+`runner` (sends work to its queues), `saga_log` (the home database: needed by `show` and
+the dry run only), `who` (the operator, for the notes) and `prog` (how the CLI is run).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING, STATUSES
+from sagaflow.status import WorkKind
+
+OK, FAILED_AGAIN, USAGE, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 2, 3, 4
+# Piped or in a narrow terminal, keep tables wide enough that ids are never cut.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+class Unusable(Exception):
+    """A setting points at something this command cannot use (exit 4)."""
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _when(ts) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+PUBLIC = (
+    "id",
+    "saga_id",
+    "workflow",
+    "name",
+    "kind",
+    "status",
+    "attempts",
+    "error_class",
+    "error",
+    "task",
+    "args",
+    "first_failed_at",
+    "last_failed_at",
+    "alerted",
+    "note",
+)
+
+
+def public(entry: dict) -> dict:
+    return {k: entry.get(k) for k in PUBLIC}
+
+
+def entry_or_exit(obj, eid: str) -> dict:
+    entry = obj.store.get(eid)
+    if entry is None:
+        fail(f"no DLQ entry {eid!r} (see: {obj.prog} list)", NO_SUCH_ENTRY)
+    return entry
+
+
+def plan(obj, entry: dict) -> dict:
+    """What `requeue` would do, without doing it."""
+    wf = obj.runner.workflows[entry["workflow"]]
+    name = entry["name"]
+    if wf.kind_of(name) == WorkKind.COMPENSATION:
+        owed = entry["args"].get("plan") or [name]
+        then = owed[owed.index(name) + 1 :] if name in owed else []
+    else:
+        then = wf.steps_after(name)
+    statuses = obj.saga_log.statuses(entry["saga_id"])
+    compensated = [n for n in wf.compensation_names if statuses.get(n) == "succeeded"]
+    return {
+        "id": entry["id"],
+        "runs_again": name,
+        "on_queue": wf.queue_of(name),
+        "then": then,
+        "idempotent": True,
+        "already_compensated": compensated,
+        "note": "every step and compensation is keyed by (saga, step): a repeat changes "
+        "nothing, and a step whose compensation already ran refuses",
+    }
+
+
+def requeue_one(obj, entry: dict, wait: float) -> dict:
+    """Send the work again and wait (up to `wait` s) for it to report back."""
+    eid = entry["id"]
+    before = entry.get("last_failed_at")
+    obj.store.start_attempt(eid)
+    # An operator is already looking: if it fails again, no page (the work says so).
+    obj.store.update(eid, status=RETRYING, by_operator=1)
+    obj.store.schedule(eid, time.time() + max(wait, obj.settings.dlq_lease_seconds))
+    sent = obj.runner.redispatch(entry)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        now = obj.store.get(eid)
+        if now["status"] == RESOLVED:
+            return {"id": eid, "ok": True, "outcome": f"{sent}; {now.get('note')}"}
+        if now.get("last_failed_at") != before:
+            return {"id": eid, "ok": False, "outcome": now["error"]}
+        time.sleep(0.2)
+    return {
+        "id": eid,
+        "ok": False,
+        "outcome": f"{sent}; no answer within {wait:.0f}s (it may still finish: see list)",
+    }
+
+
+def build_cli(make_context, prog: str) -> click.Group:
+    class GuardedGroup(click.Group):
+        """One line and a non-zero exit when Redis or a database is down: never a
+        traceback."""
+
+        def invoke(self, ctx):
+            from redis.exceptions import RedisError
+            from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+            try:
+                return super().invoke(ctx)
+            except Unusable as exc:
+                fail(str(exc), UNREACHABLE)
+            except RedisError as exc:
+                fail(f"cannot reach Redis: {exc}", UNREACHABLE)
+            except DBAPIError as exc:
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+                fail(f"cannot use a database: {reason}", UNREACHABLE)
+            except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+                fail(f"a database URL is not usable: {type(exc).__name__}", UNREACHABLE)
+            except ValueError as exc:  # bad settings, or an action the entry refuses
+                fail(str(exc), UNREACHABLE if getattr(exc, "setting", False) else FAILED_AGAIN)
+
+    @click.group(cls=GuardedGroup)
+    @click.pass_context
+    def cli(ctx):
+        """Inspect and act on stuck saga work in the dead-letter queue."""
+        ctx.obj = make_context()
+
+    @cli.command("list")
+    @click.option("--status", type=click.Choice(STATUSES))
+    @click.option("--step", "name", help="step or compensation name, e.g. use_balance")
+    @click.option("--saga", "saga_id", help="a saga id, e.g. order-42")
+    @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
+    @click.pass_obj
+    def list_entries(obj, status, name, saga_id, as_json):
+        """List entries, oldest first."""
+        entries = obj.store.entries(status=status, name=name, saga_id=saga_id)
+        if as_json:
+            emit_json([public(e) for e in entries])
+            return
+        table = Table("id", "saga", "name", "kind", "status", "attempts", "last failure", "error")
+        for e in entries:
+            table.add_row(
+                e["id"],
+                e["saga_id"],
+                e["name"],
+                e["kind"],
+                e["status"],
+                str(e["attempts"]),
+                _when(e["last_failed_at"]),
+                e["error"][:60],
+            )
+        console.print(table if entries else "The DLQ is empty.")
+
+    @cli.command()
+    @click.argument("entry_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def show(obj, entry_id, as_json):
+        """Show one entry and its saga's timeline."""
+        entry = entry_or_exit(obj, entry_id)
+        timeline = obj.saga_log.timeline(entry["saga_id"])
+        if as_json:
+            emit_json(
+                {"entry": {**public(entry), "traceback": entry.get("traceback")}, "saga": timeline}
+            )
+            return
+        console.print(
+            f"[bold]{entry['id']}[/] {entry['kind']} [bold]{entry['name']}[/] of "
+            f"{entry['saga_id']}: {entry['status']}, {entry['attempts']} DLQ attempts"
+        )
+        console.print(f"error: {entry['error']}")
+        console.print(
+            f"first failed {_when(entry['first_failed_at'])}, "
+            f"last {_when(entry['last_failed_at'])}; note: {entry.get('note') or '-'}"
+        )
+        if timeline is None:
+            console.print(f"{entry['saga_id']} is not in the saga log")
+            return
+        console.print(
+            f"{timeline['saga_id']} is [bold]{timeline['status']}[/]"
+            + (f" ({timeline['failure_reason']})" if timeline["failure_reason"] else "")
+        )
+        table = Table("step", "kind", "status", "attempts", "worker", "detail / error")
+        for step in timeline["steps"]:
+            table.add_row(
+                step["name"],
+                step["kind"],
+                step["status"],
+                str(step["attempts"]),
+                step["worker"] or "",
+                step["error"] or step["detail"] or "",
+            )
+        console.print(table)
+
+    @cli.command()
+    @click.argument("entry_id", required=False)
+    @click.option("--all", "everything", is_flag=True, help="every entry not yet resolved")
+    @click.option("--dry-run", is_flag=True, help="print what would run again, change nothing")
+    @click.option("--wait", default=60.0, show_default=True, help="seconds to wait for the outcome")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def requeue(obj, entry_id, everything, dry_run, wait, as_json):
+        """Run stuck work again now, on its service's queue; on success the saga continues."""
+        if bool(entry_id) == everything:
+            fail("give one entry id, or --all", USAGE)
+        entries = (
+            [entry_or_exit(obj, entry_id)]
+            if entry_id
+            else [e for e in obj.store.entries() if e["status"] != RESOLVED]
+        )
+        if entry_id and entries[0]["status"] == RESOLVED:
+            # Re-running closed work could re-apply a step that was given up and undone.
+            fail(f"{entry_id} is already resolved ({entries[0].get('note')})", FAILED_AGAIN)
+        if dry_run:
+            plans = [plan(obj, e) for e in entries]
+            if as_json:
+                emit_json(plans)
+                return
+            for p in plans:
+                click.echo(
+                    f"{p['id']}: would run {p['runs_again']} again on {p['on_queue']}, then "
+                    f"{', '.join(p['then']) or 'nothing more'}; already compensated: "
+                    f"{', '.join(p['already_compensated']) or 'nothing'}; "
+                    "safe to repeat (idempotent)"
+                )
+            return
+        results = []
+        with Progress(console=Console(stderr=True), disable=len(entries) < 2 or as_json) as bar:
+            task = bar.add_task("requeueing", total=len(entries))
+            for entry in entries:
+                results.append(requeue_one(obj, entry, wait))
+                bar.advance(task)
+        if as_json:
+            emit_json(results)
+        else:
+            for r in results:
+                click.echo(f"{r['id']}: {'ok' if r['ok'] else 'FAILED AGAIN'}: {r['outcome']}")
+        if not all(r["ok"] for r in results):
+            sys.exit(FAILED_AGAIN)
+
+    @cli.command()
+    @click.argument("entry_id")
+    @click.option("--force", is_flag=True, help="even while the DLQ worker still retries it")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def compensate(obj, entry_id, force, as_json):
+        """Give up on a stuck forward step and undo the saga instead."""
+        entry = entry_or_exit(obj, entry_id)
+        if entry["kind"] != WorkKind.STEP:
+            fail(
+                f"{entry_id} is a {entry['kind']}: only a stuck forward step can be given up "
+                "(a compensation or a step after the pivot can only be requeued or resolved)",
+                FAILED_AGAIN,
+            )
+        if entry["status"] == RESOLVED:
+            fail(f"{entry_id} is already resolved ({entry.get('note')})", FAILED_AGAIN)
+        if entry["status"] == RETRYING and not force:
+            fail(
+                f"{entry_id} is still being retried by the DLQ worker (attempt "
+                f"{entry['attempts']}); wait until it needs a human, or pass --force",
+                FAILED_AGAIN,
+            )
+        launched = obj.runner.give_up(entry, obj.who)
+        result = {"id": entry_id, "saga_id": entry["saga_id"], "compensations": launched}
+        if as_json:
+            emit_json(result)
+        else:
+            click.echo(
+                f"{entry_id}: compensating {entry['saga_id']}: "
+                f"{', '.join(launched) or 'it had already turned back'}"
+            )
+
+    @cli.command()
+    @click.argument("entry_id")
+    @click.option("--note", required=True, help="what was done by hand")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def resolve(obj, entry_id, note, as_json):
+        """Mark an entry as handled by hand."""
+        entry = entry_or_exit(obj, entry_id)
+        obj.store.resolve(entry_id, f"resolved by hand by {obj.who}: {note}")
+        if as_json:
+            emit_json(public(obj.store.get(entry_id)))
+        else:
+            click.echo(f"{entry_id}: resolved")
+        if entry["kind"] == WorkKind.STEP and entry["status"] in (RETRYING, NEEDS_HUMAN):
+            # Resolving closes the DLQ entry only; the saga does not move by itself.
+            click.echo(
+                f"note: {entry['saga_id']} stays NEEDS_ATTENTION; `requeue` or `compensate` "
+                "moves its saga, or fix it by hand",
+                err=True,
+            )
+
+    @cli.command()
+    @click.option("--yes", is_flag=True, help="do not ask for confirmation")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def purge(obj, yes, as_json):
+        """Delete resolved entries (only resolved ones)."""
+        ids = [e["id"] for e in obj.store.entries(status=RESOLVED)]
+        if ids and not yes:
+            if not sys.stdin.isatty():
+                fail("refusing to purge without a terminal; pass --yes", FAILED_AGAIN)
+            click.confirm(f"Delete {len(ids)} resolved entries?", abort=True)
+        removed = obj.store.purge(ids)
+        if as_json:
+            emit_json({"purged": removed})
+        else:
+            click.echo(f"purged {removed} resolved entries")
+
+    return cli
+
+
+def run_cli(cli: click.Group, prog: str) -> None:
+    """Usage errors are one line too (click's own are several), exit 2."""
+    try:
+        code = cli.main(prog_name=prog, standalone_mode=False)
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx else prog
+        fail(f"{' '.join(exc.format_message().split())} (see: {path} --help)", USAGE)
+    except click.Abort:
+        fail("aborted", FAILED_AGAIN)
+    sys.exit(code or 0)

@@ -1,0 +1,29 @@
+"""The runtime's own error types. A workflow adds its business errors to these."""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+
+class AlreadyCompensated(SagaError):
+    """A late or duplicate step arrived after its compensation ran (or after the saga turned
+    back): it must not apply, and nothing else needs to happen."""
+
+
+class TransientError(Exception):
+    """An infrastructure hiccup that may succeed on a second try: retried with backoff."""
+
+
+class StepTimeout(TransientError):
+    """A step overran its time budget."""
+
+
+class InjectedBusinessError(Exception):
+    """Raised by fault injection to drill the compensation path; every workflow treats it
+    as a business error."""
+
+
+class UnknownSaga(SagaError):
+    pass

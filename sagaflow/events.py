@@ -1,0 +1,208 @@
+"""What workers say happened, and the fence that stops a saga that turned back.
+
+Workers never write the saga log themselves (it lives in the home service's database,
+which a products worker cannot reach). Each piece of work appends events to one Redis
+stream; the orchestrator (sagaflow/projector.py) reads them in order and keeps the log.
+An append costs one Redis round trip and no Celery hop, so recording progress does not
+slow the chain.
+
+Redis also holds two small flags every worker can read:
+- the fence `sagaflow:fence:<saga>`: set once, when the saga turns back (a business error,
+  an operator giving up); a forward step checks it before and after applying, so nothing
+  moves forward once the saga is being undone;
+- the failure marker `sagaflow:failure:<saga>:<work>`: how a task's own handler ended
+  (business error, or parked in the DLQ), which its link_error callback reads to route it;
+- a running step's input `sagaflow:input:<saga>:<step>`, kept until it succeeds, so that
+  work parked by its callback (its task was killed) can be sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+STREAM = "sagaflow:events"
+FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
+MARKER_TTL = 7 * 86_400
+INPUT_TTL = 2 * 86_400
+FENCE_TTL = 30 * 86_400
+
+
+class Phase(StrEnum):
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    RETRYING = "retrying"
+    FAILED = "failed"  # a business error
+    DEAD_LETTERED = "dead_lettered"
+    REFUSED = "refused"
+    TURNED_BACK = "turned_back"  # the saga turns back: `compensations` will run
+
+
+@dataclass
+class Event:
+    saga_id: str
+    workflow: str
+    name: str  # the step or compensation ("" for saga-level events)
+    phase: Phase
+    at: float = field(default_factory=time.time)
+    attempt: int = 0
+    error: str = ""
+    detail: str = ""
+    worker: str = ""
+    ctx: dict | None = None  # a step's resulting context (succeeded)
+    compensations: list[str] = field(default_factory=list)  # turned_back
+
+    def fields(self) -> dict[str, str]:
+        data = asdict(self)
+        data["phase"] = str(self.phase)
+        data["ctx"] = json.dumps(self.ctx) if self.ctx is not None else ""
+        data["compensations"] = json.dumps(self.compensations)
+        return {k: str(v) for k, v in data.items()}
+
+    @classmethod
+    def from_fields(cls, raw: dict) -> Event:
+        get = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        return cls(
+            saga_id=get["saga_id"],
+            workflow=get["workflow"],
+            name=get["name"],
+            phase=Phase(get["phase"]),
+            at=float(get["at"]),
+            attempt=int(get.get("attempt") or 0),
+            error=get.get("error", ""),
+            detail=get.get("detail", ""),
+            worker=get.get("worker", ""),
+            ctx=json.loads(get["ctx"]) if get.get("ctx") else None,
+            compensations=json.loads(get.get("compensations") or "[]"),
+        )
+
+
+# Append an event, forget how an earlier attempt failed, and read the saga's fence, in one
+# round trip.
+_EMIT_AND_READ_FENCE = """
+redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[1])))
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+if ARGV[3] == 'keep' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5]) end
+if ARGV[3] == 'drop' then redis.call('DEL', KEYS[4]) end
+return redis.call('GET', KEYS[2])
+"""
+
+# The work succeeded: append the event, drop its kept input, close its DLQ entry unless an
+# operator gave it up meanwhile (the dlq/store.py layout), and read the fence, in one
+# round trip: this runs at the end of every step.
+_FINISH = """
+redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[1])))
+redis.call('DEL', KEYS[3])
+local closed = 'none'
+if redis.call('HGET', KEYS[4], 'given_up') == '1' then
+  closed = 'given_up'
+else
+  local status = redis.call('HGET', KEYS[4], 'status')
+  if status and status ~= 'resolved' then
+    redis.call('HSET', KEYS[4], 'status', 'resolved', 'note', ARGV[2], 'resolved_at', ARGV[3])
+    redis.call('ZREM', KEYS[5], ARGV[4])
+    closed = 'resolved'
+  end
+end
+return {redis.call('GET', KEYS[2]) or '', closed}
+"""
+
+# Set the fence once; the caller that set it is the one that dispatches the compensations.
+_TURN_BACK = """
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3]) then
+  redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[1])))
+  return 1
+end
+return 0
+"""
+
+
+class EventLog:
+    def __init__(self, redis, stream: str = STREAM):
+        self.redis, self.stream = redis, stream
+        self._emit_and_read = redis.register_script(_EMIT_AND_READ_FENCE)
+        self._turn_back = redis.register_script(_TURN_BACK)
+        self._finish = redis.register_script(_FINISH)
+
+    @staticmethod
+    def _flat(event: Event) -> str:
+        return json.dumps([x for pair in event.fields().items() for x in pair])
+
+    def emit(self, event: Event) -> None:
+        self.redis.xadd(self.stream, event.fields())
+
+    def emit_and_read_fence(
+        self,
+        event: Event,
+        new_attempt: bool = False,
+        keep_input: dict | None = None,
+        drop_input: bool = False,
+    ) -> str | None:
+        """Append the event; the saga's fence (why it turned back), or None. A new attempt
+        also clears the failure marker an earlier attempt left; `keep_input` keeps a step's
+        input until `drop_input` (it succeeded)."""
+        work = f"{event.saga_id}:{event.name}"
+        inputs = "keep" if keep_input is not None else ("drop" if drop_input else "")
+        found = self._emit_and_read(
+            keys=[self.stream, FENCE + event.saga_id, FAILURE + work, INPUT + work],
+            args=[
+                self._flat(event),
+                "1" if new_attempt else "0",
+                inputs,
+                json.dumps(keep_input) if keep_input is not None else "",
+                INPUT_TTL,
+            ],
+        )
+        return found.decode() if isinstance(found, bytes) else found
+
+    def finish(self, event: Event, note: str) -> tuple[str | None, str]:
+        """Record that the work succeeded; returns (the fence or None, what became of its
+        DLQ entry: "resolved", "none", or "given_up" by an operator meanwhile)."""
+        from sagaflow.dlq.store import DUE, ENTRY, entry_id
+
+        eid = entry_id(event.saga_id, event.name)
+        fence, closed = self._finish(
+            keys=[
+                self.stream,
+                FENCE + event.saga_id,
+                f"{INPUT}{event.saga_id}:{event.name}",
+                ENTRY + eid,
+                DUE,
+            ],
+            args=[self._flat(event), note, time.time(), eid],
+        )
+        fence = fence.decode() if isinstance(fence, bytes) else fence
+        closed = closed.decode() if isinstance(closed, bytes) else closed
+        return fence or None, closed
+
+    def turn_back(self, event: Event, reason: str) -> bool:
+        """Fence the saga and record that it turns back; False if it already had."""
+        return bool(
+            self._turn_back(
+                keys=[self.stream, FENCE + event.saga_id],
+                args=[self._flat(event), reason[:500] or "turned back", FENCE_TTL],
+            )
+        )
+
+    def fence(self, saga_id: str) -> str | None:
+        found = self.redis.get(FENCE + saga_id)
+        return found.decode() if isinstance(found, bytes) else found
+
+    # --- failure markers, read by the link_error callback ---------------------------
+
+    def mark_failure(self, saga_id: str, name: str, how: str) -> None:
+        self.redis.set(f"{FAILURE}{saga_id}:{name}", how, ex=MARKER_TTL)
+
+    def failure(self, saga_id: str, name: str) -> str | None:
+        found = self.redis.get(f"{FAILURE}{saga_id}:{name}")
+        return found.decode() if isinstance(found, bytes) else found
+
+    def input(self, saga_id: str, name: str) -> dict | None:
+        found = self.redis.get(f"{INPUT}{saga_id}:{name}")
+        return json.loads(found) if found else None

@@ -1,0 +1,247 @@
+"""The saga log: one row per saga instance and one per step or compensation, in the
+runtime's own tables (`sagaflow_*`) in the home service's database.
+
+Only the orchestrator writes it (from the workers' events, sagaflow/projector.py), except
+`create`, which the starter calls inside its own transaction so that the business record
+and its saga appear together. Everyone else reads it: the API's timeline, the CLI, the
+stall check.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sagaflow.ledger import utcnow
+from sagaflow.status import DONE, OWED, SagaStatus, StepStatus, WorkKind
+from sagaflow.workflow import Workflow
+
+COMPENSATION_POSITION = 100  # compensations sort after the forward steps
+
+
+class SagaBase(DeclarativeBase):
+    pass
+
+
+class SagaInstance(SagaBase):
+    __tablename__ = "sagaflow_instances"
+    saga_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    workflow: Mapped[str] = mapped_column(String(40))
+    business_key: Mapped[str] = mapped_column(String(40), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    turned_back: Mapped[int] = mapped_column(Integer, default=0)
+    context: Mapped[str] = mapped_column(Text, default="{}")
+    failed_step: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The id of the last stream entry applied to this saga (sagaflow/projector.py).
+    last_event_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SagaStepRow(SagaBase):
+    __tablename__ = "sagaflow_steps"
+    saga_id: Mapped[str] = mapped_column(ForeignKey("sagaflow_instances.saga_id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Any change to the row counts as progress (a retry being scheduled too): the stall
+    # check reads it, so work that merely waits for its retry never looks stuck.
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+def epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; every time we store is UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat() if moment else None
+
+
+def step_view(row: SagaStepRow) -> dict:
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "status": row.status,
+        "attempts": row.attempts,
+        "error": row.error,
+        "detail": row.detail,
+        "worker": row.worker,
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+    }
+
+
+class SagaLog:
+    def __init__(self, db, workflows: dict[str, Workflow]):
+        self.db, self.workflows = db, workflows
+
+    # --- starting ------------------------------------------------------------------
+
+    @staticmethod
+    def create(session, workflow: Workflow, ctx) -> str:
+        """Record a new saga and its plan, in the caller's transaction."""
+        saga_id = workflow.saga_id(ctx)
+        session.add(
+            SagaInstance(
+                saga_id=saga_id,
+                workflow=workflow.name,
+                business_key=str(workflow.key(ctx)),
+                status=SagaStatus.PENDING,
+                context=json.dumps(workflow.parse(ctx).model_dump(mode="json")),
+            )
+        )
+        session.flush()  # the steps' foreign key needs the instance first
+        for position, step in enumerate(workflow.steps):
+            session.add(
+                SagaStepRow(
+                    saga_id=saga_id,
+                    name=step.name,
+                    kind=workflow.kind_of(step.name),
+                    position=position,
+                    status=StepStatus.PENDING,
+                    attempts=0,
+                )
+            )
+        return saga_id
+
+    @staticmethod
+    def discard(session, saga_id: str) -> None:
+        """Forget a saga that never started (its first message could not be sent)."""
+        session.execute(delete(SagaStepRow).where(SagaStepRow.saga_id == saga_id))
+        session.execute(delete(SagaInstance).where(SagaInstance.saga_id == saga_id))
+
+    # --- reading -------------------------------------------------------------------
+
+    def timeline(self, saga_id: str) -> dict | None:
+        with self.db.read() as session:
+            instance = session.get(SagaInstance, saga_id)
+            if instance is None:
+                return None
+            rows = session.scalars(
+                select(SagaStepRow)
+                .where(SagaStepRow.saga_id == saga_id)
+                .order_by(SagaStepRow.position, SagaStepRow.name)
+            ).all()
+            return {
+                "saga_id": instance.saga_id,
+                "workflow": instance.workflow,
+                "status": instance.status,
+                "failed_step": instance.failed_step,
+                "failure_reason": instance.failure_reason,
+                "context": json.loads(instance.context),
+                "steps": [step_view(r) for r in rows],
+                "created_at": _iso(instance.created_at),
+                "updated_at": _iso(instance.updated_at),
+            }
+
+    def step(self, saga_id: str, name: str) -> dict | None:
+        with self.db.read() as session:
+            row = session.get(SagaStepRow, (saga_id, name))
+            return step_view(row) if row else None
+
+    def statuses(self, saga_id: str) -> dict[str, str]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(SagaStepRow.name, SagaStepRow.status).where(SagaStepRow.saga_id == saga_id)
+            )
+            return {row.name: row.status for row in rows}
+
+    def status(self, saga_id: str) -> str | None:
+        with self.db.read() as session:
+            return session.scalar(
+                select(SagaInstance.status).where(SagaInstance.saga_id == saga_id)
+            )
+
+    def owed_compensations(self, saga_id: str) -> list[str]:
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(SagaStepRow)
+                .where(
+                    SagaStepRow.saga_id == saga_id,
+                    SagaStepRow.kind == WorkKind.COMPENSATION,
+                )
+                .order_by(SagaStepRow.position)
+            )
+            return [row.name for row in rows if row.status not in DONE]
+
+    # --- the stall check -------------------------------------------------------------
+
+    def stalled(self, idle_seconds: float, now: float) -> list[tuple[SagaInstance, str, str]]:
+        """Sagas that owe work but have shown no progress for `idle_seconds`: for each,
+        (instance, the step or compensation it waits on, that work's status).
+
+        Owed work is the first unsettled row, by position, of the kind the saga's status
+        calls for: forward steps while PENDING and, once COMPLETED, those after the pivot;
+        compensations while COMPENSATING and once FAILED (an undo owed for a step that
+        applied in a race with the turn back). A NEEDS_ATTENTION saga, or a first row
+        already dead-lettered, belongs to the DLQ."""
+        cutoff = now - idle_seconds
+        forward = and_(
+            SagaInstance.status.in_((SagaStatus.PENDING, SagaStatus.COMPLETED)),
+            SagaStepRow.kind.in_((WorkKind.STEP, WorkKind.AFTER_PIVOT)),
+        )
+        backward = and_(
+            SagaInstance.status.in_((SagaStatus.COMPENSATING, SagaStatus.FAILED)),
+            SagaStepRow.kind == WorkKind.COMPENSATION,
+        )
+        with self.db.read() as session:
+            rows = session.execute(
+                select(SagaStepRow.saga_id, SagaStepRow.name, SagaStepRow.status)
+                .join(SagaInstance, SagaInstance.saga_id == SagaStepRow.saga_id)
+                .where(
+                    SagaStepRow.status.in_((*OWED, StepStatus.DEAD_LETTERED)),
+                    or_(forward, backward),
+                )
+                .order_by(SagaStepRow.saga_id, SagaStepRow.position, SagaStepRow.name)
+            ).all()
+            waiting: dict = {}
+            for row in rows:
+                waiting.setdefault(row.saga_id, row)
+            ids = [i for i, row in waiting.items() if row.status != StepStatus.DEAD_LETTERED]
+            found = []
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                activity = dict(
+                    session.execute(
+                        select(SagaStepRow.saga_id, func.max(SagaStepRow.updated_at))
+                        .where(SagaStepRow.saga_id.in_(chunk))
+                        .group_by(SagaStepRow.saga_id)
+                    ).all()
+                )
+                for instance in session.scalars(
+                    select(SagaInstance).where(SagaInstance.saga_id.in_(chunk))
+                ):
+                    moments = [
+                        epoch(t) for t in (instance.updated_at, activity.get(instance.saga_id)) if t
+                    ]
+                    if max(moments) <= cutoff:
+                        row = waiting[instance.saga_id]
+                        found.append((instance, row.name, row.status))
+            return found

@@ -1,0 +1,88 @@
+"""The orchestrator process: it keeps the saga log from the workers' events (the
+projector), and looks for sagas that stopped moving (the stall check).
+
+It runs next to the home service's database; it never runs a step. The happy path never
+waits for it: the chain moves from service to service on its own, and the orchestrator
+records what happened a moment later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from sagaflow.log import SagaLog
+from sagaflow.projector import Projector
+from sagaflow.runner import Runner
+from sagaflow.status import StepStatus, WorkKind
+
+log = logging.getLogger("sagaflow.orchestrator")
+
+
+class StallCheck:
+    """Every piece of owed work, forward or backward, before or after the saga completed,
+    that has made no progress for `idle_seconds` is parked in the DLQ, which retries it
+    and alerts if it keeps failing. A failure whose link_error callback was lost is routed
+    as the callback would have."""
+
+    def __init__(self, saga_log: SagaLog, runner: Runner, idle_seconds: float):
+        self.log, self.runner, self.idle = saga_log, runner, idle_seconds
+
+    def park_stalled(self, now: float | None = None) -> list[str]:
+        parked = []
+        for instance, name, status in self.log.stalled(self.idle, now or time.time()):
+            wf = self.runner.workflows[instance.workflow]
+            if status == StepStatus.FAILED:
+                log.warning(
+                    "routing a failure whose callback was lost saga_id=%s step=%s",
+                    instance.saga_id,
+                    name,
+                )
+                self.runner.step_failed(wf, name, instance.saga_id, [])
+                continue
+            if wf.kind_of(name) == WorkKind.COMPENSATION:
+                owed = self.log.owed_compensations(instance.saga_id)
+                args = {"saga_id": instance.saga_id, "plan": owed}
+            else:
+                args = {
+                    "saga_id": instance.saga_id,
+                    "ctx": json.loads(instance.context),
+                    "then": wf.steps_after(name),
+                }
+            error = f"stalled: no progress for {self.idle:.0f}s (was its message lost?)"
+            entry = self.runner.dead_letter(wf, name, instance.saga_id, args, error)
+            log.warning("parked a stalled saga dlq_id=%s", entry["id"])
+            parked.append(entry["id"])
+        return parked
+
+
+class Orchestrator:
+    def __init__(self, projector: Projector, stall: StallCheck, check_every: float):
+        self.projector, self.stall, self.check_every = projector, stall, check_every
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("orchestrator started")
+        next_check = time.monotonic() + self.check_every
+        standby_said = False
+        while not stop.is_set():
+            try:
+                if not self.projector.hold_lock():
+                    if not standby_said:
+                        log.info("another orchestrator holds the lock: standing by")
+                        standby_said = True
+                    stop.wait(1.0)
+                    continue
+                standby_said = False
+                self.projector.run_once()
+                # Only on a log that is up to date: a lagging one would make moving sagas
+                # look stalled.
+                if self.projector.caught_up and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.check_every
+                    self.stall.park_stalled()
+            except Exception:
+                log.exception("orchestrator could not reach Redis or its database; retrying")
+                stop.wait(1.0)
+        self.projector.release_lock()
+        log.info("orchestrator stopped")

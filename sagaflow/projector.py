@@ -1,0 +1,289 @@
+"""The orchestrator's bookkeeping: it reads the workers' events from the Redis stream, in
+order, and keeps the saga log in the home database; each saga's status follows from its
+rows; the workflow's hooks run in the same transaction (the shop mirrors an order's
+status and records its payment there).
+
+Reading is at least once (a consumer group; entries are acknowledged after the commit)
+and applying is exactly once: an instance remembers the last stream id it applied, and an
+event read again after a crash is skipped. Events must be applied in stream order, so one
+projector works at a time: it holds a lock in Redis, and a second one started beside it
+waits for the lock (a standby). On restart it first re-reads what it had read but not
+acknowledged, then goes on with new entries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from redis.exceptions import ResponseError
+from sqlalchemy import select
+
+from sagaflow.events import STREAM, Event, Phase
+from sagaflow.log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
+from sagaflow.status import DONE, SagaStatus, StepStatus, WorkKind
+from sagaflow.workflow import Workflow
+
+GROUP, CONSUMER = "sagaflow-projector", "projector"
+LOCK, LOCK_SECONDS = "sagaflow:projector:lock", 15
+log = logging.getLogger("sagaflow.projector")
+
+StatusHook = Callable[[object, SagaInstance, str, str], None]  # session, instance, old, new
+StepHook = Callable[[object, SagaInstance, Event], None]
+
+
+@dataclass
+class Hooks:
+    """How a workflow's owner reacts to its sagas, in the projector's transaction:
+    `on_status(session, instance, old, new)` whenever a saga's status changes (completed,
+    failed, needs attention, ...), and `on_step(session, instance, event)` for each
+    applied step event."""
+
+    on_status: list[StatusHook] = field(default_factory=list)
+    on_step: list[StepHook] = field(default_factory=list)
+
+
+def _stream_order(stream_id: str | None) -> tuple[int, int]:
+    if not stream_id:
+        return (0, 0)
+    millis, _, seq = stream_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def _at(event: Event) -> datetime:
+    return datetime.fromtimestamp(event.at, UTC)
+
+
+def derive_status(instance: SagaInstance, rows: list[SagaStepRow], wf: Workflow) -> str:
+    """A saga's status is a function of its rows: nothing else is stored that could
+    disagree with them."""
+    by_name = {r.name: r for r in rows}
+    if instance.turned_back:
+        compensations = [r for r in rows if r.kind == WorkKind.COMPENSATION]
+        if any(r.status == StepStatus.DEAD_LETTERED for r in compensations):
+            return SagaStatus.NEEDS_ATTENTION  # never FAILED while an undo is owed
+        if all(r.status in DONE for r in compensations):
+            return SagaStatus.FAILED
+        return SagaStatus.COMPENSATING
+    if any(r.status == StepStatus.DEAD_LETTERED and r.kind == WorkKind.STEP for r in rows):
+        return SagaStatus.NEEDS_ATTENTION
+    pivot = by_name.get(wf.pivot)
+    if pivot is not None and pivot.status in DONE:
+        return SagaStatus.COMPLETED  # steps after the pivot are retried, never undone
+    return SagaStatus.PENDING
+
+
+class Projector:
+    def __init__(self, db, redis, workflows: dict[str, Workflow], hooks: dict[str, Hooks]):
+        self.db, self.redis = db, redis
+        self.workflows, self.hooks = workflows, hooks
+        self.me = f"{socket.gethostname()}:{id(self):x}"
+        self.caught_up = False
+        self._group_ready = False
+
+    # --- one projector at a time ---------------------------------------------------------
+
+    def hold_lock(self) -> bool:
+        """Take or renew the projector lock; False while another projector holds it."""
+        if self.redis.set(LOCK, self.me, nx=True, ex=LOCK_SECONDS):
+            return True
+        if (self.redis.get(LOCK) or b"").decode() == self.me:
+            self.redis.expire(LOCK, LOCK_SECONDS)
+            return True
+        return False
+
+    def release_lock(self) -> None:
+        if (self.redis.get(LOCK) or b"").decode() == self.me:
+            self.redis.delete(LOCK)
+
+    # --- reading the stream ------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def run_once(self, batch: int = 500, block_ms: int = 200, linger_ms: int = 20) -> int:
+        """Apply the next batch of events; returns how many were read. After the first
+        event arrives it lingers a moment for more: one transaction for a saga's several
+        events costs the home database far less than one each."""
+        self.ensure_group()
+        # What was read but not acknowledged (a crash before the acknowledgement) comes
+        # first, so that events are applied in stream order.
+        found = self.redis.xreadgroup(GROUP, CONSUMER, {STREAM: "0"}, count=batch)
+        entries = found[0][1] if found else []
+        if not entries:
+            found = self.redis.xreadgroup(
+                GROUP, CONSUMER, {STREAM: ">"}, count=batch, block=block_ms
+            )
+            entries = found[0][1] if found else []
+            if entries and len(entries) < batch and linger_ms:
+                time.sleep(linger_ms / 1000)
+                more = self.redis.xreadgroup(
+                    GROUP, CONSUMER, {STREAM: ">"}, count=batch - len(entries)
+                )
+                entries += more[0][1] if more else []
+        if entries:
+            self.apply_entries(entries)
+            ids = [entry_id for entry_id, _ in entries]
+            self.redis.xack(STREAM, GROUP, *ids)
+            self.redis.xdel(STREAM, *ids)  # applied: the stream keeps only what is not
+        self.caught_up = len(entries) < batch
+        return len(entries)
+
+    def apply_entries(self, entries) -> None:
+        """Apply a batch in one transaction, each saga's events in stream order, each saga
+        read and locked once."""
+        by_saga: dict[str, list] = {}
+        for entry_id, fields in entries:
+            if not fields:
+                continue  # deleted from the stream meanwhile
+            stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            try:
+                event = Event.from_fields(fields)
+            except (KeyError, ValueError) as exc:
+                log.error("skipping a malformed event id=%s error=%r", stream_id, str(exc))
+                continue
+            by_saga.setdefault(event.saga_id, []).append((stream_id, event))
+        with self.db.write() as session:
+            for saga_id, events in by_saga.items():
+                self._apply_saga(session, saga_id, events)
+
+    def apply(self, session, event: Event, stream_id: str = "") -> None:
+        self._apply_saga(session, event.saga_id, [(stream_id, event)])
+
+    # --- applying a saga's events -------------------------------------------------------
+
+    def _apply_saga(self, session, saga_id: str, events: list) -> None:
+        wf = self.workflows.get(events[0][1].workflow)
+        if wf is None:
+            log.error("events for unknown workflow %r saga_id=%s", events[0][1].workflow, saga_id)
+            return
+        instance = session.get(SagaInstance, saga_id, with_for_update=True)
+        if instance is None:
+            log.warning("event for a saga never recorded saga_id=%s: adding it", saga_id)
+            instance = SagaInstance(
+                saga_id=saga_id,
+                workflow=wf.name,
+                business_key=saga_id.removeprefix(f"{wf.name}-"),
+                status=SagaStatus.PENDING,
+                turned_back=0,
+                context="{}",
+            )
+            session.add(instance)
+            session.flush()
+        rows = {
+            r.name: r
+            for r in session.scalars(select(SagaStepRow).where(SagaStepRow.saga_id == saga_id))
+        }
+        hooks = self.hooks.get(wf.name, Hooks())
+        for stream_id, event in events:
+            if stream_id and _stream_order(stream_id) <= _stream_order(instance.last_event_id):
+                continue  # applied before a crash, read again: once is enough
+            instance.last_event_id = stream_id or instance.last_event_id
+            if event.phase == Phase.TURNED_BACK:
+                self._turn_back(session, wf, instance, rows, event)
+            else:
+                self._step_event(session, wf, instance, rows, event)
+            for hook in hooks.on_step:
+                hook(session, instance, event)
+            old, new = instance.status, derive_status(instance, list(rows.values()), wf)
+            instance.updated_at = _at(event)
+            if new != old:
+                instance.status = new
+                for hook in hooks.on_status:
+                    hook(session, instance, old, new)
+
+    def _row(
+        self, session, wf: Workflow, rows: dict, saga_id: str, name: str, position=None
+    ) -> SagaStepRow:
+        row = rows.get(name)
+        if row is None:
+            kind = wf.kind_of(name) if wf.knows(name) else WorkKind.STEP
+            if position is None:
+                position = (
+                    wf.step_names.index(name) if name in wf.step_names else COMPENSATION_POSITION
+                )
+            row = SagaStepRow(
+                saga_id=saga_id,
+                name=name,
+                kind=kind,
+                position=position,
+                status=StepStatus.PENDING,
+                attempts=0,
+            )
+            session.add(row)
+            rows[name] = row
+        return row
+
+    def _step_event(self, session, wf, instance, rows, event: Event) -> None:
+        row = self._row(session, wf, rows, event.saga_id, event.name)
+        done = row.status in DONE  # a repeat of finished work keeps what it achieved
+        at = _at(event)
+        match event.phase:
+            case Phase.STARTED:
+                row.attempts += 1
+                row.worker = event.worker or row.worker
+                row.started_at = row.started_at or at
+                if not done:
+                    row.status = StepStatus.RUNNING
+            case Phase.RETRYING:
+                if not done:
+                    row.status, row.error = StepStatus.RETRYING, event.error
+            case Phase.SUCCEEDED | Phase.SKIPPED:
+                row.status = (
+                    StepStatus.SUCCEEDED if event.phase == Phase.SUCCEEDED else StepStatus.SKIPPED
+                )
+                row.detail, row.error, row.finished_at = event.detail, None, at
+                if event.ctx is not None and row.kind != WorkKind.COMPENSATION:
+                    instance.context = json.dumps(event.ctx)
+            case Phase.FAILED:
+                if not done:
+                    row.status, row.error, row.finished_at = StepStatus.FAILED, event.error, at
+                    instance.failed_step = instance.failed_step or event.name
+                    instance.failure_reason = instance.failure_reason or event.error
+            case Phase.DEAD_LETTERED:
+                if not done:
+                    row.status, row.error, row.finished_at = (
+                        StepStatus.DEAD_LETTERED,
+                        event.error,
+                        at,
+                    )
+                    if row.kind == WorkKind.STEP and not instance.turned_back:
+                        instance.failed_step = instance.failed_step or event.name
+                        instance.failure_reason = (
+                            instance.failure_reason or f"{event.name} is stuck: {event.error}"
+                        )
+            case Phase.REFUSED:
+                if not done:
+                    row.status, row.detail, row.finished_at = StepStatus.REFUSED, event.detail, at
+
+    def _turn_back(self, session, wf, instance, rows, event: Event) -> None:
+        """The saga turns back: the compensations it is owed (newest first) become pending,
+        and forward steps it never reached will not run."""
+        first_time = not instance.turned_back
+        instance.turned_back = 1
+        if first_time:
+            instance.failed_step = event.name or instance.failed_step
+            instance.failure_reason = event.detail or instance.failure_reason
+            if event.name in wf.step_names:
+                for later in wf.steps_after(event.name):
+                    row = rows.get(later)
+                    if row is not None and row.status == StepStatus.PENDING:
+                        row.status = StepStatus.NOT_RUN
+        taken = [r.position for r in rows.values() if r.kind == WorkKind.COMPENSATION]
+        start = max(taken, default=COMPENSATION_POSITION - 1) + 1
+        for offset, name in enumerate(event.compensations):
+            row = self._row(session, wf, rows, event.saga_id, name, position=start + offset)
+            if row.status not in DONE and row.status != StepStatus.RUNNING:
+                row.status = StepStatus.PENDING

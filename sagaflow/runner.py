@@ -1,0 +1,336 @@
+"""Running one piece of saga work where its service lives, and routing its failure (the
+five failure classes). It knows nothing of Celery: a Dispatcher puts work on its queues.
+
+What each piece of work records goes to the event stream (sagaflow/events.py), never to a
+database other than its own service's: the step's business change and its ledger row are
+one local transaction, and the events around it cost a Redis round trip each.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import traceback
+from typing import Any, Protocol
+
+from sagaflow.dlq.store import DeadLetterStore
+from sagaflow.errors import AlreadyCompensated, InjectedBusinessError
+from sagaflow.events import Event, EventLog, Phase
+from sagaflow.faults import NO_FAULTS, FaultInjector
+from sagaflow.status import WorkKind
+from sagaflow.workflow import Workflow
+
+log = logging.getLogger("sagaflow")
+BUSINESS, PARKED = "business", "parked"  # failure markers
+
+
+def error_text(exc: BaseException | str) -> str:
+    if isinstance(exc, str):
+        return exc[:2000]
+    # Some exceptions carry no message (SoftTimeLimitExceeded()): say what they mean.
+    name, message = type(exc).__name__, str(exc)
+    if message in ("", f"{name}()"):
+        first_sentence = " ".join((type(exc).__doc__ or "").split()).split(". ")[0]
+        message = first_sentence.rstrip(".") + "." if first_sentence else "no message"
+    return f"{name}: {message}"[:2000]
+
+
+class Dispatcher(Protocol):
+    def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
+        """Run `steps` in order: the first gets `ctx`, each later one the previous result."""
+
+    def compensate(
+        self, wf: Workflow, saga_id: str, plan: list[str], start: int = 0, dlq_entry: str = ""
+    ) -> None:
+        """Run plan[start:] in order (newest first), each on its step's queue."""
+
+
+class Runner:
+    def __init__(
+        self,
+        workflows: dict[str, Workflow],
+        deps: Any,
+        events: EventLog,
+        dead_letters: DeadLetterStore,
+        dispatcher: Dispatcher,
+        faults: FaultInjector = NO_FAULTS,
+        worker: str | None = None,
+    ):
+        self.workflows, self.deps = workflows, deps
+        self.events, self.dead_letters, self.dispatcher = events, dead_letters, dispatcher
+        self.faults = faults
+        self.worker = worker or socket.gethostname()
+
+    def is_business(self, wf: Workflow, exc: BaseException) -> bool:
+        return isinstance(exc, (InjectedBusinessError, *wf.business_errors))
+
+    def event(self, wf: Workflow, saga_id: str, name: str, phase: Phase, **fields) -> Event:
+        return Event(saga_id, wf.name, name, phase, worker=self.worker, **fields)
+
+    # --- starting -----------------------------------------------------------------------
+
+    def start(self, wf: Workflow, ctx) -> None:
+        """Send the saga's chain (its log row was created with the business record)."""
+        self.dispatcher.forward(wf, wf.parse(ctx).model_dump(mode="json"), wf.step_names)
+
+    # --- running one piece of work ---------------------------------------------------
+
+    def run_step(self, wf: Workflow, name: str, ctx: dict, attempt: int, dlq_entry: str = ""):
+        """Run forward step `name` once. Business errors are recorded as the step's failure
+        and re-raised (its link_error callback turns the saga back); other errors count as
+        an attempt and are re-raised for the retry policy."""
+        parsed = wf.parse(ctx)
+        saga_id = wf.saga_id(parsed)
+        started = self.event(wf, saga_id, name, Phase.STARTED, attempt=attempt)
+        fence = self.events.emit_and_read_fence(started, new_attempt=True, keep_input=ctx)
+        try:
+            if fence:
+                raise AlreadyCompensated(f"{saga_id} turned back ({fence}): not applying {name}")
+            self.faults.before(name, saga_id)
+            result, detail = wf.step(name).action(self.deps, parsed)
+        except AlreadyCompensated as exc:
+            self.events.emit(self.event(wf, saga_id, name, Phase.REFUSED, detail=str(exc)))
+            if dlq_entry:
+                self.dead_letters.resolve(dlq_entry, f"refused: {exc}")
+            log.warning("late step refused saga_id=%s step=%s", saga_id, name)
+            raise
+        except Exception as exc:
+            if self.is_business(wf, exc):
+                text = error_text(exc)
+                self.events.emit(self.event(wf, saga_id, name, Phase.FAILED, error=text))
+                self.events.mark_failure(saga_id, name, f"{BUSINESS}|{text}")
+                log.info("step failed saga_id=%s step=%s error=%r", saga_id, name, str(exc))
+            else:
+                self.events.emit(
+                    self.event(wf, saga_id, name, Phase.RETRYING, error=error_text(exc))
+                )
+            raise
+        self.faults.after(name, saga_id)
+        out = wf.parse(result).model_dump(mode="json")
+        phase = Phase.SKIPPED if detail is None else Phase.SUCCEEDED
+        finished = self.event(wf, saga_id, name, phase, detail=detail or "skipped", ctx=out)
+        fence, closed = self.events.finish(finished, f"{name} succeeded")
+        if (fence or closed == "given_up") and wf.step(name).compensation:
+            # It applied while the saga turned back (a race with the failure, or with an
+            # operator giving it up): undo it too, and carry nothing forward.
+            undo = wf.step(name).compensation.name
+            log.warning(
+                "step applied as the saga turned back; undoing saga_id=%s step=%s", saga_id, name
+            )
+            self.events.emit(self.event(wf, saga_id, name, Phase.TURNED_BACK, compensations=[undo]))
+            self.dispatcher.compensate(wf, saga_id, [undo])
+            raise AlreadyCompensated(f"{saga_id} turned back while {name} applied")
+        log.info("step succeeded saga_id=%s step=%s detail=%r", saga_id, name, detail)
+        return out
+
+    def run_compensation(
+        self, wf: Workflow, name: str, saga_id: str, attempt: int, dlq_entry: str = ""
+    ) -> str:
+        """Undo one step once. Every error (a business refusal too: an undo must not
+        refuse) counts as an attempt and is re-raised for the retry policy."""
+        self.events.emit_and_read_fence(
+            self.event(wf, saga_id, name, Phase.STARTED, attempt=attempt), new_attempt=True
+        )
+        try:
+            self.faults.before(name, saga_id)
+            outcome = wf.undoing(name).compensation.undo(self.deps, saga_id)
+        except Exception as exc:
+            self.events.emit(self.event(wf, saga_id, name, Phase.RETRYING, error=error_text(exc)))
+            raise
+        self.faults.after(name, saga_id)
+        self.events.finish(
+            self.event(wf, saga_id, name, Phase.SUCCEEDED, detail=outcome), f"{name} succeeded"
+        )
+        log.info("compensation done saga_id=%s step=%s outcome=%r", saga_id, name, outcome)
+        return outcome
+
+    # --- routing failures -------------------------------------------------------------
+
+    def step_failed(self, wf: Workflow, name: str, saga_id: str, plan: list[str]) -> str:
+        """The link_error callback of every step and compensation: what its failure means.
+        The task's own handler left a marker saying how it ended."""
+        marker = self.events.failure(saga_id, name) or ""
+        how, _, reason = marker.partition("|")
+        kind = wf.kind_of(name)
+        if how == BUSINESS and kind == WorkKind.STEP:
+            self.turn_back(wf, saga_id, name, reason or f"{name} failed")
+            return "compensating"  # class 1
+        if how == BUSINESS:
+            # Class 3: after the pivot the saga already succeeded; retried, never undone.
+            self.dead_letter(wf, name, saga_id, self._parked_args(wf, name, saga_id, plan), reason)
+            return "dead_lettered"
+        if how == PARKED:
+            return "nothing to do"  # its own handler parked it
+        # It died without reaching its own handling (a hard time limit): park it rather
+        # than guess whether it applied.
+        self.dead_letter(
+            wf,
+            name,
+            saga_id,
+            self._parked_args(wf, name, saga_id, plan),
+            "failed without reaching its own error handling (hard time limit?)",
+        )
+        return "dead_lettered"
+
+    def after_failure(
+        self,
+        wf: Workflow,
+        name: str,
+        exc: BaseException,
+        saga_id: str,
+        retry_args: dict,
+        dlq_entry: str = "",
+        fields: str = "",
+        max_attempts: int = 1,
+    ) -> None:
+        """A piece of work failed for good (its retries, if any, are used up): route what
+        its own handler can; its link_error callback does the rest."""
+        kind = wf.kind_of(name)
+        business = self.is_business(wf, exc)
+        if business and kind == WorkKind.STEP:
+            if dlq_entry:
+                self.dead_letters.resolve(dlq_entry, "failed with a business error: undoing")
+            return  # the callback turns the saga back (class 1)
+        if dlq_entry:
+            self.dlq_attempt_failed(wf, name, saga_id, dlq_entry, exc, max_attempts)
+            return
+        if business and kind == WorkKind.AFTER_PIVOT:
+            return  # the callback parks it (class 3)
+        timeout = type(exc).__name__ == "SoftTimeLimitExceeded"
+        why = "retries exhausted" if timeout or isinstance(exc, wf.retryable) else "not retryable"
+        if business:
+            why = "refused by the business (an undo must not refuse)"
+        log.error("dead-lettering %s (%s) error=%r", fields or saga_id, why, str(exc))
+        args = {**retry_args, "saga_id": saga_id}
+        if kind == WorkKind.COMPENSATION:
+            args["plan"] = args.get("plan") or [name]
+        else:
+            args["then"] = wf.steps_after(name)
+        self.dead_letter(wf, name, saga_id, args, exc)
+
+    def dlq_attempt_failed(
+        self, wf: Workflow, name: str, saga_id: str, eid: str, exc: BaseException, max_attempts
+    ) -> None:
+        """A retry sent by the DLQ failed: the entry says so and schedules the next or, once
+        they are used up, waits for a human (the DLQ worker then alerts). A retry an
+        operator asked for pages nobody: the operator is looking."""
+        store = self.dead_letters
+        entry = store.get(eid) or {"attempts": 0}
+        by_operator = entry.get("by_operator") == "1"
+        give_up = by_operator or entry["attempts"] >= max_attempts
+        store.attempt_failed(
+            eid, type(exc).__name__, error_text(exc), give_up, alert_after=0, alerted=by_operator
+        )
+        if by_operator:
+            store.update(eid, by_operator=0)
+        self.events.mark_failure(saga_id, name, PARKED)
+        self.events.emit(self.event(wf, saga_id, name, Phase.DEAD_LETTERED, error=error_text(exc)))
+        log.warning(
+            "DLQ retry failed dlq_id=%s attempt=%s give_up=%s error=%r",
+            eid,
+            entry["attempts"],
+            give_up,
+            str(exc),
+        )
+
+    def _parked_args(self, wf: Workflow, name: str, saga_id: str, plan: list[str]) -> dict:
+        """What a retry needs: a step's input context (kept in Redis while it is owed) and
+        what follows it; a compensation's plan."""
+        if wf.kind_of(name) == WorkKind.COMPENSATION:
+            return {"saga_id": saga_id, "plan": plan or [name]}
+        return {
+            "saga_id": saga_id,
+            "ctx": self.events.input(saga_id, name),
+            "then": wf.steps_after(name),
+        }
+
+    def turn_back(self, wf: Workflow, saga_id: str, failed_step: str, reason: str) -> list[str]:
+        """Fence the saga and undo, newest first, every step up to the failed one (whose
+        own undo voids it). Only the first caller dispatches: a repeat changes nothing."""
+        compensations = wf.compensations_for(failed_step)
+        event = self.event(
+            wf, saga_id, failed_step, Phase.TURNED_BACK, detail=reason, compensations=compensations
+        )
+        if not self.events.turn_back(event, reason):
+            return []
+        log.info(
+            "compensating saga_id=%s failed_step=%s compensations=%s",
+            saga_id,
+            failed_step,
+            compensations,
+        )
+        if compensations:
+            self.dispatcher.compensate(wf, saga_id, compensations)
+        return compensations
+
+    def dead_letter(
+        self,
+        wf: Workflow,
+        name: str,
+        saga_id: str,
+        args: dict,
+        error: BaseException | str,
+        task: str = "",
+    ) -> dict:
+        """Retries ran out (classes 2, 3, 4): park the work in the DLQ."""
+        trace = (
+            "".join(traceback.format_exception(error))[-4000:]
+            if isinstance(error, BaseException)
+            else ""
+        )
+        entry = self.dead_letters.push(
+            saga_id=saga_id,
+            workflow=wf.name,
+            name=name,
+            kind=wf.kind_of(name),
+            task=task or f"{wf.name}.{name}",
+            args=args,
+            error_class=type(error).__name__ if isinstance(error, BaseException) else "Error",
+            error=error_text(error),
+            traceback=trace,
+        )
+        # Redis first: if the push fails, nothing claims the work is parked, and the task
+        # (or callback) that saw the failure tries again.
+        self.events.mark_failure(saga_id, name, PARKED)
+        self.events.emit(
+            self.event(wf, saga_id, name, Phase.DEAD_LETTERED, error=error_text(error))
+        )
+        log.error(
+            "dead-lettered saga_id=%s step=%s kind=%s error=%r dlq_id=%s",
+            saga_id,
+            name,
+            wf.kind_of(name),
+            error_text(error),
+            entry["id"],
+        )
+        return entry
+
+    # --- after the DLQ or an operator ------------------------------------------------
+
+    def redispatch(self, entry: dict) -> str:
+        """Send parked work to its service's queue once more; what follows it is sent on
+        from there when it succeeds. The entry is closed (or its failure recorded) by the
+        work itself."""
+        wf = self.workflows[entry["workflow"]]
+        name, args, eid = entry["name"], entry["args"], entry["id"]
+        if wf.kind_of(name) == WorkKind.COMPENSATION:
+            plan = args.get("plan") or [name]
+            self.dispatcher.compensate(wf, entry["saga_id"], plan, plan.index(name), eid)
+            return f"sent {name}, then {plan[plan.index(name) + 1 :] or 'nothing more'}"
+        ctx = args.get("ctx")
+        if ctx is None:
+            raise ValueError(f"{eid}: the step's input is not known; it cannot be sent again")
+        steps = [name, *wf.steps_after(name)]
+        self.dispatcher.forward(wf, ctx, steps, eid)
+        return f"sent {name}, then {steps[1:] or 'nothing more'}"
+
+    def give_up(self, entry: dict, who: str) -> list[str]:
+        """An operator stops retrying a stuck forward step and undoes the saga instead."""
+        wf = self.workflows[entry["workflow"]]
+        if wf.kind_of(entry["name"]) != WorkKind.STEP:
+            raise ValueError(f"{entry['id']} is not a forward step before the pivot")
+        if not self.dead_letters.give_up(entry["id"], f"given up by {who}: compensating"):
+            raise ValueError(f"{entry['id']} is already resolved (it may have succeeded)")
+        return self.turn_back(
+            wf, entry["saga_id"], entry["name"], f"{entry['name']} abandoned by {who}"
+        )

@@ -1,0 +1,97 @@
+"""Running workflows in-process, for fast tests of the runtime's rules: a dispatcher that
+runs each chain synchronously the way Celery would (retries by the step's policy, the
+link_error callback on failure, nothing carried forward after a refusal), and a loop that
+drains the work and applies the events to the saga log.
+
+No broker and no worker: what this cannot show (delivery, redelivery after a crash, time
+limits) is what the end-to-end tests are for.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from sagaflow.errors import AlreadyCompensated
+from sagaflow.workflow import Workflow
+
+
+class SyncDispatcher:
+    def __init__(self, max_retries: int = 2, max_attempts: int = 2):
+        self.runner = None  # set once the Runner that uses this dispatcher exists
+        self.max_retries, self.max_attempts = max_retries, max_attempts
+        self.work: deque = deque()
+        self.sent: list[tuple[str, list[str]]] = []  # what was dispatched, in order
+
+    def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
+        self.sent.append(("forward", list(steps)))
+        self.work.append(("forward", wf, ctx, list(steps), dlq_entry))
+
+    def compensate(
+        self, wf: Workflow, saga_id: str, plan: list[str], start: int = 0, dlq_entry: str = ""
+    ) -> None:
+        self.sent.append(("compensate", plan[start:]))
+        self.work.append(("compensate", wf, saga_id, list(plan), start, dlq_entry))
+
+    def drain(self, projector=None) -> None:
+        """Run everything sent, and everything it sends, then bring the log up to date."""
+        while self.work:
+            job = self.work.popleft()
+            if job[0] == "forward":
+                self._forward(*job[1:])
+            else:
+                self._compensate(*job[1:])
+        while projector is not None and projector.run_once(block_ms=1):
+            pass
+
+    def _attempts(self, wf, name, call, saga_id, retry_args, dlq_entry, plan):
+        """Try `call(attempt)` as the step's retry policy allows; False if it failed."""
+        limit = 1 if dlq_entry else self.max_retries + 1
+        for attempt in range(1, limit + 1):
+            try:
+                return True, call(attempt)
+            except AlreadyCompensated:
+                return False, None
+            except Exception as exc:
+                retryable = isinstance(exc, wf.retryable) and not self.runner.is_business(wf, exc)
+                if retryable and attempt < limit:
+                    continue
+                self.runner.after_failure(
+                    wf, name, exc, saga_id, retry_args, dlq_entry, max_attempts=self.max_attempts
+                )
+                self.runner.step_failed(wf, name, saga_id, plan)
+                return False, None
+        return False, None
+
+    def _forward(self, wf, ctx, steps, dlq_entry):
+        for index, name in enumerate(steps):
+            entry = dlq_entry if index == 0 else ""
+            saga_id = wf.saga_id(wf.parse(ctx))
+            ok, result = self._attempts(
+                wf,
+                name,
+                lambda attempt, n=name, c=ctx, e=entry: self.runner.run_step(wf, n, c, attempt, e),
+                saga_id,
+                {"ctx": ctx},
+                entry,
+                [],
+            )
+            if not ok:
+                return
+            ctx = result
+
+    def _compensate(self, wf, saga_id, plan, start, dlq_entry):
+        for index, name in enumerate(plan[start:]):
+            entry = dlq_entry if index == 0 else ""
+            ok, _ = self._attempts(
+                wf,
+                name,
+                lambda attempt, n=name, e=entry: self.runner.run_compensation(
+                    wf, n, saga_id, attempt, e
+                ),
+                saga_id,
+                {"plan": plan},
+                entry,
+                plan,
+            )
+            if not ok:
+                return

@@ -1,0 +1,165 @@
+"""A workflow, declared once: its context type and an ordered list of steps, each paired
+with the compensation that undoes it, the queue (service) it runs on and its retry policy.
+
+    ORDER = Workflow(
+        name="order",
+        context=OrderContext,               # a pydantic model: what every step receives
+        key=lambda ctx: ctx.order_id,       # the business key: saga id "order-42"
+        home="orders",                      # the service whose database keeps the saga log
+        steps=[
+            Step("create_order", "orders", create_order, Compensation("cancel_order", cancel)),
+            Step("decrease_stock", "products", take, Compensation("restore_stock", put_back)),
+            ...
+            Step("publish_order", "dataplatform", publish),  # after the pivot: no undo
+        ],
+    )
+
+The pivot is the last step with a compensation: once it applied, the saga is COMPLETED,
+and the steps after it are retried until they succeed, never compensated.
+
+A step's action takes the context and returns (context, detail): the context the next
+step gets, and one line for the timeline (None: skipped). A compensation takes the saga id
+and returns what it undid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from sagaflow.status import WorkKind
+
+Action = Callable[[Any], tuple[Any, str | None]]
+Undo = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Celery's autoretry for one step (whole seconds: delay = random(0, min(max, base*2^n))),
+    and its time limits. None: the process's defaults (settings)."""
+
+    max_retries: int | None = None
+    backoff: int | None = None
+    backoff_max: int | None = None
+    jitter: bool | None = None
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+
+
+@dataclass(frozen=True)
+class Compensation:
+    name: str
+    undo: Undo
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    queue: str  # the owning service, and the queue its tasks (and its compensation) run on
+    action: Action
+    compensation: Compensation | None = None  # None: after the pivot, retried not undone
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    context: type[BaseModel]
+    key: Callable[[Any], Any]
+    home: str  # the service whose database holds this workflow's saga log
+    steps: tuple[Step, ...]
+    # Exceptions that are an expected refusal (out of stock...): never retried, the saga
+    # turns back. Retryable: infrastructure errors that may succeed on a second try.
+    business_errors: tuple[type[BaseException], ...] = ()
+    retryable: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", tuple(self.steps))
+        names = [s.name for s in self.steps] + [c.name for c in self.compensations]
+        if len(names) != len(set(names)):
+            raise ValueError(f"workflow {self.name}: step and compensation names must be unique")
+        if not any(s.compensation for s in self.steps):
+            raise ValueError(f"workflow {self.name}: at least one step needs a compensation")
+        seen_final = False
+        for step in self.steps:
+            if step.compensation is None:
+                seen_final = True
+            elif seen_final:
+                raise ValueError(
+                    f"workflow {self.name}: {step.name} has a compensation after a step that"
+                    " has none; steps after the pivot cannot be undone"
+                )
+
+    # --- reading the declaration ---------------------------------------------------
+
+    @property
+    def compensations(self) -> list[Compensation]:
+        return [s.compensation for s in self.steps if s.compensation]
+
+    @property
+    def step_names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    @property
+    def compensation_names(self) -> list[str]:
+        return [c.name for c in self.compensations]
+
+    @property
+    def pivot(self) -> str:
+        return [s.name for s in self.steps if s.compensation][-1]
+
+    @property
+    def queues(self) -> list[str]:
+        return list(dict.fromkeys(s.queue for s in self.steps))
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def undoing(self, compensation: str) -> Step:
+        """The step a compensation undoes."""
+        for step in self.steps:
+            if step.compensation and step.compensation.name == compensation:
+                return step
+        raise KeyError(compensation)
+
+    def knows(self, name: str) -> bool:
+        return name in self.step_names or name in self.compensation_names
+
+    def queue_of(self, name: str) -> str:
+        """A compensation runs on its step's service."""
+        return self.step(name).queue if name in self.step_names else self.undoing(name).queue
+
+    def kind_of(self, name: str) -> WorkKind:
+        if name in self.compensation_names:
+            return WorkKind.COMPENSATION
+        return WorkKind.STEP if self.step(name).compensation else WorkKind.AFTER_PIVOT
+
+    def steps_after(self, name: str) -> list[str]:
+        names = self.step_names
+        return names[names.index(name) + 1 :]
+
+    def compensations_for(self, failed_step: str) -> list[str]:
+        """What turning back at `failed_step` runs, newest first: the compensation of every
+        step up to and including it. The failed step's own compensation voids it (it may
+        or may not have applied: a timeout can strike after the commit), so that a late
+        delivery of it refuses to apply; the same holds for a step that never applied."""
+        names = self.step_names
+        upto = self.steps[: names.index(failed_step) + 1]
+        return [s.compensation.name for s in reversed(upto) if s.compensation]
+
+    def compensations_after(self, compensation: str, plan: list[str]) -> list[str]:
+        return plan[plan.index(compensation) + 1 :] if compensation in plan else []
+
+    # --- saga ids ------------------------------------------------------------------------
+
+    def saga_id(self, ctx: Any) -> str:
+        return f"{self.name}-{self.key(ctx)}"
+
+    def parse(self, data: dict | BaseModel) -> BaseModel:
+        return data if isinstance(data, self.context) else self.context.model_validate(data)
