@@ -156,20 +156,43 @@ class Projector:
                 continue
             by_saga.setdefault(event.saga_id, []).append((stream_id, event))
         with self.db.write() as session:
+            instances, rows = self._load(session, list(by_saga))
             for saga_id, events in by_saga.items():
-                self._apply_saga(session, saga_id, events)
+                self._apply_saga(
+                    session, saga_id, events, instances.get(saga_id), rows.get(saga_id, {})
+                )
 
     def apply(self, session, event: Event, stream_id: str = "") -> None:
-        self._apply_saga(session, event.saga_id, [(stream_id, event)])
+        instances, rows = self._load(session, [event.saga_id])
+        self._apply_saga(
+            session,
+            event.saga_id,
+            [(stream_id, event)],
+            instances.get(event.saga_id),
+            rows.get(event.saga_id, {}),
+        )
+
+    @staticmethod
+    def _load(session, saga_ids: list[str]):
+        """Every saga of a batch and its rows, in two queries (locked on PostgreSQL)."""
+        instances, rows = {}, {}
+        for start in range(0, len(saga_ids), 500):
+            chunk = saga_ids[start : start + 500]
+            for instance in session.scalars(
+                select(SagaInstance).where(SagaInstance.saga_id.in_(chunk)).with_for_update()
+            ):
+                instances[instance.saga_id] = instance
+            for row in session.scalars(select(SagaStepRow).where(SagaStepRow.saga_id.in_(chunk))):
+                rows.setdefault(row.saga_id, {})[row.name] = row
+        return instances, rows
 
     # --- applying a saga's events -------------------------------------------------------
 
-    def _apply_saga(self, session, saga_id: str, events: list) -> None:
+    def _apply_saga(self, session, saga_id: str, events: list, instance, rows: dict) -> None:
         wf = self.workflows.get(events[0][1].workflow)
         if wf is None:
             log.error("events for unknown workflow %r saga_id=%s", events[0][1].workflow, saga_id)
             return
-        instance = session.get(SagaInstance, saga_id, with_for_update=True)
         if instance is None:
             log.warning("event for a saga never recorded saga_id=%s: adding it", saga_id)
             instance = SagaInstance(
@@ -182,10 +205,6 @@ class Projector:
             )
             session.add(instance)
             session.flush()
-        rows = {
-            r.name: r
-            for r in session.scalars(select(SagaStepRow).where(SagaStepRow.saga_id == saga_id))
-        }
         hooks = self.hooks.get(wf.name, Hooks())
         for stream_id, event in events:
             if stream_id and _stream_order(stream_id) <= _stream_order(instance.last_event_id):
