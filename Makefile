@@ -6,7 +6,7 @@ PROCS ?=
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv redis run test demo drill lint bench clean
+.PHONY: help venv redis browser run test demo drill lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -18,10 +18,13 @@ venv: ## create .venv and install requirements.txt (skipped when unchanged)
 redis: ## install Debian's redis-server if it is missing
 	@scripts/ensure-redis.sh
 
+browser: ## install Debian's chromium if it is missing (the console's browser test)
+	@scripts/ensure-chromium.sh
+
 run: ## run every Procfile process (PROCS="web worker" for some); own Redis unless REDIS_URL
 	@exec scripts/run.sh $(PROCS)
 
-test: venv redis ## run the test suite (it starts its own Redis and workers)
+test: venv redis browser ## run the test suite (it starts its own Redis and workers)
 	$(PY) -m pytest
 
 demo: ## place three demo orders against a running `make run`

@@ -14,10 +14,12 @@ API_SERVICES = ("orders", "products", "balances", "coupons")
 def create_app(settings: Settings | None = None) -> Flask:
     from app.auth import TokenVerifier
     from app.bootstrap import build_runner, build_saga_log
+    from app.console import bp as console_bp
     from app.http import access
     from app.http.body import MAX_BODY_BYTES
     from app.http.converters import IdConverter
     from app.http.errors import register_error_handlers
+    from app.http.metrics import bp as metrics_bp
     from app.http.routes import bp
     from tasks.celery_app import create_celery
 
@@ -34,5 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["saga_log"] = build_saga_log(runner.deps)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(console_bp)
     access.install(app, TokenVerifier(settings.auth_dir))
     return app

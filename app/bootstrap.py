@@ -23,6 +23,7 @@ from config.settings import SERVICES, Settings
 from sagaflow import EventLog, Projector, Runner, SagaLog
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
+from sagaflow.metrics import MetricsRecorder
 
 log = logging.getLogger(__name__)
 # The order saga's log lives in the order service's database: the order workflow's home.
@@ -116,4 +117,5 @@ def build_saga_log(services: Services) -> SagaLog:
 
 
 def build_projector(services: Services) -> Projector:
-    return Projector(services.databases[HOME], services.redis, WORKFLOWS, HOOKS)
+    recorder = MetricsRecorder(services.redis)
+    return Projector(services.databases[HOME], services.redis, WORKFLOWS, HOOKS, recorder)

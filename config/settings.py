@@ -47,6 +47,9 @@ class Settings:
     flower_port: int = 5555
     flower_basic_auth: str = "operator:change-me"
     log_level: str = "INFO"
+    # How an alert tells the operator to run the DLQ CLI: `make run` sets the absolute path
+    # of .venv/bin/saga-dlq, so the printed command works from a plain shell.
+    cli_command: str = "saga-dlq"
     # Where the token keys live (app/auth/tokens.py): the API reads only the public keys.
     auth_dir: Path = REPO_ROOT / "var" / "auth"
 
@@ -179,6 +182,7 @@ class Settings:
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or defaults.flower_basic_auth,
             log_level=env.get("LOG_LEVEL") or defaults.log_level,
             auth_dir=cls.auth_dir_from_env(env),
+            cli_command=env.get("SAGA_CLI") or defaults.cli_command,
             step_soft_time_limit=number("STEP_SOFT_TIME_LIMIT", defaults.step_soft_time_limit),
             step_time_limit=number("STEP_TIME_LIMIT", defaults.step_time_limit),
             step_max_retries=number("STEP_MAX_RETRIES", defaults.step_max_retries, int),

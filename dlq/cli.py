@@ -13,7 +13,7 @@ from functools import cached_property
 
 from sagaflow.dlq.cli import Unusable, build_cli, run_cli
 
-PROG = "python -m dlq"
+PROG = "saga-dlq"
 
 
 class Context:
@@ -23,8 +23,10 @@ class Context:
 
     @cached_property
     def settings(self):
+        from config.localenv import load_local_env
         from config.settings import Settings
 
+        load_local_env()  # what `make run` chose, when run from a plain shell
         return Settings.from_env()
 
     @cached_property
@@ -45,6 +47,14 @@ class Context:
         services = Services(self.settings, (HOME,))
         _check_database(HOME, services.databases[HOME])
         return build_saga_log(services)
+
+    @cached_property
+    def actions(self):
+        from sagaflow.dlq.actions import OperatorActions
+
+        return OperatorActions(
+            self.store, self.runner, self.saga_log, self.settings.dlq_lease_seconds
+        )
 
     @property
     def who(self) -> str:

@@ -13,12 +13,11 @@ from sagaflow.dlq.alerts import SlackAlerter
 from sagaflow.dlq.worker import DeadLetterWorker
 from tasks.celery_app import create_celery
 
-CLI = "python -m dlq"  # how an alert tells the operator to run the CLI
-
 
 def build_worker(settings: Settings) -> DeadLetterWorker:
     runner = build_runner(settings, create_celery(settings).dispatcher, ())
-    return DeadLetterWorker(runner.dead_letters, runner, SlackAlerter(settings), settings, CLI)
+    alerter = SlackAlerter(settings)
+    return DeadLetterWorker(runner.dead_letters, runner, alerter, settings, settings.cli_command)
 
 
 def main() -> None:

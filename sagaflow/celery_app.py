@@ -133,7 +133,8 @@ class SagaTask(Task):
     def _failed(self, exc, args, kwargs, dlq_entry: str, fields: str) -> None:
         wf = self.workflow
         if wf.kind_of(self.work) == WorkKind.COMPENSATION:
-            saga_id, retry_args = args[0], {"saga_id": args[0], "plan": kwargs.get("plan")}
+            saga_id = kwargs.get("saga_id") or args[0]
+            retry_args = {"saga_id": saga_id, "plan": kwargs.get("plan")}
         else:
             ctx = args[0]
             saga_id, retry_args = wf.saga_id(wf.parse(ctx)), {"saga_id": "", "ctx": ctx}
@@ -240,7 +241,7 @@ def install(
     helper = {**_options(RetryPolicy(), defaults, retryable), "max_retries": None}
 
     @app.task(bind=True, shared=False, base=SagaTask, name=STEP_FAILED, **helper)
-    def step_failed(self, failure: dict) -> str:
+    def step_failed(self, failure: dict, saga_id: str = "") -> str:
         """link_error callback of every step and compensation: route its failure. Takes one
         argument so Celery sends it as a queued task rather than running it inline."""
         wf = self.sagas.workflows[failure["workflow"]]
@@ -266,7 +267,11 @@ class CeleryDispatcher:
     def _errback(self, wf: Workflow, saga_id: str, name: str, plan=()):
         failure = {"workflow": wf.name, "saga_id": saga_id, "name": name, "plan": list(plan)}
         return self.app.signature(
-            STEP_FAILED, args=(failure,), immutable=True, queue=wf.queue_of(name)
+            STEP_FAILED,
+            args=(failure,),
+            kwargs={"saga_id": saga_id},  # what Flower's search finds: kwargs:saga_id=...
+            immutable=True,
+            queue=wf.queue_of(name),
         )
 
     def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
@@ -281,6 +286,8 @@ class CeleryDispatcher:
                 args=(ctx,) if index == 0 else (),
                 kwargs=kwargs,
                 queue=wf.queue_of(name),
+                # Flower shows this instead of the whole context.
+                argsrepr=f"('{saga_id} context',)",
             )
             sig.link_error(self._errback(wf, saga_id, name))
             signatures.append(sig)
@@ -291,12 +298,11 @@ class CeleryDispatcher:
     ) -> None:
         signatures = []
         for index, name in enumerate(plan[start:]):
-            kwargs = {"plan": list(plan)}
+            kwargs = {"saga_id": saga_id, "plan": list(plan)}
             if index == 0 and dlq_entry:
                 kwargs["dlq_entry"] = dlq_entry
             sig = self.app.signature(
                 f"{wf.name}.{name}",
-                args=(saga_id,),
                 kwargs=kwargs,
                 immutable=True,
                 queue=wf.queue_of(name),

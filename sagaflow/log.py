@@ -73,6 +73,20 @@ class SagaStepRow(SagaBase):
     )
 
 
+class OperatorAction(SagaBase):
+    """Who did what to a saga's parked work, and how it went (sagaflow/dlq/actions.py)."""
+
+    __tablename__ = "sagaflow_operator_actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    saga_id: Mapped[str] = mapped_column(String(80), index=True)
+    entry_id: Mapped[str] = mapped_column(String(140))
+    actor: Mapped[str] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(20))
+    note: Mapped[str] = mapped_column(Text, default="")
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def epoch(moment: datetime | None) -> float | None:
     if moment is None:
         return None

@@ -79,9 +79,12 @@ def derive_status(instance: SagaInstance, rows: list[SagaStepRow], wf: Workflow)
 
 
 class Projector:
-    def __init__(self, db, redis, workflows: dict[str, Workflow], hooks: dict[str, Hooks]):
+    def __init__(
+        self, db, redis, workflows: dict[str, Workflow], hooks: dict[str, Hooks], metrics=None
+    ):
         self.db, self.redis = db, redis
         self.workflows, self.hooks = workflows, hooks
+        self.metrics = metrics  # sagaflow.metrics.MetricsRecorder, or None
         self.me = f"{socket.gethostname()}:{id(self):x}"
         self.caught_up = False
         self._group_ready = False
@@ -155,12 +158,19 @@ class Projector:
                 log.error("skipping a malformed event id=%s error=%r", stream_id, str(exc))
                 continue
             by_saga.setdefault(event.saga_id, []).append((stream_id, event))
-        with self.db.write() as session:
-            instances, rows = self._load(session, list(by_saga))
-            for saga_id, events in by_saga.items():
-                self._apply_saga(
-                    session, saga_id, events, instances.get(saga_id), rows.get(saga_id, {})
-                )
+        try:
+            with self.db.write() as session:
+                instances, rows = self._load(session, list(by_saga))
+                for saga_id, events in by_saga.items():
+                    self._apply_saga(
+                        session, saga_id, events, instances.get(saga_id), rows.get(saga_id, {})
+                    )
+        except Exception:
+            if self.metrics:
+                self.metrics.discard()  # the batch will be read again: count it then
+            raise
+        if self.metrics:
+            self.metrics.flush()
 
     def apply(self, session, event: Event, stream_id: str = "") -> None:
         instances, rows = self._load(session, [event.saga_id])
@@ -214,12 +224,19 @@ class Projector:
                 self._turn_back(session, wf, instance, rows, event)
             else:
                 self._step_event(session, wf, instance, rows, event)
+                if self.metrics and wf.knows(event.name):
+                    self.metrics.event(wf.name, str(wf.kind_of(event.name)), event)
             for hook in hooks.on_step:
                 hook(session, instance, event)
             old, new = instance.status, derive_status(instance, list(rows.values()), wf)
             instance.updated_at = _at(event)
             if new != old:
                 instance.status = new
+                if new in (SagaStatus.PENDING, SagaStatus.COMPLETED) and not instance.turned_back:
+                    # Moving again after being stuck: why it stopped is history now.
+                    instance.failed_step = instance.failure_reason = None
+                if self.metrics:
+                    self.metrics.status(wf.name, new)
                 for hook in hooks.on_status:
                     hook(session, instance, old, new)
 

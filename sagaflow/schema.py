@@ -69,3 +69,21 @@ def create_saga_log(op) -> None:
 def drop_saga_log(op) -> None:
     op.drop_table("sagaflow_steps")
     op.drop_table("sagaflow_instances")
+
+
+def create_operator_actions(op) -> None:
+    op.create_table(
+        "sagaflow_operator_actions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("saga_id", sa.String(length=80), nullable=False),
+        sa.Column("entry_id", sa.String(length=140), nullable=False),
+        sa.Column("actor", sa.String(length=120), nullable=False),
+        sa.Column("action", sa.String(length=20), nullable=False),
+        sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("outcome", sa.Text(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "ix_sagaflow_operator_actions_saga_id", "sagaflow_operator_actions", ["saga_id"]
+    )

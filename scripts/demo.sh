@@ -9,6 +9,12 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The port and folders `make run` chose (it writes them there).
+env_file=${SAGA_ENV_FILE:-${VAR_DIR:-$root/var}/saga.env}
+if [[ -z ${PORT:-} && -r $env_file ]]; then
+    PORT=$(sed -n 's/^PORT=//p' "$env_file")
+    VAR_DIR=${VAR_DIR:-$(sed -n 's/^VAR_DIR=//p' "$env_file")}
+fi
 api="http://127.0.0.1:${PORT:-8000}"
 python="$root/.venv/bin/python"
 [[ -x $python ]] || python=python3

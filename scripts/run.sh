@@ -59,7 +59,10 @@ stop_redis() {
 
 cleanup() {
     local status=$?
-    trap - INT TERM HUP EXIT
+    # Ignore, not reset: a second signal must not cut the cleanup short. (A SIGTERM to the
+    # process group reaches this script twice: once directly, once forwarded by make.)
+    trap '' INT TERM HUP
+    trap - EXIT
     if [[ -n $honcho_pid ]] && kill -0 "$honcho_pid" 2>/dev/null; then
         log "stopping the processes"
         kill -TERM "$honcho_pid" 2>/dev/null || true
@@ -113,6 +116,20 @@ if [[ $SEED == 1 ]]; then
     python -m app.seed
 fi
 
+# What every later command needs to reach this system from a plain shell: `saga-dlq`,
+# `python -m dlq`, `python -m app.auth` and `make demo` read it (config/localenv.py).
+export SAGA_CLI="$root/.venv/bin/saga-dlq"
+env_file=$VAR_DIR/saga.env
+{
+    echo "# written by make run at $(date -u '+%Y-%m-%d %H:%M:%S UTC'); read by saga-dlq, make demo"
+    for var in REDIS_URL ORDERS_DATABASE_URL PRODUCTS_DATABASE_URL BALANCES_DATABASE_URL \
+               COUPONS_DATABASE_URL DATAPLATFORM_DATABASE_URL VAR_DIR PORT FLOWER_PORT SAGA_CLI; do
+        printf '%s=%q\n' "$var" "${!var}"
+    done
+    printf 'AUTH_DIR=%q\n' "${AUTH_DIR:-$VAR_DIR/auth}"
+} > "$env_file.tmp"
+chmod 600 "$env_file.tmp" && mv "$env_file.tmp" "$env_file"
+
 # Token keys and local development credentials (one token per file, readable by you only).
 export AUTH_DIR=${AUTH_DIR:-$VAR_DIR/auth}
 credentials=$VAR_DIR/credentials
@@ -145,6 +162,7 @@ cat <<EOF
           for curl: curl -K $VAR_DIR/secrets/flower.curlrc http://127.0.0.1:$FLOWER_PORT/api/workers)
   Redis   $redis_shown
   Data    $VAR_DIR
+  Config  $env_file (saga-dlq, python -m dlq, make demo read it from any shell)
   Tokens  $credentials/{customer-1,customer-2,admin,operator}.{token,header}
           (more: python -m app.auth issue-token --role customer --user 7)
 

@@ -192,7 +192,7 @@ class Shop:
                     i["quantity"] for i in order["items"] if i["product_id"] == product_id
                 )
             if holds_money:
-                held_money += order["paid"]
+                held_money += order["to_pay"]
             if coupon_ledger.get("use_coupon") == APPLIED:
                 coupon_holders.append((order_id, order["status"]))
             expected_records = (

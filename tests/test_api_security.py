@@ -130,6 +130,31 @@ ACCESS = {
     ("GET", "/orders"): ("/orders", None, _row(401, 200, 200, 200, 200)),
     ("GET", "/orders/<id:order_id>"): ("/orders/{order}", None, _row(401, 200, 404, 200, 200)),
     ("GET", "/healthz"): ("/healthz", None, _row(200, 200, 200, 200, 200)),
+    ("GET", "/metrics"): ("/metrics", None, _row(401, 403, 403, 403, 200)),
+}
+
+# The operator console's pages take their credential from the console's cookie (the login
+# page sets it from a token), not from the Authorization header: the table sends each
+# caller's token as that cookie. Without one, a page redirects to the login page (303);
+# a form posted without the console's CSRF token is refused (403), even an operator's.
+CONSOLE = {
+    ("GET", "/console/login"): ("/console/login", _row(200, 200, 200, 200, 200)),
+    ("POST", "/console/login"): ("/console/login", _row(401, 403, 403, 403, 303)),
+    ("POST", "/console/logout"): ("/console/logout", _row(303, 403, 403, 403, 403)),
+    ("GET", "/console/"): ("/console/", _row(303, 403, 403, 403, 200)),
+    ("GET", "/console/orders/<id:order_id>"): (
+        "/console/orders/{order}",
+        _row(303, 403, 403, 403, 200),
+    ),
+    ("GET", "/console/dlq"): ("/console/dlq", _row(303, 403, 403, 403, 200)),
+    ("GET", "/console/dlq/<path:entry_id>/<any('dry-run', requeue, compensate, resolve):action>"): (
+        "/console/dlq/order-999:use_balance/dry-run",
+        _row(303, 403, 403, 403, 404),
+    ),
+    ("POST", "/console/dlq/<path:entry_id>/<any(requeue, compensate, resolve):action>"): (
+        "/console/dlq/order-999:use_balance/requeue",
+        _row(303, 403, 403, 403, 403),
+    ),
 }
 
 
@@ -162,7 +187,7 @@ def test_every_route_has_a_row_in_the_access_table(stack):
         if rule.endpoint != "static"
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    assert routes == set(ACCESS), "a route was added or removed: give it a row in ACCESS"
+    assert routes == set(ACCESS) | set(CONSOLE), "a route was added or removed: give it a row"
 
 
 @pytest.mark.parametrize("route", list(ACCESS), ids=[f"{m} {r}" for m, r in ACCESS])
@@ -176,6 +201,30 @@ def test_each_role_may_call_only_what_its_rule_allows(stack, api, data, route):
         assert status == expected[who], (who, route, status, answer)
         if status >= 400:
             assert answer["error"]["code"] and answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("route", list(CONSOLE), ids=[f"{m} {r}" for m, r in CONSOLE])
+def test_each_role_may_open_only_what_the_console_allows(stack, api, data, route):
+    import http.client
+    from urllib.parse import urlencode
+
+    template, expected = CONSOLE[route]
+    path = _fill(template, data)
+    for who in WHO:
+        token = _headers(stack, who).get("Authorization", "").removeprefix("Bearer ")
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        if path == "/console/login" and route[0] == "POST":
+            body = urlencode({"token": token, "next": "/console/"})
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        else:
+            body, headers = None, ({"Cookie": f"console_token={token}"} if token else {})
+        conn.request(route[0], path, body=body, headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        assert answer.status == expected[who], (who, route, answer.status)
+        if answer.status == 303 and who == "anonymous":
+            assert answer.getheader("Location").startswith("/console/login")
 
 
 def test_an_app_with_a_route_without_a_rule_refuses_to_start(stack):

@@ -87,7 +87,7 @@ def test_exhausted_retries_send_one_slack_alert_then_cli_requeue_completes_the_o
     eid = entry_id(order_id, "use_balance")
     assert len(slack.messages) == 1
     text = slack.texts()[0]
-    assert f"python -m dlq requeue {eid}" in text and f"order-{order_id}" in text
+    assert f"saga-dlq requeue {eid}" in text and f"order-{order_id}" in text
     assert "StepTimeout" in text or "SoftTimeLimitExceeded" in text
     listed = json.loads(stack.cli("list", "--json", "--status", "needs_human").stdout)
     assert [e["id"] for e in listed if e["saga_id"] == f"order-{order_id}"] == [eid]
@@ -192,7 +192,7 @@ def test_slack_answering_500_loses_nothing_and_the_alert_arrives_once_it_recover
         entry = stack.rt.dead_letters.get(eid)
         assert entry["status"] == "needs_human" and not entry["alerted"]
         assert "answered 500" in entry["alert_error"]
-        assert f"python -m dlq requeue {eid}" in dlq.log()  # the alert went to the log
+        assert f"saga-dlq requeue {eid}" in dlq.log()  # the alert went to the log
         slack.answer = 200
         wait_for(lambda: slack.messages, 30, what="the alert once Slack recovers")
         time.sleep(1)
@@ -231,7 +231,7 @@ def test_slack_not_listening_keeps_the_entry_and_the_worker_alive(stack):
     assert entry["status"] == "needs_human" and not entry["alerted"]
     assert "Slack unreachable" in entry["alert_error"]
     assert "xoxb-never-logged" not in dlq.log()
-    assert f"python -m dlq requeue {eid}" in dlq.log()
+    assert f"saga-dlq requeue {eid}" in dlq.log()
     # Handled by hand, so no later DLQ worker delivers this pending alert.
     assert stack.cli("resolve", eid, "--note", "checked by the test").returncode == 0
 

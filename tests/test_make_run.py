@@ -11,6 +11,8 @@ import subprocess
 import urllib.error
 import urllib.request
 
+import pytest
+
 from config.settings import REPO_ROOT
 from tests.support import free_port, wait_for
 
@@ -48,7 +50,23 @@ FLOWER_PASSWORD = "flower-pw-never-shown"
 FLOWER_LOGIN = f"ops:{FLOWER_PASSWORD}"
 
 
-def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path):
+def _plain_shell_env(var_dir) -> dict[str, str]:
+    """A shell with none of the system's settings: only where make run's files are."""
+    keep = ("PATH", "HOME", "LANG")
+    return {**{k: os.environ[k] for k in keep if k in os.environ}, "VAR_DIR": str(var_dir)}
+
+
+# How a stop reaches make run: its own pid (a supervisor), its whole process group (a
+# supervisor that signals groups, or Ctrl-C in a shell), or SIGINT to the group (Ctrl-C).
+STOPS = {
+    "sigterm-to-its-pid": lambda run: run.send_signal(signal.SIGTERM),
+    "sigterm-to-its-group": lambda run: os.killpg(run.pid, signal.SIGTERM),
+    "ctrl-c-to-its-group": lambda run: os.killpg(run.pid, signal.SIGINT),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_make_run_serves_a_working_saga_and_stops_everything_however_signalled(tmp_path, stop):
     port, flower_port, redis_port = free_port(), free_port(), free_port()
     env = {
         k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.endswith("_DATABASE_URL")
@@ -111,8 +129,10 @@ def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path
         assert "python -m tasks.flower" in shown and "gunicorn" in shown
         for secret in (FLOWER_PASSWORD, token):
             assert secret not in shown
+        if stop == "sigterm-to-its-pid":
+            _the_cli_reaches_it_from_a_plain_shell(tmp_path / "var", placed["order_id"])
     finally:
-        run.send_signal(signal.SIGTERM)
+        STOPS[stop](run)
         run.wait(60)
         log.close()
     for listened in (port, flower_port, redis_port):
@@ -120,3 +140,35 @@ def test_make_run_serves_a_working_saga_and_stops_everything_on_sigterm(tmp_path
     survivors = subprocess.run(["pgrep", "-s", str(run.pid)], capture_output=True, text=True)
     assert survivors.stdout.strip() == "", "processes left behind"
     assert (tmp_path / "var" / "orders.db").exists()
+
+
+def _the_cli_reaches_it_from_a_plain_shell(var_dir, order_id: int) -> None:
+    """What an alert prints works as printed: saga-dlq, and python -m dlq from any
+    Python, find the running system through the settings make run wrote."""
+    env = _plain_shell_env(var_dir)
+    settings = (var_dir / "saga.env").read_text()
+    assert "REDIS_URL=" in settings and "ORDERS_DATABASE_URL=" in settings
+    command = settings.split("SAGA_CLI=", 1)[1].splitlines()[0]
+    listed = subprocess.run(
+        [command, "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []  # the private Redis, not one on 6379
+    missing = subprocess.run(
+        [command, "show", f"order-{order_id}:use_balance"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 3 and "no DLQ entry" in missing.stderr
+    system_python = subprocess.run(
+        ["python3", "-m", "dlq", "list"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert system_python.returncode == 0, system_python.stderr
+    assert "The DLQ is empty." in system_python.stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.order_saga import ORDER
+
 pytestmark = pytest.mark.usefixtures("worker")
 
 
@@ -66,9 +68,13 @@ def test_business_error_fails_the_order_and_charges_nothing(
     assert shop.stock(product) == stock
     assert shop.balance(user) == balance
     assert order["payment"] is None
+    assert order["paid"] is None  # refused: nothing shows as paid
     steps = {s["name"]: s for s in order["steps"]}
     assert steps[failed_step]["status"] == "failed"
     assert steps["cancel_order"]["status"] == "succeeded"
+    # The steps it never reached say so; they are not left "pending" for ever.
+    never = ORDER.steps_after(failed_step)
+    assert [steps[name]["status"] for name in never] == ["not_run"] * len(never)
     shop.check_invariants([order["order_id"]], product, stock, user, balance)
 
 

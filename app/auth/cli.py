@@ -36,8 +36,10 @@ def fail(message: str, code: int) -> None:
 
 
 def _keyring() -> Keyring:
+    from config.localenv import load_local_env
     from config.settings import Settings
 
+    load_local_env()  # what `make run` chose, when run from a plain shell
     return Keyring(Settings.auth_dir_from_env(os.environ))
 
 

@@ -12,14 +12,18 @@ does not allow 403, always with the JSON error body.
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import quote, urlsplit
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g, redirect, request
 
 from app.auth import ADMIN, CUSTOMER, OPERATOR, Identity, InvalidCredential, TokenVerifier
 from app.http.errors import error_response
 
 PUBLIC = frozenset()
 STAFF = (ADMIN, OPERATOR)
+
+
+CONSOLE_COOKIE, CSRF_COOKIE = "console_token", "console_csrf"
 
 
 def public(view: Callable) -> Callable:
@@ -31,6 +35,18 @@ def public(view: Callable) -> Callable:
 def allow(*roles: str) -> Callable[[Callable], Callable]:
     def mark(view: Callable) -> Callable:
         view.access_rule = frozenset(roles)
+        return view
+
+    return mark
+
+
+def console(*roles: str) -> Callable[[Callable], Callable]:
+    """A page of the operator console: the credential is the console's cookie (set by its
+    login page from a token), and a form it posts carries the CSRF token of the session."""
+
+    def mark(view: Callable) -> Callable:
+        view.access_rule = frozenset(roles)
+        view.access_by_cookie = True
         return view
 
     return mark
@@ -63,6 +79,19 @@ def _unauthorized(message: str):
     return response, status
 
 
+def _to_login():
+    return redirect(f"/console/login?next={quote(request.full_path.rstrip('?'))}", 303)
+
+
+def _same_origin() -> bool:
+    """A form posted by the console itself: same Origin (or Referer) host, CSRF token."""
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if source and urlsplit(source).netloc != request.host:
+        return False
+    expected = request.cookies.get(CSRF_COOKIE)
+    return bool(expected) and request.form.get("csrf") == expected
+
+
 def _check_access():
     view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
     if view is None:
@@ -70,13 +99,20 @@ def _check_access():
     rule = view.access_rule
     if rule is PUBLIC:
         return None
-    token = _bearer_token()
+    by_cookie = getattr(view, "access_by_cookie", False)
+    token = request.cookies.get(CONSOLE_COOKIE) if by_cookie else _bearer_token()
     if token is None:
+        if by_cookie:
+            return _to_login()
         return _unauthorized("this route needs a credential: Authorization: Bearer <token>")
     try:
         g.identity = current_app.extensions["token_verifier"].verify(token)
     except InvalidCredential as exc:
+        if by_cookie:
+            return _to_login()
         return _unauthorized(str(exc))
+    if by_cookie and request.method == "POST" and not _same_origin():
+        return error_response(403, "forbidden", "this form did not come from the console")
     if g.identity.role not in rule:
         allowed = ", ".join(sorted(rule))
         return error_response(

@@ -161,7 +161,10 @@ class OrderService:
                 "status": order.status,
                 "total": order.total,
                 "discount": order.discount,
-                "paid": order.paid,
+                # What the quote asks for, and what was actually taken (null: nothing, or
+                # it was refunded): a refused order never shows an amount as paid.
+                "to_pay": order.paid,
+                "paid": payment.amount if payment and payment.status == "PAID" else None,
                 "issued_coupon_id": order.issued_coupon_id,
                 "failed_step": order.failed_step,
                 "failure_reason": order.failure_reason,

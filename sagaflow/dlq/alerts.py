@@ -26,7 +26,7 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def alert_text(entry: dict, cli: str = "python -m dlq") -> str:
+def alert_text(entry: dict, cli: str = "saga-dlq") -> str:
     """What a human needs to act: what, which saga, the error, the attempts, and the exact
     commands (`cli` is how the operator's shell reaches the CLI)."""
     eid = entry["id"]

@@ -5,15 +5,15 @@ Exit codes scripts can rely on: 0 done; 1 the work failed again or the action is
 errors included, are one line on stderr.
 
 The context the application gives it provides: `settings`, `store` (Redis only),
-`runner` (sends work to its queues), `saga_log` (the home database: needed by `show` and
-the dry run only), `who` (the operator, for the notes) and `prog` (how the CLI is run).
+`runner` (sends work to its queues), `saga_log` (the home database: `show`, the dry run
+and the record of what operators did), `actions` (sagaflow/dlq/actions.py), `who` (the
+operator, for that record) and `prog` (how the CLI is run).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import UTC, datetime
 
 import click
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sagaflow.dlq.actions import Refused
 from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING, STATUSES
 from sagaflow.status import WorkKind
 
@@ -76,53 +77,6 @@ def entry_or_exit(obj, eid: str) -> dict:
     return entry
 
 
-def plan(obj, entry: dict) -> dict:
-    """What `requeue` would do, without doing it."""
-    wf = obj.runner.workflows[entry["workflow"]]
-    name = entry["name"]
-    if wf.kind_of(name) == WorkKind.COMPENSATION:
-        owed = entry["args"].get("plan") or [name]
-        then = owed[owed.index(name) + 1 :] if name in owed else []
-    else:
-        then = wf.steps_after(name)
-    statuses = obj.saga_log.statuses(entry["saga_id"])
-    compensated = [n for n in wf.compensation_names if statuses.get(n) == "succeeded"]
-    return {
-        "id": entry["id"],
-        "runs_again": name,
-        "on_queue": wf.queue_of(name),
-        "then": then,
-        "idempotent": True,
-        "already_compensated": compensated,
-        "note": "every step and compensation is keyed by (saga, step): a repeat changes "
-        "nothing, and a step whose compensation already ran refuses",
-    }
-
-
-def requeue_one(obj, entry: dict, wait: float) -> dict:
-    """Send the work again and wait (up to `wait` s) for it to report back."""
-    eid = entry["id"]
-    before = entry.get("last_failed_at")
-    obj.store.start_attempt(eid)
-    # An operator is already looking: if it fails again, no page (the work says so).
-    obj.store.update(eid, status=RETRYING, by_operator=1)
-    obj.store.schedule(eid, time.time() + max(wait, obj.settings.dlq_lease_seconds))
-    sent = obj.runner.redispatch(entry)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        now = obj.store.get(eid)
-        if now["status"] == RESOLVED:
-            return {"id": eid, "ok": True, "outcome": f"{sent}; {now.get('note')}"}
-        if now.get("last_failed_at") != before:
-            return {"id": eid, "ok": False, "outcome": now["error"]}
-        time.sleep(0.2)
-    return {
-        "id": eid,
-        "ok": False,
-        "outcome": f"{sent}; no answer within {wait:.0f}s (it may still finish: see list)",
-    }
-
-
 def build_cli(make_context, prog: str) -> click.Group:
     class GuardedGroup(click.Group):
         """One line and a non-zero exit when Redis or a database is down: never a
@@ -136,6 +90,8 @@ def build_cli(make_context, prog: str) -> click.Group:
                 return super().invoke(ctx)
             except Unusable as exc:
                 fail(str(exc), UNREACHABLE)
+            except Refused as exc:
+                fail(str(exc), FAILED_AGAIN)
             except RedisError as exc:
                 fail(f"cannot reach Redis: {exc}", UNREACHABLE)
             except DBAPIError as exc:
@@ -239,7 +195,7 @@ def build_cli(make_context, prog: str) -> click.Group:
             # Re-running closed work could re-apply a step that was given up and undone.
             fail(f"{entry_id} is already resolved ({entries[0].get('note')})", FAILED_AGAIN)
         if dry_run:
-            plans = [plan(obj, e) for e in entries]
+            plans = [obj.actions.plan(e) for e in entries]
             if as_json:
                 emit_json(plans)
                 return
@@ -255,7 +211,7 @@ def build_cli(make_context, prog: str) -> click.Group:
         with Progress(console=Console(stderr=True), disable=len(entries) < 2 or as_json) as bar:
             task = bar.add_task("requeueing", total=len(entries))
             for entry in entries:
-                results.append(requeue_one(obj, entry, wait))
+                results.append(obj.actions.requeue(entry, obj.who, wait))
                 bar.advance(task)
         if as_json:
             emit_json(results)
@@ -273,21 +229,7 @@ def build_cli(make_context, prog: str) -> click.Group:
     def compensate(obj, entry_id, force, as_json):
         """Give up on a stuck forward step and undo the saga instead."""
         entry = entry_or_exit(obj, entry_id)
-        if entry["kind"] != WorkKind.STEP:
-            fail(
-                f"{entry_id} is a {entry['kind']}: only a stuck forward step can be given up "
-                "(a compensation or a step after the pivot can only be requeued or resolved)",
-                FAILED_AGAIN,
-            )
-        if entry["status"] == RESOLVED:
-            fail(f"{entry_id} is already resolved ({entry.get('note')})", FAILED_AGAIN)
-        if entry["status"] == RETRYING and not force:
-            fail(
-                f"{entry_id} is still being retried by the DLQ worker (attempt "
-                f"{entry['attempts']}); wait until it needs a human, or pass --force",
-                FAILED_AGAIN,
-            )
-        launched = obj.runner.give_up(entry, obj.who)
+        launched = obj.actions.compensate(entry, obj.who, force)
         result = {"id": entry_id, "saga_id": entry["saga_id"], "compensations": launched}
         if as_json:
             emit_json(result)
@@ -305,7 +247,7 @@ def build_cli(make_context, prog: str) -> click.Group:
     def resolve(obj, entry_id, note, as_json):
         """Mark an entry as handled by hand."""
         entry = entry_or_exit(obj, entry_id)
-        obj.store.resolve(entry_id, f"resolved by hand by {obj.who}: {note}")
+        obj.actions.resolve(entry, obj.who, note)
         if as_json:
             emit_json(public(obj.store.get(entry_id)))
         else:

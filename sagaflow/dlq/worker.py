@@ -14,6 +14,7 @@ import threading
 
 from sagaflow.dlq.alerts import AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
+from sagaflow.metrics import count_alert
 
 log = logging.getLogger("sagaflow.dlq")
 
@@ -65,6 +66,7 @@ class DeadLetterWorker:
             log.error("ALERT (Slack not configured) dlq_id=%s\n%s", eid, text)
             self.store.update(eid, alerted=True, alerted_via="log")
             self.store.unschedule(eid)
+            count_alert(self.store.redis, "log")
             return "alerted in the log"
         try:
             self.alerter.send(text)
@@ -76,6 +78,7 @@ class DeadLetterWorker:
             return "alert failed; will retry"
         self.store.update(eid, alerted=True, alerted_via="slack", alert_error="")
         self.store.unschedule(eid)
+        count_alert(self.store.redis, "slack")
         log.warning(
             "alert sent to Slack dlq_id=%s saga_id=%s step=%s",
             eid,

@@ -1,0 +1,143 @@
+"""What an operator can do to parked work, for the CLI and the console alike: read the plan
+(the dry run), send it again, give it up and undo the saga, resolve it by hand. Every
+action is recorded (who, when, what, and how it went) in the saga log's database, and
+shown with the saga."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from sagaflow.dlq.store import RESOLVED, RETRYING
+from sagaflow.log import OperatorAction
+from sagaflow.status import WorkKind
+
+
+class Refused(ValueError):
+    """The action does not apply to this entry (exit 1, a 409 in the console)."""
+
+
+def _iso(moment) -> str:
+    return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat()
+
+
+class OperatorActions:
+    def __init__(self, store, runner, saga_log, lease_seconds: float):
+        self.store, self.runner, self.saga_log = store, runner, saga_log
+        self.lease = lease_seconds
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def plan(self, entry: dict) -> dict:
+        """What `requeue` would do, without doing it."""
+        wf = self.runner.workflows[entry["workflow"]]
+        name = entry["name"]
+        if wf.kind_of(name) == WorkKind.COMPENSATION:
+            owed = entry["args"].get("plan") or [name]
+            then = owed[owed.index(name) + 1 :] if name in owed else []
+        else:
+            then = wf.steps_after(name)
+        statuses = self.saga_log.statuses(entry["saga_id"])
+        compensated = [n for n in wf.compensation_names if statuses.get(n) == "succeeded"]
+        return {
+            "id": entry["id"],
+            "runs_again": name,
+            "on_queue": wf.queue_of(name),
+            "then": then,
+            "idempotent": True,
+            "already_compensated": compensated,
+            "can_compensate": entry["kind"] == WorkKind.STEP and entry["status"] != RESOLVED,
+            "note": "every step and compensation is keyed by (saga, step): a repeat changes "
+            "nothing, and a step whose compensation already ran refuses",
+        }
+
+    def history(self, saga_id: str) -> list[dict]:
+        with self.saga_log.db.read() as session:
+            rows = session.scalars(
+                select(OperatorAction)
+                .where(OperatorAction.saga_id == saga_id)
+                .order_by(OperatorAction.id)
+            )
+            return [
+                {
+                    "at": _iso(r.at),
+                    "actor": r.actor,
+                    "action": r.action,
+                    "entry_id": r.entry_id,
+                    "note": r.note,
+                    "outcome": r.outcome,
+                }
+                for r in rows
+            ]
+
+    # --- acting ---------------------------------------------------------------------------
+
+    def requeue(self, entry: dict, who: str, wait: float) -> dict:
+        """Send the work back to its queue and wait (up to `wait` s) for it to report."""
+        if entry["status"] == RESOLVED:
+            # Re-running closed work could re-apply a step that was given up and undone.
+            raise Refused(f"{entry['id']} is already resolved ({entry.get('note')})")
+        eid = entry["id"]
+        before = entry.get("last_failed_at")
+        self.store.start_attempt(eid)
+        # An operator is already looking: if it fails again, no page (the work says so).
+        self.store.update(eid, status=RETRYING, by_operator=1)
+        self.store.schedule(eid, time.time() + max(wait, self.lease))
+        sent = self.runner.redispatch(entry)
+        result = {"id": eid, "ok": False, "outcome": ""}
+        deadline = time.monotonic() + wait
+        while True:
+            now = self.store.get(eid)
+            if now["status"] == RESOLVED:
+                result.update(ok=True, outcome=f"{sent}; {now.get('note')}")
+                break
+            if now.get("last_failed_at") != before:
+                result.update(outcome=now["error"])
+                break
+            if time.monotonic() >= deadline:
+                result.update(outcome=f"{sent}; no answer within {wait:.0f}s (it may still finish)")
+                break
+            time.sleep(0.2)
+        self.record(entry, who, "requeue", "", result["outcome"])
+        return result
+
+    def compensate(self, entry: dict, who: str, force: bool = False) -> list[str]:
+        if entry["kind"] != WorkKind.STEP:
+            raise Refused(
+                f"{entry['id']} is a {entry['kind']}: only a stuck forward step can be given "
+                "up (a compensation or a step after the pivot can only be requeued or resolved)"
+            )
+        if entry["status"] == RESOLVED:
+            raise Refused(f"{entry['id']} is already resolved ({entry.get('note')})")
+        if entry["status"] == RETRYING and not force:
+            raise Refused(
+                f"{entry['id']} is still being retried by the DLQ worker (attempt "
+                f"{entry['attempts']}); wait until it needs a human, or force it"
+            )
+        launched = self.runner.give_up(entry, who)
+        self.record(
+            entry, who, "compensate", "", f"compensating: {', '.join(launched) or 'nothing'}"
+        )
+        return launched
+
+    def resolve(self, entry: dict, who: str, note: str) -> None:
+        if not note.strip():
+            raise Refused("say what was done by hand (a note)")
+        self.store.resolve(entry["id"], f"resolved by hand by {who}: {note}")
+        self.record(entry, who, "resolve", note, "closed the entry")
+
+    def record(self, entry: dict, who: str, action: str, note: str, outcome: str) -> None:
+        with self.saga_log.db.write() as session:
+            session.add(
+                OperatorAction(
+                    saga_id=entry["saga_id"],
+                    entry_id=entry["id"],
+                    actor=who,
+                    action=action,
+                    note=note[:2000],
+                    outcome=outcome[:2000],
+                    at=datetime.now(UTC),
+                )
+            )
