@@ -13,7 +13,7 @@ API_SERVICES = ("orders", "products", "balances", "coupons")
 
 def create_app(settings: Settings | None = None) -> Flask:
     from app.auth import TokenVerifier
-    from app.bootstrap import build_runner, build_saga_log
+    from app.bootstrap import build_relay, build_runner, build_saga_log
     from app.console import bp as console_bp
     from app.http import access
     from app.http.body import MAX_BODY_BYTES
@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["runner"] = runner
     app.extensions["services"] = runner.deps
     app.extensions["saga_log"] = build_saga_log(runner.deps)
+    app.extensions["relay"] = build_relay(runner, settings)
+    app.extensions["faults"] = runner.faults
     register_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)

@@ -14,9 +14,10 @@ import redis
 
 from app.db import Database, open_database
 from app.order_saga import HOOKS, WORKFLOWS
+from app.services import dataplatform, orders
 from app.services.balances import BalanceService
 from app.services.coupons import CouponService, IssuedCouponService, IssueRequestService
-from app.services.dataplatform import DataPlatformService, RedisStream
+from app.services.dataplatform import DataPlatformService
 from app.services.orders import OrderService
 from app.services.products import ProductService
 from config.settings import SERVICES, Settings
@@ -24,6 +25,7 @@ from sagaflow import EventLog, Projector, Runner, SagaLog
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
+from sagaflow.outbox import Outbox, Relay, sender
 
 log = logging.getLogger(__name__)
 # The order saga's log lives in the order service's database: the order workflow's home.
@@ -56,8 +58,7 @@ class Services:
             "coupons": db("coupons") and CouponService(db("coupons")),
             "issued_coupons": db("coupons") and IssuedCouponService(db("coupons")),
             "issue_requests": db("coupons") and IssueRequestService(db("coupons")),
-            "dataplatform": db("dataplatform")
-            and DataPlatformService(db("dataplatform"), RedisStream(self.redis)),
+            "dataplatform": db("dataplatform") and DataPlatformService(db("dataplatform")),
         }
 
     def __getattr__(self, name: str):
@@ -89,6 +90,7 @@ def faults_from(settings: Settings, client) -> FaultInjector:
     if not settings.faults_enabled or not settings.faults_spec:
         return NO_FAULTS
     known = [n for wf in WORKFLOWS.values() for n in wf.step_names + wf.compensation_names]
+    known.append("start_saga")  # the API, between an order's commit and its saga's start
     log.warning("fault injection is ON: %s", settings.faults_spec)
     return FaultInjector(
         parse_faults(settings.faults_spec, known),
@@ -109,6 +111,28 @@ def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -
         dispatcher,
         faults_from(settings, client),
         worker=f"{socket.gethostname()}:{','.join(served) or '-'}",
+    )
+
+
+# The services that send messages through an outbox, and its table in their database.
+OUTBOXES = {"orders": orders.Outbox, "dataplatform": dataplatform.Outbox}
+
+
+def build_outboxes(services: Services, settings: Settings) -> list[Outbox]:
+    return [
+        Outbox(name, services.databases[name], table, settings.outbox_lease_seconds)
+        for name, table in OUTBOXES.items()
+        if name in services.databases
+    ]
+
+
+def build_relay(runner: Runner, settings: Settings) -> Relay:
+    return Relay(
+        build_outboxes(runner.deps, settings),
+        sender(runner),
+        lambda outbox, row, error: runner.park_message(outbox.service, row, error),
+        max_attempts=settings.outbox_max_attempts,
+        poll=settings.outbox_poll_interval,
     )
 
 

@@ -84,6 +84,12 @@ class Settings:
     saga_stall_seconds: float = 300.0
     saga_stall_check_seconds: float = 30.0
 
+    # The outbox relay (sagaflow/outbox.py): how often it looks, how long a claim holds,
+    # how many sends before a message is parked in the DLQ.
+    outbox_poll_interval: float = 0.2
+    outbox_lease_seconds: float = 30.0
+    outbox_max_attempts: int = 10
+
     slack_webhook_url: str = ""
     slack_bot_token: str = ""
     slack_channel: str = ""
@@ -211,6 +217,9 @@ class Settings:
             saga_stall_check_seconds=number(
                 "SAGA_STALL_CHECK_SECONDS", defaults.saga_stall_check_seconds
             ),
+            outbox_poll_interval=number("OUTBOX_POLL_INTERVAL", defaults.outbox_poll_interval),
+            outbox_lease_seconds=number("OUTBOX_LEASE_SECONDS", defaults.outbox_lease_seconds),
+            outbox_max_attempts=number("OUTBOX_MAX_ATTEMPTS", defaults.outbox_max_attempts, int),
             slack_webhook_url=env.get("SLACK_WEBHOOK_URL", ""),
             slack_bot_token=env.get("SLACK_BOT_TOKEN", ""),
             slack_channel=env.get("SLACK_CHANNEL", ""),

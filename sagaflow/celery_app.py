@@ -103,6 +103,12 @@ class SagaTask(Task):
         dlq_entry = kwargs.get("dlq_entry", "")
         saga_id = kwargs.get("saga_id") or (args[0] if args and isinstance(args[0], str) else "")
         fields = f"saga_id={saga_id} step={self.work} task_id={self.request.id}"
+        mid = kwargs.get("message_id")
+        if mid and not self.runner.events.first_delivery(mid, self.request.id):
+            # The same outbox message sent twice (a relay crashed after sending it): the
+            # saga it starts already runs. A redelivery of this very task is not this.
+            log.info("duplicate message %s dropped %s", mid, fields)
+            raise Ignore()
         # A retry from the DLQ is one attempt: the DLQ counts and spaces them, not autoretry.
         run = getattr(self, "_orig_run", self.run) if dlq_entry else self.run
         try:
@@ -171,7 +177,7 @@ def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -
 
 
 def _step_task(wf: Workflow, name: str):
-    def run(self, ctx: dict, saga_id: str = "", dlq_entry: str = "") -> dict:
+    def run(self, ctx: dict, saga_id: str = "", dlq_entry: str = "", message_id: str = "") -> dict:
         return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
 
     run.__name__ = name
@@ -274,13 +280,22 @@ class CeleryDispatcher:
             queue=wf.queue_of(name),
         )
 
-    def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
+    def forward(
+        self,
+        wf: Workflow,
+        ctx: dict,
+        steps: list[str],
+        dlq_entry: str = "",
+        message_id: str = "",
+    ) -> None:
         saga_id = wf.saga_id(wf.parse(ctx))
         signatures = []
         for index, name in enumerate(steps):
             kwargs = {"saga_id": saga_id}
             if index == 0 and dlq_entry:
                 kwargs["dlq_entry"] = dlq_entry
+            if index == 0 and message_id:
+                kwargs["message_id"] = message_id
             sig = self.app.signature(
                 f"{wf.name}.{name}",
                 args=(ctx,) if index == 0 else (),

@@ -203,6 +203,15 @@ class EventLog:
         found = self.redis.get(f"{FAILURE}{saga_id}:{name}")
         return found.decode() if isinstance(found, bytes) else found
 
+    def first_delivery(self, message_id: str, task_id: str) -> bool:
+        """False when a message with this id was already delivered as another task: a
+        duplicate send. The same task delivered again (a redelivery) is not a duplicate."""
+        key = f"sagaflow:delivered:{message_id}"
+        if self.redis.set(key, task_id, nx=True, ex=MARKER_TTL):
+            return True
+        seen = self.redis.get(key)
+        return (seen.decode() if isinstance(seen, bytes) else seen) == task_id
+
     def input(self, saga_id: str, name: str) -> dict | None:
         found = self.redis.get(f"{INPUT}{saga_id}:{name}")
         return json.loads(found) if found else None

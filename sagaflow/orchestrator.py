@@ -27,12 +27,19 @@ class StallCheck:
     and alerts if it keeps failing. A failure whose link_error callback was lost is routed
     as the callback would have."""
 
-    def __init__(self, saga_log: SagaLog, runner: Runner, idle_seconds: float):
+    def __init__(self, saga_log: SagaLog, runner: Runner, idle_seconds: float, waiting=None):
         self.log, self.runner, self.idle = saga_log, runner, idle_seconds
+        # Sagas whose start is still in the home's outbox are not stalled: the relay sends
+        # it when the broker is back (a callable returning their ids).
+        self.waiting = waiting or (lambda: set())
 
     def park_stalled(self, now: float | None = None) -> list[str]:
         parked = []
-        for instance, name, status in self.log.stalled(self.idle, now or time.time()):
+        stalled = self.log.stalled(self.idle, now or time.time())
+        waiting = self.waiting() if stalled else set()
+        for instance, name, status in stalled:
+            if instance.saga_id in waiting:
+                continue
             wf = self.runner.workflows[instance.workflow]
             if status == StepStatus.FAILED:
                 log.warning(

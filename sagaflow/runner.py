@@ -36,7 +36,9 @@ def error_text(exc: BaseException | str) -> str:
 
 
 class Dispatcher(Protocol):
-    def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
+    def forward(
+        self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
+    ) -> None:
         """Run `steps` in order: the first gets `ctx`, each later one the previous result."""
 
     def compensate(
@@ -311,8 +313,16 @@ class Runner:
         """Send parked work to its service's queue once more; what follows it is sent on
         from there when it succeeds. The entry is closed (or its failure recorded) by the
         work itself."""
-        wf = self.workflows[entry["workflow"]]
         name, args, eid = entry["name"], entry["args"], entry["id"]
+        if "outbox" in args:
+            # A message its relay could not send: sending it is all there is to do.
+            from sagaflow.outbox import sender
+
+            message = args["outbox"]
+            sender(self)(message["kind"], message["payload"], message["message_id"])
+            self.dead_letters.resolve(eid, "sent by the DLQ")
+            return f"sent {message['message_id']}"
+        wf = self.workflows[entry["workflow"]]
         if wf.kind_of(name) == WorkKind.COMPENSATION:
             plan = args.get("plan") or [name]
             self.dispatcher.compensate(wf, entry["saga_id"], plan, plan.index(name), eid)
@@ -323,6 +333,27 @@ class Runner:
         steps = [name, *wf.steps_after(name)]
         self.dispatcher.forward(wf, ctx, steps, eid)
         return f"sent {name}, then {steps[1:] or 'nothing more'}"
+
+    def park_message(self, service: str, row: tuple, error: str) -> dict:
+        """An outbox message its relay gave up on (class 3): the DLQ sends it from there."""
+        from sagaflow.outbox import message_id
+
+        row_id, key, kind, payload, _attempts = row
+        mid = message_id(service, row_id)
+        workflow = payload.get("workflow") or key.split("-", 1)[0]
+        entry = self.dead_letters.push(
+            saga_id=key,
+            workflow=workflow,
+            name=f"outbox:{service}:{row_id}",
+            kind=WorkKind.AFTER_PIVOT,
+            task=f"outbox.{kind}",
+            args={"saga_id": key, "outbox": {"kind": kind, "payload": payload, "message_id": mid}},
+            error_class="OutboxSendFailed",
+            error=error,
+            traceback="",
+        )
+        log.error("parked an outbox message %s of %s: %s", mid, key, error)
+        return entry
 
     def give_up(self, entry: dict, who: str) -> list[str]:
         """An operator stops retrying a stuck forward step and undoes the saga instead."""

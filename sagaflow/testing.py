@@ -22,7 +22,9 @@ class SyncDispatcher:
         self.work: deque = deque()
         self.sent: list[tuple[str, list[str]]] = []  # what was dispatched, in order
 
-    def forward(self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "") -> None:
+    def forward(
+        self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
+    ) -> None:
         self.sent.append(("forward", list(steps)))
         self.work.append(("forward", wf, ctx, list(steps), dlq_entry))
 

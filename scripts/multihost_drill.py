@@ -188,6 +188,10 @@ class Drill:
                    self.env(*API_SERVICES))  # fmt: skip
         self.start("api", "orchestrator", [python, "-m", "tasks.orchestrator"], self.env("orders"))
         self.start("api", "dlq", [python, "-m", "dlq", "worker"], self.env())
+        self.start("api", "relay-orders", [python, "-m", "tasks.relay"],
+                   {**self.env("orders"), "SERVICES": "orders"})  # fmt: skip
+        self.start("dataplatform", "relay-dataplatform", [python, "-m", "tasks.relay"],
+                   {**self.env("dataplatform"), "SERVICES": "dataplatform"})  # fmt: skip
         for service in SERVICES:
             self.start(
                 service,
@@ -197,10 +201,14 @@ class Drill:
                  "--loglevel", "INFO"],
                 self.env(service),
             )  # fmt: skip
-        for name in ["web", "orchestrator", *[f"worker-{s}" for s in SERVICES]]:
-            marker = {"web": "Booting worker", "orchestrator": "orchestrator started"}.get(
-                name, "ready."
-            )
+        names = ["web", "orchestrator", "relay-orders", "relay-dataplatform"]
+        for name in names + [f"worker-{s}" for s in SERVICES]:
+            marker = {
+                "web": "Booting worker",
+                "orchestrator": "orchestrator started",
+                "relay-orders": "outbox relay started",
+                "relay-dataplatform": "outbox relay started",
+            }.get(name, "ready.")
             self.wait_log(name, marker)
 
     # --- the story ---------------------------------------------------------------------

@@ -146,6 +146,18 @@ class Shop:
     def published(self, order_id: int) -> int:
         return self.rt.dataplatform.count(order_id)
 
+    def streamed(self, order_id: int) -> int:
+        """Entries of the order on the data platform's stream (the relay puts them there)."""
+        return sum(
+            1
+            for _, fields in self.rt.redis.xrange("dataplatform.orders")
+            if fields[b"order_id"] == str(order_id).encode()
+        )
+
+    def wait_streamed(self, order_id: int, timeout: float = 20) -> int:
+        wait_for(lambda: self.streamed(order_id), timeout, what=f"order {order_id} streamed")
+        return self.streamed(order_id)
+
     def snapshot(self) -> dict:
         """Every row of every service's database, to prove a request changed nothing."""
         tables = {}

@@ -18,6 +18,7 @@ from tests.support import (
     OrchestratorProcess,
     PostgresDatabases,
     RedisServer,
+    RelayProcess,
     WorkerProcess,
     database_env,
     migrate,
@@ -61,9 +62,14 @@ class Stack:
         self.rt = Inspector(self.settings)
         self.runner = self.app.extensions["runner"]
         self.shop = Shop(self.app.test_client(), self.rt, self._user_ids, self.credentials)
-        # The saga log is kept by the orchestrator: every stack runs one.
+        # The saga log is kept by the orchestrator, the outboxes sent by the relay: every
+        # stack runs one of each.
         self.orchestrator = self.start_orchestrator()
+        self.relay = self.start_relay()
         return self
+
+    def start_relay(self, **env) -> RelayProcess:
+        return RelayProcess({**self.env, **env}, self.workdir / "logs").start()
 
     def start_orchestrator(self, **env) -> OrchestratorProcess:
         return OrchestratorProcess({**self.env, **env}, self.workdir / "logs").start()
@@ -93,6 +99,7 @@ class Stack:
         return run_cli({**self.env, **env}, *args, stdin=stdin)
 
     def stop(self) -> None:
+        self.relay.stop()
         self.orchestrator.stop()
         self.app.extensions["services"].dispose()
         self.rt.dispose()

@@ -344,6 +344,15 @@ class OrchestratorProcess(ServiceProcess):
         return [sys.executable, "-m", "tasks.orchestrator"]
 
 
+class RelayProcess(ServiceProcess):
+    """The real `python -m tasks.relay`: it sends what the outboxes hold."""
+
+    name, ready_marker = "relay", b"outbox relay started"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "tasks.relay"]
+
+
 class DeadLetterWorkerProcess(ServiceProcess):
     """The real `python -m dlq worker` process."""
 

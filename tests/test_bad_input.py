@@ -186,9 +186,11 @@ def test_totals_and_top_ups_beyond_the_cap_are_refused(shop, client, credentials
     assert shop.snapshot() == before
 
 
-def test_broker_down_answers_503_changes_nothing_and_the_key_can_be_reused(
+def test_broker_down_accepts_the_order_and_it_starts_when_the_broker_is_back(
     shop, primary_stack, worker, credentials
 ):
+    """The saga's start is in the order's transaction (the outbox): an API that cannot
+    reach the broker accepts the order and says so; a relay that can sends it."""
     from app import create_app
 
     product = shop.product(stock=5, price=100)
@@ -202,17 +204,16 @@ def test_broker_down_answers_503_changes_nothing_and_the_key_can_be_reused(
         ),
         201,
     )
-    before = shop.snapshot()
     cut_off = create_app(primary_stack.settings.with_overrides(redis_url="redis://127.0.0.1:9/0"))
     me = credentials.customer(user)
     try:
         down = cut_off.test_client().post(
-            "/orders", json=body, headers={"Idempotency-Key": "k-503", **me}
+            "/orders", json=body, headers={"Idempotency-Key": "k-queued", **me}
         )
-        assert down.status_code == 503
-        assert down.get_json()["error"]["code"] == "broker_unavailable"
-        assert shop.snapshot() == before
-
+        assert down.status_code == 202, down.get_data(as_text=True)
+        accepted = down.get_json()
+        assert accepted["start"].startswith("queued: the broker cannot be reached")
+        # A coupon request is not in an outbox: it is refused, and left REJECTED.
         issue = cut_off.test_client().post(f"/coupons/{coupon['id']}/issue", headers=me)
         assert issue.status_code == 503
     finally:
@@ -220,8 +221,12 @@ def test_broker_down_answers_503_changes_nothing_and_the_key_can_be_reused(
     rejected = shop.ok(shop.client.get(f"/users/{user}/coupons", headers=me))
     assert rejected == []  # the request was refused, not left PENDING for ever
 
-    order_id = shop.order(user, product, key="k-503")  # the broker is back: same key works
-    assert shop.wait_order(order_id)["status"] == "COMPLETED"
+    # The stack's relay reaches the broker: it sends the start, and the order completes.
+    order = shop.wait_order(accepted["order_id"], ("COMPLETED",))
+    assert shop.balance(user) == 900
+    again = shop.order(user, product, key="k-queued")  # the same key: the same order
+    assert again == accepted["order_id"]
+    assert shop.balance(user) == 900 and order["status"] == "COMPLETED"
 
 
 def test_json_error_bodies_never_echo_a_credential(client, credentials):

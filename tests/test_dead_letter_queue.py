@@ -339,12 +339,7 @@ def test_completed_order_whose_publication_message_was_lost_is_published_exactly
             stack.restart_orchestrator()
     finally:
         worker.stop()
-    streamed = [
-        fields
-        for _, fields in stack.rt.redis.xrange("dataplatform.orders")
-        if fields[b"order_id"] == str(order_id).encode()
-    ]
-    assert len(streamed) == 1
+    assert stack.shop.wait_streamed(order_id) == 1
     order = stack.shop.get_order(order_id)
     assert order["status"] == "COMPLETED"
     assert {s["name"]: s["status"] for s in order["steps"]}["publish_order"] == "succeeded"

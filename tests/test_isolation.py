@@ -28,7 +28,13 @@ def stack(tmp_path_factory):
     stack = Stack("sqlite", tmp_path_factory.mktemp("isolation"))
     stack.start()
     stack.restart_orchestrator(**only("orders"))
+    # One relay per service with an outbox, each with its own database only.
+    stack.relay.stop()
+    stack.relay = stack.start_relay(SERVICES="orders", **only("orders"))
+    stack.relays = [stack.relay, stack.start_relay(SERVICES="dataplatform", **only("dataplatform"))]
     yield stack
+    for relay in stack.relays[1:]:
+        relay.stop()
     stack.stop()
 
 
@@ -112,6 +118,8 @@ def test_each_service_on_its_own_worker_completes_compensates_and_retries(stack,
     for service, worker in workers.items():
         assert _databases_open(worker.proc.pid) <= {service}, service
     assert _databases_open(stack.orchestrator.proc.pid) <= {"orders"}
+    assert _databases_open(stack.relays[0].proc.pid) <= {"orders"}
+    assert _databases_open(stack.relays[1].proc.pid) <= {"dataplatform"}
 
 
 def test_a_worker_without_its_database_url_refuses_to_start(stack):

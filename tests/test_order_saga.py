@@ -43,8 +43,10 @@ def test_completed_order_is_streamed_to_the_data_platform(shop, rt):
     product = shop.product(stock=3, price=100)
     order_id = shop.order(user, product)
     shop.wait_order(order_id)
-    events = rt.redis.xrange("dataplatform.orders")
-    assert [e for _, e in events if e[b"order_id"] == str(order_id).encode()]
+    assert shop.wait_streamed(order_id) == 1
+    [entry] = [e for _, e in rt.redis.xrange("dataplatform.orders")
+               if e[b"order_id"] == str(order_id).encode()]  # fmt: skip
+    assert entry[b"message_id"].startswith(b"outbox-dataplatform-")
 
 
 @pytest.mark.parametrize(

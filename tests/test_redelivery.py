@@ -4,6 +4,8 @@ its step makes the late step refuse to apply."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app.order_context import saga_id_of
@@ -37,6 +39,7 @@ def test_every_step_delivered_twice_changes_nothing(shop, flask_app, rt):
     order_id = shop.order(user, product, quantity=2, issued_coupon_id=coupon)
     shop.wait_order(order_id)
     wait_for(lambda: shop.published(order_id) == 1, 10, what="publication")
+    assert shop.wait_streamed(order_id) == 1
     stream_before = rt.redis.xlen("dataplatform.orders")
     ctx = rt.saga_log.context(order_id)
 
@@ -48,6 +51,7 @@ def test_every_step_delivered_twice_changes_nothing(shop, flask_app, rt):
     held = shop.issued_coupon(coupon)
     assert (held["status"], held["order_id"]) == ("USED", order_id)
     assert shop.published(order_id) == 1
+    time.sleep(1)  # what the relay would send, it has by now
     assert rt.redis.xlen("dataplatform.orders") == stream_before
     assert shop.get_order(order_id)["status"] == "COMPLETED"
 

@@ -14,8 +14,9 @@ from app.http.body import json_object
 from app.http.errors import error_response
 from app.order_context import OrderContext, saga_id_of
 from app.order_saga import ORDER
-from app.services.orders import MAX_TOTAL
+from app.services.orders import MAX_TOTAL, Outbox
 from sagaflow import SagaLog
+from sagaflow.outbox import enqueue, start_message
 
 bp = Blueprint("api", __name__)
 ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
@@ -167,31 +168,42 @@ def place_order():
             paid=total - discount,
         )
         SagaLog.create(session, ORDER, ctx)
-        started["ctx"] = ctx
+        # The saga's start is a row of the same transaction (the outbox): committed with
+        # the order, or not at all. Nothing is lost between the commit and the broker.
+        kind, payload = start_message(ORDER.name, ctx.model_dump(mode="json"))
+        started["message"] = enqueue(session, Outbox, saga_id_of(order_id), kind, payload)
 
     order, created = rt.orders.place(user_id, items, body.issued_coupon_id, key, start_saga)
+    answer = {
+        "order_id": order["order_id"],
+        "status": order["status"],
+        "links": {"self": f"/orders/{order['order_id']}"},
+    }
     if created:
-        try:
-            _runner().start(ORDER, started["ctx"])
-        except Exception as exc:  # the broker is down: say so, and don't leave a ghost
-            current_app.logger.error(
-                "could not start saga order_id=%s error=%r", order["order_id"], str(exc)
+        current_app.extensions["faults"].after("start_saga", saga_id_of(order["order_id"]))
+        if not _send_now(started["message"]):
+            answer["start"] = (
+                "queued: the broker cannot be reached now; the order starts when it returns"
             )
-            saga_id = saga_id_of(order["order_id"])
-            rt.orders.discard(order["order_id"], also=lambda s: SagaLog.discard(s, saga_id))
-            return error_response(
-                503, "broker_unavailable", "the order could not be started; try again"
-            )
-    response = jsonify(
-        {
-            "order_id": order["order_id"],
-            "status": order["status"],
-            "links": {"self": f"/orders/{order['order_id']}"},
-        }
-    )
+    response = jsonify(answer)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
+
+
+def _send_now(row_id: int) -> bool:
+    """The fast path: send the saga's start right after the commit, so a healthy system
+    does not wait for the relay's next look. If the broker is down, the relay sends it
+    when it returns."""
+    try:
+        return current_app.extensions["relay"].send_now(_orders_outbox(), [row_id])
+    except Exception as exc:
+        current_app.logger.warning("saga start left to the relay: %r", str(exc))
+        return False
+
+
+def _orders_outbox():
+    return next(o for o in current_app.extensions["relay"].outboxes if o.service == "orders")
 
 
 def _quote(items: list[dict], issued_coupon_id: int | None, user_id: int):

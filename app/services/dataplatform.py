@@ -1,19 +1,22 @@
 """Data platform service: keeps a record of every completed order and streams it.
 
-Step: publish_order (after the order succeeded: retried, never compensated).
+Step: publish_order (after the order succeeded: retried, never compensated). The record
+and its stream event are written in one transaction (the event into the service's outbox);
+the outbox relay puts the event on the Redis stream `dataplatform.orders`, at least once:
+consumers dedupe on the entry's `message_id` (or on `order_id`, which every event carries).
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Protocol
 
 from sqlalchemy import Boolean, DateTime, Integer, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db import Database
 from sagaflow.ledger import utcnow
+from sagaflow.outbox import enqueue, outbox_table, stream_message
 
 STREAM = "dataplatform.orders"
 
@@ -30,59 +33,43 @@ class OrderRecord(Base):
     discount: Mapped[int] = mapped_column(Integer)
     paid: Mapped[int] = mapped_column(Integer)
     items: Mapped[str] = mapped_column(Text)
+    # True once its event is in the outbox (the same transaction as the record).
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class EventStream(Protocol):
-    def append(self, fields: dict[str, str]) -> None: ...
-
-
-class RedisStream:
-    """A Redis stream that consumers read with XREAD / XREADGROUP."""
-
-    def __init__(self, redis, name: str = STREAM):
-        self.redis, self.name = redis, name
-
-    def append(self, fields: dict[str, str]) -> None:
-        self.redis.xadd(self.name, fields)
+Outbox = outbox_table(Base)
 
 
 class DataPlatformService:
-    def __init__(self, db: Database, stream: EventStream):
-        self.db, self.stream = db, stream
+    def __init__(self, db: Database):
+        self.db = db
 
     def publish(self, order: dict) -> dict:
-        """Record the completed order once, then put it on the stream (at least once:
-        consumers dedupe on order_id, which every event carries)."""
+        """Record the completed order and its stream event, once."""
         with self.db.write() as session:
             record = session.get(OrderRecord, order["order_id"], with_for_update=True)
-            if record is None:
-                record = OrderRecord(
+            if record is not None:
+                return {"order_id": record.order_id, "streamed": True, "duplicate": True}
+            session.add(
+                OrderRecord(
                     order_id=order["order_id"],
                     user_id=order["user_id"],
                     total=order["total"],
                     discount=order["discount"],
                     paid=order["paid"],
                     items=json.dumps(order["items"]),
-                    streamed=False,
+                    streamed=True,
                 )
-                session.add(record)
-            if record.streamed:
-                return {"order_id": record.order_id, "streamed": True, "duplicate": True}
-        # Append outside the transaction so a slow Redis never holds a database lock; a
-        # crash between here and the flag below re-appends on redelivery (at least once).
-        self.stream.append(
-            {
+            )
+            fields = {
                 "order_id": str(order["order_id"]),
                 "user_id": str(order["user_id"]),
                 "total": str(order["total"]),
                 "paid": str(order["paid"]),
                 "items": json.dumps(order["items"]),
             }
-        )
-        with self.db.write() as session:
-            session.get(OrderRecord, order["order_id"]).streamed = True
+            enqueue(session, Outbox, f"order-{order['order_id']}", *stream_message(STREAM, fields))
         return {"order_id": order["order_id"], "streamed": True, "duplicate": False}
 
     def count(self, order_id: int) -> int:

@@ -20,7 +20,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    delete,
     select,
     update,
 )
@@ -30,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from app.db import Database
 from app.errors import Conflict, NotFound
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
+from sagaflow.outbox import outbox_table
 
 PENDING = "PENDING"
 COMPLETED = "COMPLETED"
@@ -84,6 +84,9 @@ class OrderPayment(Base):
 
 
 Ledger = ledger_table(Base)
+# What the order service must send, written with the change that calls for it: a saga's
+# start, with the order that starts it.
+Outbox = outbox_table(Base)
 
 
 def fingerprint(user_id: int, items: list[dict], issued_coupon_id: int | None) -> str:
@@ -206,15 +209,6 @@ class OrderService:
 
         outcome = compensate_once(self.db, Ledger, saga_id, "create_order", undo)
         return "order cancelled" if outcome == "undone" else outcome
-
-    def discard(self, order_id: int, also=None) -> None:
-        """Remove an order whose saga never started (the broker refused it), so that the
-        request changed nothing and its Idempotency-Key can be used again."""
-        with self.db.write() as session:
-            if also is not None:
-                also(session)
-            session.execute(delete(OrderItem).where(OrderItem.order_id == order_id))
-            session.execute(delete(Order).where(Order.id == order_id))
 
     def statuses(self, order_ids: list[int]) -> dict[int, str]:
         with self.db.read() as session:

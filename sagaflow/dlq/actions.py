@@ -32,6 +32,18 @@ class OperatorActions:
 
     def plan(self, entry: dict) -> dict:
         """What `requeue` would do, without doing it."""
+        if "outbox" in entry["args"]:
+            message = entry["args"]["outbox"]
+            return {
+                "id": entry["id"],
+                "runs_again": f"sending {message['message_id']} ({message['kind']})",
+                "on_queue": "the broker",
+                "then": [],
+                "idempotent": True,
+                "already_compensated": [],
+                "can_compensate": False,
+                "note": "consumers drop a message whose id they already had",
+            }
         wf = self.runner.workflows[entry["workflow"]]
         name = entry["name"]
         if wf.kind_of(name) == WorkKind.COMPENSATION:

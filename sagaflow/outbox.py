@@ -1,0 +1,265 @@
+"""The transactional outbox: a message a service must send is a row written in the same
+local transaction as the change that calls for it, so the two cannot disagree; a relay
+sends the rows to the broker and marks them sent.
+
+- Per-key order: a row is sent only when every earlier unsent row of the same key (a saga
+  id) has been, so one saga's messages leave in the order they were written.
+- Several relays: a relay claims rows for a lease before sending. On PostgreSQL the claim
+  is `FOR UPDATE SKIP LOCKED`, so relays never wait on one another; on SQLite a write
+  transaction (BEGIN IMMEDIATE) is already exclusive, so the claim is a plain
+  select-and-update inside it. A relay that dies mid-send leaves its claim to expire.
+- Retries with growing delays; after `max_attempts` the message is parked in the DLQ
+  (failure class 3), whose worker sends it from there (it needs only Redis, the broker).
+- At least once: a crash after the send and before the row is marked sends it again, so
+  every message carries its id (`outbox-<service>-<row>`) and consumers deduplicate on it.
+
+The writer may also send a row at once after its commit (`send_now`, the fast path), so a
+healthy system does not wait for the relay's poll.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import DateTime, Integer, String, Text, and_, exists, select, update
+from sqlalchemy.orm import Mapped, aliased, mapped_column
+
+log = logging.getLogger("sagaflow.outbox")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def outbox_table(base) -> type:
+    """The outbox table in one service's declarative base (its own database)."""
+
+    class OutboxMessage(base):
+        __tablename__ = "sagaflow_outbox"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        key: Mapped[str] = mapped_column(String(80), index=True)  # per-key order: a saga id
+        kind: Mapped[str] = mapped_column(String(20))
+        payload: Mapped[str] = mapped_column(Text)
+        created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+        attempts: Mapped[int] = mapped_column(Integer, default=0)
+        next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+        claimed_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+        claimed_until: Mapped[datetime | None] = mapped_column(
+            DateTime(timezone=True), nullable=True
+        )
+        sent_at: Mapped[datetime | None] = mapped_column(
+            DateTime(timezone=True), nullable=True, index=True
+        )
+        parked: Mapped[int] = mapped_column(Integer, default=0)
+        last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    return OutboxMessage
+
+
+def enqueue(session, table, key: str, kind: str, payload: dict) -> int:
+    """Write a message in the caller's transaction; returns its row id."""
+    row = table(key=key, kind=kind, payload=json.dumps(payload), attempts=0, parked=0)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def message_id(service: str, row_id: int) -> str:
+    return f"outbox-{service}-{row_id}"
+
+
+class Outbox:
+    """One service's outbox: claiming and marking its rows."""
+
+    def __init__(self, service: str, db, table, lease_seconds: float = 30.0):
+        self.service, self.db, self.table = service, db, table
+        self.lease = lease_seconds
+        self.me = f"{socket.gethostname()}:{id(self):x}"
+
+    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list:
+        """Rows due now, the oldest unsent of their key, not claimed by a live relay."""
+        t, earlier = self.table, aliased(self.table)
+        now = utcnow()
+        blocked = exists().where(
+            and_(
+                earlier.key == t.key,
+                earlier.id < t.id,
+                earlier.sent_at.is_(None),
+                earlier.parked == 0,
+            )
+        )
+        query = (
+            select(t)
+            .where(
+                t.sent_at.is_(None),
+                t.parked == 0,
+                t.next_attempt_at <= now,
+                (t.claimed_until.is_(None)) | (t.claimed_until < now),
+                ~blocked,
+            )
+            .order_by(t.id)
+            .limit(limit)
+        )
+        if ids is not None:
+            query = query.where(t.id.in_(ids))
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=t)
+        with self.db.write() as session:
+            rows = session.scalars(query).all()
+            for row in rows:
+                row.claimed_by, row.claimed_until = self.me, now + timedelta(seconds=self.lease)
+            return [(r.id, r.key, r.kind, json.loads(r.payload), r.attempts) for r in rows]
+
+    def sent(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        with self.db.write() as session:
+            session.execute(
+                update(self.table)
+                .where(self.table.id.in_(row_ids))
+                .values(sent_at=utcnow(), claimed_by=None, claimed_until=None)
+            )
+
+    def release(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        with self.db.write() as session:
+            session.execute(
+                update(self.table)
+                .where(self.table.id.in_(row_ids))
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    def unsent_keys(self) -> set[str]:
+        with self.db.read() as session:
+            return set(
+                session.scalars(
+                    select(self.table.key).where(
+                        self.table.sent_at.is_(None), self.table.parked == 0
+                    )
+                )
+            )
+
+    def failed(self, row_id: int, error: str, delay: float, park: bool) -> None:
+        with self.db.write() as session:
+            row = session.get(self.table, row_id)
+            row.attempts += 1
+            row.last_error = error[:2000]
+            row.claimed_by = row.claimed_until = None
+            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            row.parked = 1 if park else 0
+
+    def pending(self) -> int:
+        from sqlalchemy import func
+
+        with self.db.read() as session:
+            return session.scalar(
+                select(func.count()).where(self.table.sent_at.is_(None), self.table.parked == 0)
+            )
+
+
+Sender = Callable[[str, dict, str], None]  # (kind, payload, message id)
+
+
+class Relay:
+    """Sends the rows of the outboxes it serves; `run` is the relay process's loop."""
+
+    def __init__(
+        self,
+        outboxes: list[Outbox],
+        send: Sender,
+        park: Callable[[Outbox, tuple, str], None],
+        max_attempts: int = 10,
+        backoff: Callable[[int], float] = lambda n: min(60.0, 0.5 * 2**n),
+        poll: float = 0.2,
+    ):
+        self.outboxes, self.send, self.park = outboxes, send, park
+        self.max_attempts, self.backoff, self.poll = max_attempts, backoff, poll
+
+    def relay(self, outbox: Outbox, rows: list) -> int:
+        done, failed_keys, held = [], set(), []
+        for row in rows:
+            row_id, key, kind, payload, attempts = row
+            if key in failed_keys:
+                held.append(row_id)  # keep this key's order: it waits for the next pass
+                continue
+            try:
+                self.send(kind, payload, message_id(outbox.service, row_id))
+            except Exception as exc:
+                failed_keys.add(key)
+                give_up = attempts + 1 >= self.max_attempts
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "outbox send failed service=%s id=%s key=%s attempt=%s error=%r",
+                    outbox.service,
+                    row_id,
+                    key,
+                    attempts + 1,
+                    error,
+                )
+                outbox.failed(row_id, error, self.backoff(attempts), park=give_up)
+                if give_up:
+                    self.park(outbox, row, error)
+                continue
+            done.append(row_id)
+        outbox.sent(done)
+        outbox.release(held)
+        return len(done)
+
+    def send_now(self, outbox: Outbox, row_ids: list[int]) -> bool:
+        """The writer's fast path, right after its commit: True if everything was sent."""
+        rows = outbox.claim(ids=row_ids)
+        return self.relay(outbox, rows) == len(row_ids)
+
+    def run_once(self) -> int:
+        sent = 0
+        for outbox in self.outboxes:
+            sent += self.relay(outbox, outbox.claim())
+        return sent
+
+    def run(self, stop) -> None:
+        log.info("outbox relay started: %s", ", ".join(o.service for o in self.outboxes))
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("outbox relay could not reach a database or the broker")
+                busy = 0
+            if not busy:
+                stop.wait(self.poll)
+        log.info("outbox relay stopped")
+
+
+# --- what a message is: the runtime's two kinds ----------------------------------------
+
+START, STREAM = "start", "stream"
+
+
+def start_message(workflow: str, ctx: dict) -> tuple[str, dict]:
+    """Start a saga: its chain is sent when the row is."""
+    return START, {"workflow": workflow, "ctx": ctx}
+
+
+def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict]:
+    """Append an entry to a Redis stream (a service's published event)."""
+    return STREAM, {"stream": stream, "fields": fields}
+
+
+def sender(runner) -> Sender:
+    """Sends the runtime's kinds of message, with what a Runner holds: the dispatcher
+    (a chain) and Redis (a stream). The relay, the writers' fast path and the DLQ use it."""
+
+    def send(kind: str, payload: dict, mid: str) -> None:
+        if kind == START:
+            wf = runner.workflows[payload["workflow"]]
+            runner.dispatcher.forward(wf, payload["ctx"], wf.step_names, message_id=mid)
+        elif kind == STREAM:
+            runner.events.redis.xadd(payload["stream"], {**payload["fields"], "message_id": mid})
+        else:
+            raise ValueError(f"no sender for outbox messages of kind {kind!r}")
+
+    return send

@@ -1,0 +1,187 @@
+"""The transactional outbox: a saga's start is committed with its order, so a crash between
+the commit and the broker loses nothing; the relay keeps each saga's messages in order,
+shares the work with other relays without sending a row twice, retries, and parks what it
+cannot send in the DLQ; a message sent twice starts its saga once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from alembic import command
+from sqlalchemy import select
+
+from app.db import Database
+from app.schema import alembic_config
+from app.services.orders import Outbox as OrdersOutbox
+from sagaflow.outbox import Outbox, Relay, enqueue, message_id
+from tests.stack import Stack, available_backends
+from tests.support import PostgresDatabases, http, postgres_admin_url
+
+# --- the relay's rules, in-process on a real database ----------------------------------
+
+
+@pytest.fixture(params=available_backends())
+def orders_db(request, tmp_path):
+    pg = None
+    if request.param == "postgresql":
+        pg = PostgresDatabases(postgres_admin_url())
+        url = pg.create()["orders"]
+    else:
+        url = f"sqlite:///{tmp_path / 'orders.db'}"
+    command.upgrade(alembic_config("orders", url), "head")
+    db = Database(url)
+    yield db
+    db.dispose()
+    if pg:
+        pg.drop()
+
+
+def _write(db, key: str, n: int) -> list[int]:
+    with db.write() as session:
+        return [enqueue(session, OrdersOutbox, key, "stream", {"n": i}) for i in range(n)]
+
+
+class Recorder:
+    def __init__(self, fail_on=()):
+        self.sent, self.fail_on = [], set(fail_on)
+
+    def send(self, kind, payload, mid):
+        if mid in self.fail_on:
+            self.fail_on.discard(mid)
+            raise ConnectionError("broker unreachable")
+        self.sent.append(mid)
+
+
+def test_a_key_s_messages_leave_in_order_even_when_one_fails(orders_db):
+    first, second = _write(orders_db, "order-1", 2)
+    [other] = _write(orders_db, "order-2", 1)
+    recorder = Recorder(fail_on={message_id("orders", first)})
+    relay = Relay(
+        [Outbox("orders", orders_db, OrdersOutbox)],
+        recorder.send,
+        lambda *a: None,
+        backoff=lambda n: 0,
+    )
+
+    relay.run_once()  # the first of order-1 fails: its second waits; order-2 goes
+    assert recorder.sent == [message_id("orders", other)]
+    while relay.run_once():  # a key's next message leaves once the one before it has
+        pass
+    assert recorder.sent[1:] == [message_id("orders", first), message_id("orders", second)]
+    assert Outbox("orders", orders_db, OrdersOutbox).pending() == 0
+
+
+def test_two_relays_never_send_the_same_row(orders_db):
+    for key in range(40):
+        _write(orders_db, f"order-{key}", 3)
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def send(kind, payload, mid):
+        time.sleep(0.001)
+        with lock:
+            sent.append(mid)
+
+    relays = [
+        Relay([Outbox("orders", orders_db, OrdersOutbox)], send, lambda *a: None) for _ in range(2)
+    ]
+
+    def drain(relay):
+        while relay.run_once():
+            pass
+
+    threads = [threading.Thread(target=drain, args=(r,)) for r in relays]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(sent) == 120 and len(set(sent)) == 120
+    # Per key, in the order written.
+    by_key = {}
+    with orders_db.read() as session:
+        for row in session.scalars(select(OrdersOutbox).order_by(OrdersOutbox.id)):
+            by_key.setdefault(row.key, []).append(message_id("orders", row.id))
+    for key, ids in by_key.items():
+        assert [m for m in sent if m in ids] == ids, key
+
+
+def test_a_message_that_keeps_failing_is_parked(orders_db):
+    [row] = _write(orders_db, "order-9", 1)
+    parked = []
+    relay = Relay(
+        [Outbox("orders", orders_db, OrdersOutbox)],
+        Recorder(fail_on={message_id("orders", row)}).send,
+        lambda outbox, r, error: parked.append((r[0], error)),
+        max_attempts=1,
+        backoff=lambda n: 0,
+    )
+    relay.run_once()
+    assert parked == [(row, "ConnectionError: broker unreachable")]
+    assert Outbox("orders", orders_db, OrdersOutbox).pending() == 0  # parked, not pending
+
+
+# --- end to end: a crash between the commit and the broker ------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(primary_backend, tmp_path_factory):
+    stack = Stack(primary_backend, tmp_path_factory.mktemp("outbox"))
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def test_an_api_killed_between_the_commit_and_the_broker_loses_nothing(stack):
+    shop = stack.shop
+    worker = stack.worker()
+    api = stack.api(SAGA_FAULTS="start_saga:crash:1", SAGA_FAULTS_ENABLED="1", WEB_WORKERS="1")
+    try:
+        user = shop.new_user(balance=1_000)
+        product = shop.product(stock=10, price=100)
+        status, _ = http(
+            "POST",
+            f"{api.url}/orders",
+            {"items": [{"product_id": product, "quantity": 2}]},
+            stack.credentials.customer(user),
+        )
+        assert status == 0  # the API process died after the commit: no answer
+        [order] = shop.ok(
+            shop.client.get("/orders?limit=5", headers=stack.credentials.customer(user))
+        )
+        done = shop.wait_order(order["order_id"], ("COMPLETED",))  # the relay sent it
+    finally:
+        api.stop()
+        worker.stop()
+    assert "injecting fault" in api.log()
+    assert {s["name"]: s["attempts"] for s in done["steps"]}["create_order"] == 1
+    assert shop.balance(user) == 800
+    shop.check_invariants([done["order_id"]], product, 10, user, 1_000)
+
+
+def test_a_start_message_sent_twice_starts_its_saga_once(stack):
+    from sagaflow.outbox import sender, start_message
+
+    shop = stack.shop
+    worker = stack.worker()
+    try:
+        user = shop.new_user(balance=1_000)
+        product = shop.product(stock=10, price=100)
+        order_id = shop.order(user, product)
+        shop.wait_order(order_id, ("COMPLETED",))
+        ctx = stack.rt.saga_log.context(order_id)
+        # A relay that crashed after sending and before marking the row sends it again.
+        with stack.rt.databases["orders"].read() as session:
+            row = session.scalar(
+                select(OrdersOutbox).where(OrdersOutbox.key == f"order-{order_id}")
+            )
+        send = sender(stack.runner)
+        send(*start_message("order", ctx), message_id("orders", row.id))
+        time.sleep(2)
+    finally:
+        worker.stop()
+    assert "duplicate message" in worker.log()
+    steps = {s["name"]: s for s in shop.get_order(order_id)["steps"]}
+    assert steps["create_order"]["attempts"] == 1
+    assert shop.balance(user) == 900
