@@ -14,7 +14,7 @@ import redis
 
 from app.db import Database, open_database
 from app.order_saga import HOOKS, WORKFLOWS
-from app.services import dataplatform, orders
+from app.services import balances, coupons, dataplatform, orders, products
 from app.services.balances import BalanceService
 from app.services.coupons import CouponService, IssuedCouponService, IssueRequestService
 from app.services.dataplatform import DataPlatformService
@@ -22,6 +22,7 @@ from app.services.orders import OrderService
 from app.services.products import ProductService
 from config.settings import SERVICES, Settings
 from sagaflow import EventLog, Projector, Runner, SagaLog
+from sagaflow.choreography import CHOREOGRAPHY, Choreography
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
@@ -100,10 +101,12 @@ def faults_from(settings: Settings, client) -> FaultInjector:
 
 
 def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -> Runner:
-    """The Runner of a process that serves `served` (none: it only routes and parks)."""
+    """The Runner of a process that serves `served` (none: it only routes and parks). In
+    choreography, the work of each service it serves announces the next through that
+    service's outbox."""
     services = Services(settings, served)
     client = services.redis
-    return Runner(
+    runner = Runner(
         WORKFLOWS,
         services,
         EventLog(client),
@@ -112,10 +115,23 @@ def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -
         faults_from(settings, client),
         worker=f"{socket.gethostname()}:{','.join(served) or '-'}",
     )
+    if settings.saga_mode == CHOREOGRAPHY:
+        outboxes = build_outboxes(services, settings)
+        runner.announcer = Choreography(
+            {o.service: o for o in outboxes}, relay_for(runner, outboxes, settings)
+        )
+    return runner
 
 
-# The services that send messages through an outbox, and its table in their database.
-OUTBOXES = {"orders": orders.Outbox, "dataplatform": dataplatform.Outbox}
+# Each service's outbox table in its own database. Orders sends saga starts, the data
+# platform its stream events; in choreography every service sends its steps' events.
+OUTBOXES = {
+    "orders": orders.Outbox,
+    "products": products.Outbox,
+    "balances": balances.Outbox,
+    "coupons": coupons.Outbox,
+    "dataplatform": dataplatform.Outbox,
+}
 
 
 def build_outboxes(services: Services, settings: Settings) -> list[Outbox]:
@@ -127,8 +143,12 @@ def build_outboxes(services: Services, settings: Settings) -> list[Outbox]:
 
 
 def build_relay(runner: Runner, settings: Settings) -> Relay:
+    return relay_for(runner, build_outboxes(runner.deps, settings), settings)
+
+
+def relay_for(runner: Runner, outboxes: list[Outbox], settings: Settings) -> Relay:
     return Relay(
-        build_outboxes(runner.deps, settings),
+        outboxes,
         sender(runner),
         lambda outbox, row, error: runner.park_message(outbox.service, row, error),
         max_attempts=settings.outbox_max_attempts,

@@ -9,6 +9,7 @@ Ctrl-C or an error. See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -31,11 +32,12 @@ from bench.stack import (
     Orchestrator,
     PostgresDatabases,
     RedisServer,
+    Relay,
     SqliteDatabases,
     database_env,
     migrate,
 )
-from config.settings import REPO_ROOT, SERVICES, Settings
+from config.settings import REPO_ROOT, SAGA_MODES, SERVICES, Settings
 
 PROFILES = {
     "quick": dict(
@@ -102,7 +104,17 @@ def parse_args(argv=None):
         help="where latest.json, latest.md and latest.png go",
     )
     parser.add_argument("--threads", type=int, default=16, help="concurrent HTTP submitters")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--modes",
+        default="orchestration,choreography",
+        help="saga modes to run side by side (SAGA_MODE); the first gets every scenario",
+    )
+    args = parser.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(args.modes) - set(SAGA_MODES))
+    if not args.modes or unknown:
+        parser.error(f"--modes: each is one of {', '.join(SAGA_MODES)}")
+    return args
 
 
 def customer_headers(settings: Settings):
@@ -190,6 +202,8 @@ class Bench:
         self.web_memory: dict[str, float] = {}
         self.memory_detail: dict[str, dict] = {}
         self.load_at_start = [round(x, 2) for x in os.getloadavg()]
+        self.user_ids = itertools.count(1)  # shared by every mode's run: no id twice
+        self._prefix = ""  # memory figures of a mode after the first are kept apart
 
     def start(self, thing):
         self.running.append(thing)
@@ -241,9 +255,16 @@ class Bench:
         migrate(env)
 
         raw = self.ceiling(env, redis)
-        saga_results = self.saga(env, settings)
+        first, *others = self.args.modes
+        saga_results = self.saga({**env, "SAGA_MODE": first}, settings, first, every=True)
+        modes = {first: mode_figures(saga_results)}
+        for mode in others:
+            modes[mode] = mode_figures(self.saga({**env, "SAGA_MODE": mode}, settings, mode))
         mono = self.monolith(env, urls["monolith"])
-        return self.results(started, view, raw, saga_results, mono, unfair)
+        results = self.results(started, view, raw, saga_results, mono, unfair)
+        results["saga_mode"] = first
+        results["modes"] = modes
+        return results
 
     def ceiling(self, env, redis) -> dict:
         c = self.counts
@@ -263,27 +284,37 @@ class Bench:
         return raw
 
     def _phase(self, name: str) -> None:
+        name = f"{self._prefix}{name}"
         peaks = self.rss.take()
         self.memory[name] = peaks.get("worker")
         self.web_memory[name] = peaks.get("web")
         self.memory_detail[name] = self.rss.last_detail.get("worker")
 
-    def saga(self, env, settings) -> dict:
+    def saga(self, env, settings, mode: str, every: bool = False) -> dict:
+        """Scenarios 2 to 4 in one saga mode (and 5, the coupon rush, with `every`), each
+        mode on its own fresh processes."""
         from app.bootstrap import Services
         from config.settings import SERVICES
 
         c = self.counts
-        worker = self.start(CeleryWorker("saga-worker", "tasks.worker", env, self.logs))
-        self.start(Orchestrator(env, self.logs))
-        web = self.start(Gunicorn("web", "app.wsgi:app", env, self.logs))
+        worker = self.start(CeleryWorker(f"{mode}-worker", "tasks.worker", env, self.logs))
+        orchestrator = self.start(Orchestrator(env, self.logs))
+        relay = self.start(Relay(env, self.logs))
+        web = self.start(Gunicorn(f"{mode}-web", "app.wsgi:app", env, self.logs))
         self.rss.watch("worker", worker.pid)
         self.rss.watch("web", web.pid)
         rt = Services(settings, SERVICES)
         try:
-            shop = scenarios.Shop(rt, web.port, self.args.threads, customer_headers(settings))
+            shop = scenarios.Shop(
+                rt, web.port, self.args.threads, customer_headers(settings), self.user_ids
+            )
             scenarios.happy_latency(shop, c["saga_warmup"])  # every process warms up
             self.rss.take()
-            out = {}
+            cost = scenarios.OutboxCost(rt, relay.cpu_seconds)
+            out = {"mode": mode}
+            # The first mode's memory figures are the table's; the others' are kept apart.
+            self._prefix = "" if every else f"{mode}:"
+            say(f"[{mode}]")
             say(f"2. saga happy path: {c['saga_latency']} orders one at a time")
             out["latency"] = lat = scenarios.happy_latency(shop, c["saga_latency"])
             self._phase("saga_latency")
@@ -314,6 +345,10 @@ class Bench:
                 f"   {cont['throughput']} orders/s; {cont['statuses']}; invariants "
                 f"{'hold' if cont['invariants']['ok'] else 'BROKEN'}: {cont['invariants']}"
             )
+            out["outbox"] = cost.measure()
+            say(f"   outbox: {out['outbox']}")
+            if not every:
+                return out
             say(
                 f"5. coupon rush: {c['coupon_requests']} issue requests, quantity "
                 f"{c['coupon_quantity']}"
@@ -331,8 +366,8 @@ class Bench:
             rt.dispose()
             self.rss.unwatch("worker")
             self.rss.unwatch("web")
-        self.stop(web)
-        self.stop(worker)
+            for thing in (web, relay, orchestrator, worker):
+                self.stop(thing)
         return out
 
     def monolith(self, env, url: str) -> dict:
@@ -437,6 +472,22 @@ class Bench:
         }
 
 
+def mode_figures(run: dict) -> dict:
+    """One mode's headline figures, for the side-by-side table."""
+    lat, sat = run["latency"], run["saturation"]
+    return {
+        "throughput": sat["throughput"],
+        "p50_ms": lat["completed_ms"]["p50"],
+        "p99_ms": lat["completed_ms"]["p99"],
+        "published_p50_ms": lat["published_ms"]["p50"],
+        "post_p50_ms": lat["post_ms"]["p50"],
+        "failure_throughput": run["failure"]["throughput"],
+        "contention_throughput": run["contention"]["throughput"],
+        "invariants_hold": run["contention"]["invariants"]["ok"],
+        "outbox": run["outbox"],
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
 
@@ -458,7 +509,7 @@ def main(argv=None) -> int:
     print()
     print(table)
     say(f"wrote {args.out / 'latest.json'}, latest.md, latest.png in {results['duration_s']} s")
-    return 0 if results["contention"]["invariants"]["ok"] else 1
+    return 0 if all(m["invariants_hold"] for m in results["modes"].values()) else 1
 
 
 if __name__ == "__main__":

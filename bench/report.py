@@ -143,6 +143,8 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {target['target']} | {target['measured']} | {'yes' if target['met'] else 'no'} |"
         )
+    if r.get("modes"):
+        lines += ["", *modes_table(r["modes"])]
     m = r["machine"]
     lines += [
         "",
@@ -159,6 +161,29 @@ def markdown(r: dict) -> str:
         "share these cores, and anything else running at the same time adds noise.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def modes_table(modes: dict) -> list[str]:
+    """The saga modes side by side, each on fresh processes in the same run."""
+    names = list(modes)
+    figures = [
+        ("happy path, COMPLETED orders/s", lambda m: _fmt(m["throughput"])),
+        ("POST -> COMPLETED p50 / p99, ms", lambda m: f"{_fmt(m['p50_ms'])} / {_fmt(m['p99_ms'])}"),
+        ("POST -> published p50, ms", lambda m: _fmt(m["published_p50_ms"])),
+        ("POST /orders p50, ms", lambda m: _fmt(m["post_p50_ms"])),
+        ("failure at use_coupon, orders/s", lambda m: _fmt(m["failure_throughput"])),
+        ("contention, orders/s", lambda m: _fmt(m["contention_throughput"])),
+        ("invariants under contention", lambda m: "hold" if m["invariants_hold"] else "BROKEN"),
+        ("outbox rows per order", lambda m: _fmt(m["outbox"]["outbox_rows_per_order"])),
+        ("relay CPU per order, ms", lambda m: _fmt(m["outbox"]["relay_cpu_ms_per_order"])),
+    ]
+    return [
+        "Saga modes side by side (SAGA_MODE), each on fresh processes:",
+        "",
+        f"| figure | {' | '.join(names)} |",
+        "|---|" + "---|" * len(names),
+        *(f"| {label} | {' | '.join(get(modes[n]) for n in names)} |" for label, get in figures),
+    ]
 
 
 def plot(r: dict, path: Path) -> None:

@@ -149,6 +149,38 @@ class Shop:
         return counts
 
 
+class OutboxCost:
+    """What the outboxes cost over a run: rows written per order (every service's outbox),
+    and the CPU time the relay process used per order."""
+
+    def __init__(self, rt, relay_cpu_seconds):
+        self.rt, self.relay_cpu = rt, relay_cpu_seconds
+        self.rows, self.orders, self.cpu = self._rows(), self._orders(), relay_cpu_seconds()
+
+    def _rows(self) -> int:
+        from app.bootstrap import OUTBOXES
+
+        total = 0
+        for service, table in OUTBOXES.items():
+            with self.rt.databases[service].read() as session:
+                total += session.scalar(select(func.count()).select_from(table))
+        return total
+
+    def _orders(self) -> int:
+        with self.rt.databases["orders"].read() as session:
+            return session.scalar(select(func.count()).select_from(Order))
+
+    def measure(self) -> dict:
+        orders = self._orders() - self.orders
+        rows = self._rows() - self.rows
+        cpu = self.relay_cpu() - self.cpu
+        return {
+            "orders": orders,
+            "outbox_rows_per_order": round(rows / orders, 2) if orders else None,
+            "relay_cpu_ms_per_order": round(cpu * 1000 / orders, 3) if orders else None,
+        }
+
+
 def _order(user: int, product: int, coupon: int | None, quantity: int = 1) -> dict:
     return {
         "user_id": user,

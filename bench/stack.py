@@ -177,6 +177,23 @@ class Orchestrator(Process):
         return self
 
 
+class Relay(Process):
+    """`python -m tasks.relay`: it sends what the fast path left in the outboxes."""
+
+    def __init__(self, env: dict[str, str], logdir: Path):
+        super().__init__("relay", [sys.executable, "-m", "tasks.relay"], env, logdir)
+
+    def start(self) -> Relay:
+        super().start()
+        self.wait_ready(lambda: "outbox relay started" in self.log_text(), 60)
+        return self
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the relay has used so far (/proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Gunicorn(Process):
     """The Procfile's web line (config/gunicorn.py, its defaults) on a free port."""
 

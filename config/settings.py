@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("orders", "products", "balances", "coupons", "dataplatform")
+SAGA_MODES = ("orchestration", "choreography")  # sagaflow.choreography.MODES
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ class Settings:
     outbox_lease_seconds: float = 30.0
     outbox_max_attempts: int = 10
 
+    # How the saga runs (sagaflow/choreography.py): a chain sent up front by whoever starts
+    # it ("orchestration"), or each service announcing the next ("choreography").
+    saga_mode: str = "orchestration"
+
     slack_webhook_url: str = ""
     slack_bot_token: str = ""
     slack_channel: str = ""
@@ -133,6 +138,10 @@ class Settings:
                 f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the broker's "
                 f"redelivery (BROKER_VISIBILITY_TIMEOUT + BROKER_RESTORE_INTERVAL = "
                 f"{redelivery}s), or the DLQ re-runs work that Redis is about to redeliver"
+            )
+        if self.saga_mode not in SAGA_MODES:
+            raise SettingsError(
+                f"SAGA_MODE={self.saga_mode!r}: it is one of {', '.join(SAGA_MODES)}"
             )
         if self.step_soft_time_limit >= self.step_time_limit:
             raise SettingsError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
@@ -220,6 +229,7 @@ class Settings:
             outbox_poll_interval=number("OUTBOX_POLL_INTERVAL", defaults.outbox_poll_interval),
             outbox_lease_seconds=number("OUTBOX_LEASE_SECONDS", defaults.outbox_lease_seconds),
             outbox_max_attempts=number("OUTBOX_MAX_ATTEMPTS", defaults.outbox_max_attempts, int),
+            saga_mode=(env.get("SAGA_MODE") or defaults.saga_mode).strip().lower(),
             slack_webhook_url=env.get("SLACK_WEBHOOK_URL", ""),
             slack_bot_token=env.get("SLACK_BOT_TOKEN", ""),
             slack_channel=env.get("SLACK_CHANNEL", ""),

@@ -186,8 +186,11 @@ def _step_task(wf: Workflow, name: str):
 
 
 def _compensation_task(wf: Workflow, name: str):
-    def run(self, saga_id: str, plan: list | None = None, dlq_entry: str = "") -> str:
-        return self.runner.run_compensation(wf, name, saga_id, self.request.retries + 1, dlq_entry)
+    def run(
+        self, saga_id: str, plan: list | None = None, dlq_entry: str = "", message_id: str = ""
+    ) -> str:
+        attempt = self.request.retries + 1
+        return self.runner.run_compensation(wf, name, saga_id, attempt, dlq_entry, plan)
 
     run.__name__ = name
     run.__doc__ = f"Compensation {name} of {wf.name}: undoes its step once for one saga."
@@ -265,10 +268,19 @@ def install(
 class CeleryDispatcher:
     """Builds the chains a saga runs as: one signature per piece of work, each on its
     service's queue, each carrying its own link_error callback (errbacks attached to a
-    whole chain are lost when chains are composed in several Celery versions)."""
+    whole chain are lost when chains are composed in several Celery versions).
 
-    def __init__(self, app: Celery):
-        self.app = app
+    chained=False (choreography): only the first piece of work is sent, on its own with
+    its callback; each piece announces the next (sagaflow/choreography.py)."""
+
+    def __init__(self, app: Celery, chained: bool = True):
+        self.app, self.chained = app, chained
+
+    def _send(self, signatures: list) -> None:
+        if self.chained:
+            chain(*signatures).apply_async()
+        else:
+            signatures[0].apply_async()
 
     def _errback(self, wf: Workflow, saga_id: str, name: str, plan=()):
         failure = {"workflow": wf.name, "saga_id": saga_id, "name": name, "plan": list(plan)}
@@ -306,16 +318,24 @@ class CeleryDispatcher:
             )
             sig.link_error(self._errback(wf, saga_id, name))
             signatures.append(sig)
-        chain(*signatures).apply_async()
+        self._send(signatures)
 
     def compensate(
-        self, wf: Workflow, saga_id: str, plan: list[str], start: int = 0, dlq_entry: str = ""
+        self,
+        wf: Workflow,
+        saga_id: str,
+        plan: list[str],
+        start: int = 0,
+        dlq_entry: str = "",
+        message_id: str = "",
     ) -> None:
         signatures = []
         for index, name in enumerate(plan[start:]):
             kwargs = {"saga_id": saga_id, "plan": list(plan)}
             if index == 0 and dlq_entry:
                 kwargs["dlq_entry"] = dlq_entry
+            if index == 0 and message_id:
+                kwargs["message_id"] = message_id
             sig = self.app.signature(
                 f"{wf.name}.{name}",
                 kwargs=kwargs,
@@ -324,4 +344,4 @@ class CeleryDispatcher:
             )
             sig.link_error(self._errback(wf, saga_id, name, plan))
             signatures.append(sig)
-        chain(*signatures).apply_async()
+        self._send(signatures)

@@ -7,6 +7,9 @@ A step and its compensation share one row. Whichever arrives first decides:
 - compensation first (the step timed out and may never have run, or never was reached):
   the row says VOIDED, and a late step refuses to apply.
 Concurrent duplicates collide on the primary key and the loser re-reads.
+
+In choreography the same transaction also writes the event that announces the work
+(sagaflow/choreography.py: `announce`), so a change and its event commit together.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy import DateTime, String, Text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from sagaflow.choreography import announce, rolled_back
 from sagaflow.errors import AlreadyCompensated
 
 APPLIED, COMPENSATED, VOIDED = "APPLIED", "COMPENSATED", "VOIDED"
@@ -51,8 +55,12 @@ def _retry_on_duplicate(db, work: Callable):
         with db.write() as session:
             return work(session)
     except IntegrityError:
+        rolled_back()
         with db.write() as session:
             return work(session)
+    except BaseException:
+        rolled_back()
+        raise
 
 
 def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]) -> dict:
@@ -70,6 +78,7 @@ def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]
         session.flush()
         applied = apply(session)
         entry.payload = json.dumps(applied)
+        announce(session)
         return applied
 
     return _retry_on_duplicate(db, work)
@@ -83,11 +92,13 @@ def compensate_once(db, ledger, saga_id: str, step: str, undo: Callable[[Any, di
         if entry is None:
             session.add(ledger(saga_id=saga_id, step=step, status=VOIDED, payload="{}"))
             session.flush()
+            announce(session)
             return NEVER_APPLIED
         if entry.status == APPLIED:
             undo(session, json.loads(entry.payload))
             entry.status = COMPENSATED
             entry.updated_at = utcnow()
+            announce(session)
             return "undone"
         return f"nothing to do: already {entry.status.lower()}"
 

@@ -60,9 +60,13 @@ def outbox_table(base) -> type:
     return OutboxMessage
 
 
-def enqueue(session, table, key: str, kind: str, payload: dict) -> int:
-    """Write a message in the caller's transaction; returns its row id."""
+def enqueue(session, table, key: str, kind: str, payload: dict, held_by=None) -> int:
+    """Write a message in the caller's transaction; returns its row id. `held_by` (an
+    Outbox) keeps the relays off it for a lease: its writer sends it after the commit."""
     row = table(key=key, kind=kind, payload=json.dumps(payload), attempts=0, parked=0)
+    if held_by is not None:
+        row.claimed_by = held_by.me
+        row.claimed_until = utcnow() + timedelta(seconds=held_by.lease)
     session.add(row)
     session.flush()
     return row.id
@@ -80,8 +84,11 @@ class Outbox:
         self.lease = lease_seconds
         self.me = f"{socket.gethostname()}:{id(self):x}"
 
-    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list:
-        """Rows due now, the oldest unsent of their key, not claimed by a live relay."""
+    def claim(
+        self, limit: int = 100, ids: list[int] | None = None, payloads: dict | None = None
+    ) -> list:
+        """Rows due now, the oldest unsent of their key, not claimed by a live relay (or
+        held by this one). `payloads` replaces what given rows say, in the same update."""
         t, earlier = self.table, aliased(self.table)
         now = utcnow()
         blocked = exists().where(
@@ -98,7 +105,7 @@ class Outbox:
                 t.sent_at.is_(None),
                 t.parked == 0,
                 t.next_attempt_at <= now,
-                (t.claimed_until.is_(None)) | (t.claimed_until < now),
+                (t.claimed_until.is_(None)) | (t.claimed_until < now) | (t.claimed_by == self.me),
                 ~blocked,
             )
             .order_by(t.id)
@@ -112,6 +119,8 @@ class Outbox:
             rows = session.scalars(query).all()
             for row in rows:
                 row.claimed_by, row.claimed_until = self.me, now + timedelta(seconds=self.lease)
+                if payloads and row.id in payloads:
+                    row.payload = json.dumps(payloads[row.id])
             return [(r.id, r.key, r.kind, json.loads(r.payload), r.attempts) for r in rows]
 
     def sent(self, row_ids: list[int]) -> None:
@@ -132,6 +141,58 @@ class Outbox:
                 update(self.table)
                 .where(self.table.id.in_(row_ids))
                 .values(claimed_by=None, claimed_until=None)
+            )
+
+    def unsent(self, key: str, kind: str) -> list[tuple[int, dict]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(self.table.id, self.table.payload).where(
+                    self.table.key == key,
+                    self.table.kind == kind,
+                    self.table.sent_at.is_(None),
+                    self.table.parked == 0,
+                )
+            ).all()
+            return [(row_id, json.loads(payload)) for row_id, payload in rows]
+
+    def take_over(self, row_id: int, payload: dict) -> bool:
+        """Hold an unsent row whoever held it (its writer died, or is slow: then both send
+        it, under the one message id its consumer deduplicates)."""
+        t = self.table
+        with self.db.write() as session:
+            taken = session.execute(
+                update(t)
+                .where(t.id == row_id, t.sent_at.is_(None))
+                .values(
+                    payload=json.dumps(payload),
+                    claimed_by=self.me,
+                    claimed_until=utcnow() + timedelta(seconds=self.lease),
+                )
+            )
+            return taken.rowcount == 1
+
+    def hand_over(self, row_id: int, payload: dict) -> None:
+        """Give a held row to the relays, as the writer finished it (it could not send it)."""
+        t = self.table
+        with self.db.write() as session:
+            session.execute(
+                update(t)
+                .where(t.id == row_id, t.sent_at.is_(None), t.claimed_by == self.me)
+                .values(payload=json.dumps(payload), claimed_by=None, claimed_until=None)
+            )
+
+    def withdraw(self, row_ids: list[int], why: str) -> None:
+        """Close rows without sending them (what they announce must not happen)."""
+        with self.db.write() as session:
+            session.execute(
+                update(self.table)
+                .where(self.table.id.in_(row_ids))
+                .values(
+                    sent_at=utcnow(),
+                    claimed_by=None,
+                    claimed_until=None,
+                    last_error=f"withdrawn: {why}"[:2000],
+                )
             )
 
     def unsent_keys(self) -> set[str]:
@@ -210,9 +271,9 @@ class Relay:
         outbox.release(held)
         return len(done)
 
-    def send_now(self, outbox: Outbox, row_ids: list[int]) -> bool:
+    def send_now(self, outbox: Outbox, row_ids: list[int], payloads: dict | None = None) -> bool:
         """The writer's fast path, right after its commit: True if everything was sent."""
-        rows = outbox.claim(ids=row_ids)
+        rows = outbox.claim(ids=row_ids, payloads=payloads)
         return self.relay(outbox, rows) == len(row_ids)
 
     def run_once(self) -> int:
@@ -253,12 +314,16 @@ def sender(runner) -> Sender:
     """Sends the runtime's kinds of message, with what a Runner holds: the dispatcher
     (a chain) and Redis (a stream). The relay, the writers' fast path and the DLQ use it."""
 
+    from sagaflow.choreography import EVENT, react
+
     def send(kind: str, payload: dict, mid: str) -> None:
         if kind == START:
             wf = runner.workflows[payload["workflow"]]
             runner.dispatcher.forward(wf, payload["ctx"], wf.step_names, message_id=mid)
         elif kind == STREAM:
             runner.events.redis.xadd(payload["stream"], {**payload["fields"], "message_id": mid})
+        elif kind == EVENT:
+            react(runner, payload, mid)
         else:
             raise ValueError(f"no sender for outbox messages of kind {kind!r}")
 

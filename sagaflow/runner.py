@@ -13,6 +13,7 @@ import socket
 import traceback
 from typing import Any, Protocol
 
+from sagaflow.choreography import CHAINED, Announcer
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.errors import AlreadyCompensated, InjectedBusinessError
 from sagaflow.events import Event, EventLog, Phase
@@ -42,7 +43,13 @@ class Dispatcher(Protocol):
         """Run `steps` in order: the first gets `ctx`, each later one the previous result."""
 
     def compensate(
-        self, wf: Workflow, saga_id: str, plan: list[str], start: int = 0, dlq_entry: str = ""
+        self,
+        wf: Workflow,
+        saga_id: str,
+        plan: list[str],
+        start: int = 0,
+        dlq_entry: str = "",
+        message_id: str = "",
     ) -> None:
         """Run plan[start:] in order (newest first), each on its step's queue."""
 
@@ -57,11 +64,15 @@ class Runner:
         dispatcher: Dispatcher,
         faults: FaultInjector = NO_FAULTS,
         worker: str | None = None,
+        announcer: Announcer = CHAINED,
     ):
         self.workflows, self.deps = workflows, deps
         self.events, self.dead_letters, self.dispatcher = events, dead_letters, dispatcher
         self.faults = faults
         self.worker = worker or socket.gethostname()
+        # Orchestration: the chain carries the next piece of work, nothing is announced.
+        # Choreography: each piece announces the next (sagaflow/choreography.py).
+        self.announcer = announcer
 
     def is_business(self, wf: Workflow, exc: BaseException) -> bool:
         return isinstance(exc, (InjectedBusinessError, *wf.business_errors))
@@ -89,7 +100,8 @@ class Runner:
             if fence:
                 raise AlreadyCompensated(f"{saga_id} turned back ({fence}): not applying {name}")
             self.faults.before(name, saga_id)
-            result, detail = wf.step(name).action(self.deps, parsed)
+            with self.announcer.step(wf, name, saga_id, ctx) as announcement:
+                result, detail = wf.step(name).action(self.deps, parsed)
         except AlreadyCompensated as exc:
             self.events.emit(self.event(wf, saga_id, name, Phase.REFUSED, detail=str(exc)))
             if dlq_entry:
@@ -120,22 +132,32 @@ class Runner:
                 "step applied as the saga turned back; undoing saga_id=%s step=%s", saga_id, name
             )
             self.events.emit(self.event(wf, saga_id, name, Phase.TURNED_BACK, compensations=[undo]))
+            self.announcer.withdraw(announcement, f"{saga_id} turned back")
             self.dispatcher.compensate(wf, saga_id, [undo])
             raise AlreadyCompensated(f"{saga_id} turned back while {name} applied")
         log.info("step succeeded saga_id=%s step=%s detail=%r", saga_id, name, detail)
+        self.announcer.send(announcement, ctx=out)
         return out
 
     def run_compensation(
-        self, wf: Workflow, name: str, saga_id: str, attempt: int, dlq_entry: str = ""
+        self,
+        wf: Workflow,
+        name: str,
+        saga_id: str,
+        attempt: int,
+        dlq_entry: str = "",
+        plan: list[str] | None = None,
     ) -> str:
         """Undo one step once. Every error (a business refusal too: an undo must not
-        refuse) counts as an attempt and is re-raised for the retry policy."""
+        refuse) counts as an attempt and is re-raised for the retry policy. `plan`: the
+        whole turn back this is part of (choreography announces the next in it)."""
         self.events.emit_and_read_fence(
             self.event(wf, saga_id, name, Phase.STARTED, attempt=attempt), new_attempt=True
         )
         try:
             self.faults.before(name, saga_id)
-            outcome = wf.undoing(name).compensation.undo(self.deps, saga_id)
+            with self.announcer.compensation(wf, name, saga_id, plan or [name]) as announcement:
+                outcome = wf.undoing(name).compensation.undo(self.deps, saga_id)
         except Exception as exc:
             self.events.emit(self.event(wf, saga_id, name, Phase.RETRYING, error=error_text(exc)))
             raise
@@ -144,6 +166,7 @@ class Runner:
             self.event(wf, saga_id, name, Phase.SUCCEEDED, detail=outcome), f"{name} succeeded"
         )
         log.info("compensation done saga_id=%s step=%s outcome=%r", saga_id, name, outcome)
+        self.announcer.send(announcement)
         return outcome
 
     # --- routing failures -------------------------------------------------------------
@@ -256,10 +279,11 @@ class Runner:
         if not self.events.turn_back(event, reason):
             return []
         log.info(
-            "compensating saga_id=%s failed_step=%s compensations=%s",
+            "compensating saga_id=%s failed_step=%s compensations=%s%s",
             saga_id,
             failed_step,
             compensations,
+            f" event={wf.step(failed_step).failure_event}" if self.announcer.announces else "",
         )
         if compensations:
             self.dispatcher.compensate(wf, saga_id, compensations)

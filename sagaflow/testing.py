@@ -16,23 +16,35 @@ from sagaflow.workflow import Workflow
 
 
 class SyncDispatcher:
-    def __init__(self, max_retries: int = 2, max_attempts: int = 2):
+    """chained=False: choreography's dispatcher, which sends only the first piece of work
+    (each announces the next, through its service's outbox)."""
+
+    def __init__(self, max_retries: int = 2, max_attempts: int = 2, chained: bool = True):
         self.runner = None  # set once the Runner that uses this dispatcher exists
         self.max_retries, self.max_attempts = max_retries, max_attempts
+        self.chained = chained
         self.work: deque = deque()
         self.sent: list[tuple[str, list[str]]] = []  # what was dispatched, in order
 
     def forward(
         self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
     ) -> None:
-        self.sent.append(("forward", list(steps)))
-        self.work.append(("forward", wf, ctx, list(steps), dlq_entry))
+        steps = list(steps) if self.chained else list(steps[:1])
+        self.sent.append(("forward", steps))
+        self.work.append(("forward", wf, ctx, steps, dlq_entry))
 
     def compensate(
-        self, wf: Workflow, saga_id: str, plan: list[str], start: int = 0, dlq_entry: str = ""
+        self,
+        wf: Workflow,
+        saga_id: str,
+        plan: list[str],
+        start: int = 0,
+        dlq_entry: str = "",
+        message_id: str = "",
     ) -> None:
-        self.sent.append(("compensate", plan[start:]))
-        self.work.append(("compensate", wf, saga_id, list(plan), start, dlq_entry))
+        end = len(plan) if self.chained else start + 1
+        self.sent.append(("compensate", plan[start:end]))
+        self.work.append(("compensate", wf, saga_id, list(plan), start, end, dlq_entry))
 
     def drain(self, projector=None) -> None:
         """Run everything sent, and everything it sends, then bring the log up to date."""
@@ -81,14 +93,14 @@ class SyncDispatcher:
                 return
             ctx = result
 
-    def _compensate(self, wf, saga_id, plan, start, dlq_entry):
-        for index, name in enumerate(plan[start:]):
+    def _compensate(self, wf, saga_id, plan, start, end, dlq_entry):
+        for index, name in enumerate(plan[start:end]):
             entry = dlq_entry if index == 0 else ""
             ok, _ = self._attempts(
                 wf,
                 name,
                 lambda attempt, n=name, e=entry: self.runner.run_compensation(
-                    wf, n, saga_id, attempt, e
+                    wf, n, saga_id, attempt, e, plan
                 ),
                 saga_id,
                 {"plan": plan},

@@ -49,10 +49,19 @@ class RetryPolicy:
     time_limit: float | None = None
 
 
+def _event_name(name: str, suffix: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_")) + suffix
+
+
 @dataclass(frozen=True)
 class Compensation:
     name: str
     undo: Undo
+    event: str = ""  # what it announces when done (choreography); default "<Name>Done"
+
+    def __post_init__(self):
+        if not self.event:
+            object.__setattr__(self, "event", _event_name(self.name, "Done"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,15 @@ class Step:
     action: Action
     compensation: Compensation | None = None  # None: after the pivot, retried not undone
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The events it announces in choreography: done, and refused (a business error).
+    event: str = ""
+    failure_event: str = ""
+
+    def __post_init__(self):
+        if not self.event:
+            object.__setattr__(self, "event", _event_name(self.name, "Done"))
+        if not self.failure_event:
+            object.__setattr__(self, "failure_event", _event_name(self.name, "Refused"))
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,12 @@ class Workflow:
         names = self.step_names
         upto = self.steps[: names.index(failed_step) + 1]
         return [s.compensation.name for s in reversed(upto) if s.compensation]
+
+    def event_of(self, name: str) -> str:
+        """The event a step or compensation announces when it is done."""
+        if name in self.step_names:
+            return self.step(name).event
+        return self.undoing(name).compensation.event
 
     def compensations_after(self, compensation: str, plan: list[str]) -> list[str]:
         return plan[plan.index(compensation) + 1 :] if compensation in plan else []

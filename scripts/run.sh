@@ -119,11 +119,13 @@ fi
 # What every later command needs to reach this system from a plain shell: `saga-dlq`,
 # `python -m dlq`, `python -m app.auth` and `make demo` read it (config/localenv.py).
 export SAGA_CLI="$root/.venv/bin/saga-dlq"
+# Every process runs the saga the same way; the CLI's requeue too (README: two modes).
+export SAGA_MODE=${SAGA_MODE:-orchestration}
 env_file=$VAR_DIR/saga.env
 {
     echo "# written by make run at $(date -u '+%Y-%m-%d %H:%M:%S UTC'); read by saga-dlq, make demo"
     for var in REDIS_URL ORDERS_DATABASE_URL PRODUCTS_DATABASE_URL BALANCES_DATABASE_URL \
-               COUPONS_DATABASE_URL DATAPLATFORM_DATABASE_URL VAR_DIR PORT FLOWER_PORT SAGA_CLI; do
+               COUPONS_DATABASE_URL DATAPLATFORM_DATABASE_URL VAR_DIR PORT FLOWER_PORT SAGA_CLI SAGA_MODE; do
         printf '%s=%q\n' "$var" "${!var}"
     done
     printf 'AUTH_DIR=%q\n' "${AUTH_DIR:-$VAR_DIR/auth}"

@@ -48,7 +48,8 @@ def create_celery(settings: Settings) -> Celery:
             settings.broker_visibility_timeout, settings.broker_restore_interval, list(SERVICES)
         )
     )
-    app.dispatcher = CeleryDispatcher(app)
+    # Choreography sends one piece of work at a time: each announces the next.
+    app.dispatcher = CeleryDispatcher(app, chained=settings.saga_mode != "choreography")
     # Until a worker says which queues it consumes, a process serves what SERVICES says.
     app.served = settings.services
     install(

@@ -1,8 +1,9 @@
 """The outbox relay (the Procfile's `relay`): `python -m tasks.relay`.
 
 It sends what the services it serves wrote to their outboxes (a saga's start, the data
-platform's stream events) and marks it sent. It serves SERVICES (default: every service
-with an outbox whose database URL is set), each from its own database, and Redis.
+platform's stream events, and in choreography every step's event) and marks it sent. It
+serves SERVICES (default: every service whose database URL is set), each from its own
+database, and Redis.
 Several relays may run: they claim rows, never send one twice (sagaflow/outbox.py).
 """
 

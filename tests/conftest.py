@@ -4,6 +4,7 @@ a server answers, SQLite files otherwise), the Flask app — and one real worker
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -15,7 +16,12 @@ _user_ids = itertools.count(1000)
 
 @pytest.fixture(scope="session")
 def primary_backend() -> str:
-    return available_backends()[-1]
+    """PostgreSQL when a server answers, else SQLite; TEST_PRIMARY_BACKEND=sqlite runs the
+    single-backend modules (crash, bad input...) on SQLite even then."""
+    chosen = os.environ.get("TEST_PRIMARY_BACKEND")
+    if chosen and chosen not in available_backends():
+        raise pytest.UsageError(f"TEST_PRIMARY_BACKEND={chosen}: have {available_backends()}")
+    return chosen or available_backends()[-1]
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +29,24 @@ def primary_stack(primary_backend, tmp_path_factory):
     stack = Stack(primary_backend, tmp_path_factory.mktemp("primary")).start()
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stacks_by_mode(primary_backend, primary_stack, tmp_path_factory):
+    """mode -> a stack running the saga that way (SAGA_MODE): the primary stack for its own
+    mode, another started on first use, for the modules that run in both modes."""
+    made = {primary_stack.settings.saga_mode: primary_stack}
+
+    def in_mode(mode: str) -> Stack:
+        if mode not in made:
+            workdir = tmp_path_factory.mktemp(f"stack-{mode}")
+            made[mode] = Stack(primary_backend, workdir, SAGA_MODE=mode).start()
+        return made[mode]
+
+    yield in_mode
+    for stack in made.values():
+        if stack is not primary_stack:
+            stack.stop()
 
 
 @pytest.fixture(scope="session")

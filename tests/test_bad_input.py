@@ -9,8 +9,41 @@ import json
 
 import pytest
 
+from sagaflow.choreography import MODES
+from tests.shop import Shop
+
 UNKNOWN = 999_999
 CUSTOMER_ID = 1  # the customer every customer case is sent as
+
+
+# --- every case in both saga modes: this module's stack, app and worker per mode -------
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode_stack(request, stacks_by_mode):
+    return stacks_by_mode(request.param)
+
+
+@pytest.fixture(scope="module")
+def flask_app(mode_stack):
+    return mode_stack.app
+
+
+@pytest.fixture(scope="module")
+def credentials(mode_stack):
+    return mode_stack.credentials
+
+
+@pytest.fixture(scope="module")
+def worker(mode_stack):
+    proc = mode_stack.worker()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def shop(client, mode_stack) -> Shop:
+    return Shop(client, mode_stack.rt, mode_stack._user_ids, mode_stack.credentials)
 
 
 def _nested(depth: int) -> str:
@@ -187,7 +220,7 @@ def test_totals_and_top_ups_beyond_the_cap_are_refused(shop, client, credentials
 
 
 def test_broker_down_accepts_the_order_and_it_starts_when_the_broker_is_back(
-    shop, primary_stack, worker, credentials
+    shop, mode_stack, worker, credentials
 ):
     """The saga's start is in the order's transaction (the outbox): an API that cannot
     reach the broker accepts the order and says so; a relay that can sends it."""
@@ -204,7 +237,7 @@ def test_broker_down_accepts_the_order_and_it_starts_when_the_broker_is_back(
         ),
         201,
     )
-    cut_off = create_app(primary_stack.settings.with_overrides(redis_url="redis://127.0.0.1:9/0"))
+    cut_off = create_app(mode_stack.settings.with_overrides(redis_url="redis://127.0.0.1:9/0"))
     me = credentials.customer(user)
     try:
         down = cut_off.test_client().post(

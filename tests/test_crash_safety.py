@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from sagaflow.choreography import MODES
 from tests.stack import Stack
 from tests.support import wait_for
 
@@ -14,9 +15,10 @@ from tests.support import wait_for
 SLOW_STEP = {"STEP_SOFT_TIME_LIMIT": "5", "STEP_TIME_LIMIT": "8", "BROKER_VISIBILITY_TIMEOUT": "10"}
 
 
-@pytest.fixture(scope="module")
-def stack(primary_backend, tmp_path_factory):
-    stack = Stack(primary_backend, tmp_path_factory.mktemp("crash"), **SLOW_STEP).start()
+@pytest.fixture(scope="module", params=MODES)
+def stack(request, primary_backend, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"crash-{request.param}")
+    stack = Stack(primary_backend, workdir, SAGA_MODE=request.param, **SLOW_STEP).start()
     yield stack
     stack.stop()
 

@@ -3,7 +3,8 @@ recovers, timeout that exhausts the retries, worker crash}, and every compensati
 {error that recovers, error that exhausts, worker crash}; on SQLite and on PostgreSQL.
 
 Each case runs a real prefork worker with SAGA_FAULTS set, places one order, and checks the
-end state, the saga log, the DLQ and the invariants (tests/shop.py: check_invariants)."""
+end state, the saga log, the DLQ and the invariants (tests/shop.py: check_invariants).
+Every case runs in both saga modes (SAGA_MODE): the same outcome is expected of each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from app.order_saga import ORDER
+from sagaflow.choreography import MODES
 from tests.stack import Stack, available_backends
 from tests.support import wait_for
 
@@ -88,9 +90,15 @@ def compensation_cases() -> list[Case]:
 CASES = step_cases() + compensation_cases()
 
 
-@pytest.fixture(scope="module", params=available_backends())
+@pytest.fixture(
+    scope="module",
+    params=[(backend, mode) for backend in available_backends() for mode in MODES],
+    ids=lambda p: "-".join(p),
+)
 def stack(request, tmp_path_factory):
-    stack = Stack(request.param, tmp_path_factory.mktemp(f"matrix-{request.param}")).start()
+    backend, mode = request.param
+    workdir = tmp_path_factory.mktemp(f"matrix-{backend}-{mode}")
+    stack = Stack(backend, workdir, SAGA_MODE=mode).start()
     yield stack
     stack.stop()
 

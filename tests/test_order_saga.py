@@ -143,6 +143,27 @@ def test_idempotency_key_reused_for_a_different_order_is_refused(shop, client):
     assert shop.snapshot() == before
 
 
+def test_an_idempotency_key_is_scoped_to_its_user(shop, client):
+    product = shop.product(stock=10, price=100)
+    first, second = shop.new_user(balance=1_000), shop.new_user(balance=1_000)
+
+    mine = shop.order(first, product, quantity=1, key="cart-1")
+    # Another user's identical key is another order: no 409, no replay of the first's.
+    theirs = client.post(
+        "/orders",
+        headers={"Idempotency-Key": "cart-1", **shop.credentials.customer(second)},
+        json={"items": [{"product_id": product, "quantity": 2}]},
+    )
+
+    assert theirs.status_code == 202, theirs.get_json()
+    assert theirs.get_json()["order_id"] != mine
+    assert "Idempotent-Replayed" not in theirs.headers
+    shop.wait_order(mine)
+    shop.wait_order(theirs.get_json()["order_id"])
+    assert (shop.balance(first), shop.balance(second)) == (900, 800)
+    assert shop.stock(product) == 7
+
+
 def test_orders_can_be_listed_by_status_for_the_operator(shop, client):
     user = shop.new_user(balance=50)
     product = shop.product(stock=5, price=100)

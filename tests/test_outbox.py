@@ -15,6 +15,7 @@ from sqlalchemy import select
 from app.db import Database
 from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
+from sagaflow.choreography import MODES
 from sagaflow.outbox import Outbox, Relay, enqueue, message_id
 from tests.stack import Stack, available_backends
 from tests.support import PostgresDatabases, http, postgres_admin_url
@@ -125,9 +126,11 @@ def test_a_message_that_keeps_failing_is_parked(orders_db):
 # --- end to end: a crash between the commit and the broker ------------------------------
 
 
-@pytest.fixture(scope="module")
-def stack(primary_backend, tmp_path_factory):
-    stack = Stack(primary_backend, tmp_path_factory.mktemp("outbox"))
+@pytest.fixture(scope="module", params=MODES)
+def stack(request, primary_backend, tmp_path_factory):
+    """A crash between the commit and the broker, in each saga mode."""
+    workdir = tmp_path_factory.mktemp(f"outbox-{request.param}")
+    stack = Stack(primary_backend, workdir, SAGA_MODE=request.param)
     stack.start()
     yield stack
     stack.stop()
@@ -185,3 +188,41 @@ def test_a_start_message_sent_twice_starts_its_saga_once(stack):
     steps = {s["name"]: s for s in shop.get_order(order_id)["steps"]}
     assert steps["create_order"]["attempts"] == 1
     assert shop.balance(user) == 900
+
+
+def test_in_choreography_each_service_announces_its_step_through_its_own_outbox(stack):
+    import json
+
+    from app.bootstrap import OUTBOXES
+
+    shop = stack.shop
+    worker = stack.worker()
+    try:
+        user = shop.new_user(balance=1_000)
+        product = shop.product(stock=10, price=100)
+        coupon = shop.coupon_for(user, discount=10)
+        order_id = shop.order(user, product, issued_coupon_id=coupon)
+        shop.wait_order(order_id, ("COMPLETED",))
+        shop.wait_streamed(order_id)
+    finally:
+        worker.stop()
+
+    announced = {}
+    for service, table in OUTBOXES.items():
+        with stack.rt.databases[service].read() as session:
+            rows = session.scalars(
+                select(table).where(table.key == f"order-{order_id}", table.kind == "event")
+            ).all()
+            announced[service] = [
+                (json.loads(r.payload)["event"], r.sent_at is not None) for r in rows
+            ]
+    if stack.settings.saga_mode == "choreography":
+        assert announced == {
+            "orders": [("OrderCreated", True)],
+            "products": [("StockDecreased", True)],
+            "balances": [("BalanceUsed", True)],
+            "coupons": [("CouponUsed", True)],
+            "dataplatform": [],  # the last step: nobody listens
+        }
+    else:
+        assert announced == {service: [] for service in OUTBOXES}  # the chain carries it

@@ -32,10 +32,12 @@ from sagaflow import (
     compensate_once,
     ledger_table,
 )
+from sagaflow.choreography import CHOREOGRAPHY, MODES, Choreography
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.faults import FaultInjector, parse_faults
 from sagaflow.log import SagaBase
 from sagaflow.orchestrator import StallCheck
+from sagaflow.outbox import Outbox, Relay, outbox_table, sender
 from sagaflow.testing import SyncDispatcher
 from tests.support import RedisServer
 
@@ -59,6 +61,7 @@ class Sent(WalletBase):
 
 
 WalletLedger = ledger_table(WalletBase)
+WalletOutbox = outbox_table(WalletBase)
 
 
 class TooMuch(Exception):
@@ -116,7 +119,7 @@ class World:
     """The wallet database (which also holds the saga log), Redis, the runner and the
     orchestrator's projector, wired the way a process would wire them."""
 
-    def __init__(self, tmp_path, redis_url: str, faults: str = ""):
+    def __init__(self, tmp_path, redis_url: str, faults: str = "", mode: str = "orchestration"):
         url = f"sqlite:///{tmp_path / 'wallet.db'}"
         self.db = Database(url, create=True)
         WalletBase.metadata.create_all(self.db.engine)
@@ -129,7 +132,10 @@ class World:
         self.projector = Projector(self.db, self.redis, self.workflows, {"topup": hooks})
         self.log = SagaLog(self.db, self.workflows)
         self.store = DeadLetterStore(self.redis, lambda attempts: 0)
-        self.dispatcher = SyncDispatcher(max_retries=2, max_attempts=2)
+        self.mode = mode
+        self.dispatcher = SyncDispatcher(
+            max_retries=2, max_attempts=2, chained=mode != CHOREOGRAPHY
+        )
         injector = FaultInjector(
             parse_faults(faults, ["credit", "debit", "notify"]), self.redis.incr, 0
         )
@@ -137,7 +143,20 @@ class World:
             self.workflows, self, EventLog(self.redis), self.store, self.dispatcher, injector
         )
         self.dispatcher.runner = self.runner
+        # Both services keep their outbox in the one test database. The relay process has
+        # its own; the workers' fast path theirs.
+        self.relay = self._relay([Outbox("wallet", self.db, WalletOutbox)])
+        if mode == CHOREOGRAPHY:
+            outboxes = {
+                name: Outbox(name, self.db, WalletOutbox, lease_seconds=30)
+                for name in ("wallet", "notifier")
+            }
+            self.runner.announcer = Choreography(outboxes, self._relay(outboxes.values()))
         self._ids = itertools.count(1)
+
+    def _relay(self, outboxes) -> Relay:
+        park = lambda outbox, row, error: self.runner.park_message(outbox.service, row, error)  # noqa: E731
+        return Relay(list(outboxes), sender(self.runner), park)
 
     def start(self, amount: int, user_id: int = 7) -> str:
         ctx = TopUp(topup_id=next(self._ids), user_id=user_id, amount=amount)
@@ -166,9 +185,16 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(params=MODES)
+def mode(request) -> str:
+    """Every rule holds in both modes: a chain sent up front, or each step announcing the
+    next through its outbox."""
+    return request.param
+
+
 @pytest.fixture
-def world(tmp_path, redis_url):
-    return World(tmp_path, redis_url)
+def world(tmp_path, redis_url, mode):
+    return World(tmp_path, redis_url, mode=mode)
 
 
 # --- the rules ------------------------------------------------------------------------
@@ -216,8 +242,8 @@ def test_a_business_error_turns_back_and_voids_the_failed_step(world):
     assert world.balance() == 0
 
 
-def test_a_step_after_the_pivot_is_retried_then_parked_never_undone(tmp_path, redis_url):
-    world = World(tmp_path, redis_url, faults="notify:transient")
+def test_a_step_after_the_pivot_is_retried_then_parked_never_undone(tmp_path, redis_url, mode):
+    world = World(tmp_path, redis_url, faults="notify:transient", mode=mode)
     saga = world.start(amount=300)
 
     timeline = world.log.timeline(saga)
@@ -230,8 +256,8 @@ def test_a_step_after_the_pivot_is_retried_then_parked_never_undone(tmp_path, re
     assert world.balance() == 300
 
 
-def test_parked_work_sent_again_by_the_dlq_finishes_and_closes_its_entry(tmp_path, redis_url):
-    world = World(tmp_path, redis_url, faults="notify:transient:3")
+def test_parked_work_sent_again_by_the_dlq_finishes_and_closes_its_entry(tmp_path, redis_url, mode):
+    world = World(tmp_path, redis_url, faults="notify:transient:3", mode=mode)
     saga = world.start(amount=300)
     [entry] = world.store.entries(saga_id=saga)
 
@@ -244,8 +270,8 @@ def test_parked_work_sent_again_by_the_dlq_finishes_and_closes_its_entry(tmp_pat
     assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
 
 
-def test_a_failing_compensation_is_parked_and_the_saga_needs_attention(tmp_path, redis_url):
-    world = World(tmp_path, redis_url, faults="notify:business,debit:transient")
+def test_a_failing_compensation_is_parked_and_the_saga_needs_attention(tmp_path, redis_url, mode):
+    world = World(tmp_path, redis_url, faults="notify:business,debit:transient", mode=mode)
     saga = world.start(amount=300)  # notify refuses: after the pivot, so no undo...
     assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.db import Database
 from app.errors import InsufficientBalance, InvalidRequest, NotFound
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
+from sagaflow.outbox import outbox_table
 
 # What a top-up may bring a balance to. The column is 64-bit: a refund always goes in (a
 # compensation must never be refused), even when a top-up that landed between the payment
@@ -34,6 +35,7 @@ class Balance(Base):
 
 
 Ledger = ledger_table(Base)
+Outbox = outbox_table(Base)  # choreography: the events this service's steps announce
 
 
 class BalanceService:

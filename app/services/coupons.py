@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.db import Database
 from app.errors import CouponUnavailable, NotFound
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
+from sagaflow.outbox import outbox_table
 
 UNUSED, USED = "UNUSED", "USED"
 PENDING, ISSUED, REJECTED = "PENDING", "ISSUED", "REJECTED"
@@ -69,6 +70,7 @@ class IssueRequest(Base):
 
 
 Ledger = ledger_table(Base)
+Outbox = outbox_table(Base)  # choreography: the events this service's steps announce
 
 
 def _coupon_view(c: Coupon) -> dict:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.db import Database
 from app.errors import NotFound, OutOfStock, UnknownProduct
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
+from sagaflow.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
@@ -30,6 +31,7 @@ class Product(Base):
 
 
 Ledger = ledger_table(Base)
+Outbox = outbox_table(Base)  # choreography: the events this service's steps announce
 
 
 def _view(product: Product) -> dict:
