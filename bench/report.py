@@ -176,6 +176,7 @@ def modes_table(modes: dict) -> list[str]:
         ("invariants under contention", lambda m: "hold" if m["invariants_hold"] else "BROKEN"),
         ("outbox rows per order", lambda m: _fmt(m["outbox"]["outbox_rows_per_order"])),
         ("relay CPU per order, ms", lambda m: _fmt(m["outbox"]["relay_cpu_ms_per_order"])),
+        ("relay CPU when idle, ms per s", lambda m: _fmt(m["outbox"]["relay_idle_cpu_ms_per_s"])),
     ]
     return [
         "Saga modes side by side (SAGA_MODE), each on fresh processes:",

@@ -153,8 +153,12 @@ class OutboxCost:
     """What the outboxes cost over a run: rows written per order (every service's outbox),
     and the CPU time the relay process used per order."""
 
-    def __init__(self, rt, relay_cpu_seconds):
+    def __init__(self, rt, relay_cpu_seconds, idle_seconds: float = 3.0):
         self.rt, self.relay_cpu = rt, relay_cpu_seconds
+        # What the relay's polling costs with nothing to send, to tell it from sending.
+        before = relay_cpu_seconds()
+        time.sleep(idle_seconds)
+        self.idle_ms_per_s = round((relay_cpu_seconds() - before) * 1000 / idle_seconds, 2)
         self.rows, self.orders, self.cpu = self._rows(), self._orders(), relay_cpu_seconds()
 
     def _rows(self) -> int:
@@ -178,6 +182,7 @@ class OutboxCost:
             "orders": orders,
             "outbox_rows_per_order": round(rows / orders, 2) if orders else None,
             "relay_cpu_ms_per_order": round(cpu * 1000 / orders, 3) if orders else None,
+            "relay_idle_cpu_ms_per_s": self.idle_ms_per_s,
         }
 
 

@@ -207,12 +207,10 @@ class Choreography(Announcer):
             with outbox.db.write() as session:
                 announcement.payload = payload
                 announcement.write(session)
-        row_id = announcement.row_id
         try:
-            if not self.relay.send_now(outbox, [row_id], {row_id: payload}):
-                # An earlier message of this saga is still unsent (or the broker refused):
-                # the relay sends this one after it, in order.
-                outbox.hand_over(row_id, payload)
+            # Held by this writer, so no relay takes it meanwhile: no claim to make. (Its
+            # saga's earlier messages caused this work: they have left already.)
+            self.relay.send_held(outbox, announcement.row_id, EVENT, payload)
         except Exception:
             # The row is in the outbox: the relay sends it once the database answers.
             log.exception("could not send %s at once; the relay will", payload["event"])

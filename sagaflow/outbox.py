@@ -84,11 +84,9 @@ class Outbox:
         self.lease = lease_seconds
         self.me = f"{socket.gethostname()}:{id(self):x}"
 
-    def claim(
-        self, limit: int = 100, ids: list[int] | None = None, payloads: dict | None = None
-    ) -> list:
-        """Rows due now, the oldest unsent of their key, not claimed by a live relay (or
-        held by this one). `payloads` replaces what given rows say, in the same update."""
+    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list:
+        """Rows due now, the oldest unsent of their key, not claimed by a live relay (nor
+        held by their writer)."""
         t, earlier = self.table, aliased(self.table)
         now = utcnow()
         blocked = exists().where(
@@ -105,7 +103,7 @@ class Outbox:
                 t.sent_at.is_(None),
                 t.parked == 0,
                 t.next_attempt_at <= now,
-                (t.claimed_until.is_(None)) | (t.claimed_until < now) | (t.claimed_by == self.me),
+                (t.claimed_until.is_(None)) | (t.claimed_until < now),
                 ~blocked,
             )
             .order_by(t.id)
@@ -119,19 +117,17 @@ class Outbox:
             rows = session.scalars(query).all()
             for row in rows:
                 row.claimed_by, row.claimed_until = self.me, now + timedelta(seconds=self.lease)
-                if payloads and row.id in payloads:
-                    row.payload = json.dumps(payloads[row.id])
             return [(r.id, r.key, r.kind, json.loads(r.payload), r.attempts) for r in rows]
 
-    def sent(self, row_ids: list[int]) -> None:
+    def sent(self, row_ids: list[int], payload: dict | None = None) -> None:
+        """Mark rows sent (and, with `payload`, say what the one row finally said)."""
         if not row_ids:
             return
+        values = dict(sent_at=utcnow(), claimed_by=None, claimed_until=None)
+        if payload is not None:
+            values["payload"] = json.dumps(payload)
         with self.db.write() as session:
-            session.execute(
-                update(self.table)
-                .where(self.table.id.in_(row_ids))
-                .values(sent_at=utcnow(), claimed_by=None, claimed_until=None)
-            )
+            session.execute(update(self.table).where(self.table.id.in_(row_ids)).values(**values))
 
     def release(self, row_ids: list[int]) -> None:
         if not row_ids:
@@ -171,16 +167,6 @@ class Outbox:
             )
             return taken.rowcount == 1
 
-    def hand_over(self, row_id: int, payload: dict) -> None:
-        """Give a held row to the relays, as the writer finished it (it could not send it)."""
-        t = self.table
-        with self.db.write() as session:
-            session.execute(
-                update(t)
-                .where(t.id == row_id, t.sent_at.is_(None), t.claimed_by == self.me)
-                .values(payload=json.dumps(payload), claimed_by=None, claimed_until=None)
-            )
-
     def withdraw(self, row_ids: list[int], why: str) -> None:
         """Close rows without sending them (what they announce must not happen)."""
         with self.db.write() as session:
@@ -205,9 +191,13 @@ class Outbox:
                 )
             )
 
-    def failed(self, row_id: int, error: str, delay: float, park: bool) -> None:
+    def failed(
+        self, row_id: int, error: str, delay: float, park: bool, payload: dict | None = None
+    ) -> None:
         with self.db.write() as session:
             row = session.get(self.table, row_id)
+            if payload is not None:
+                row.payload = json.dumps(payload)
             row.attempts += 1
             row.last_error = error[:2000]
             row.claimed_by = row.claimed_until = None
@@ -271,10 +261,25 @@ class Relay:
         outbox.release(held)
         return len(done)
 
-    def send_now(self, outbox: Outbox, row_ids: list[int], payloads: dict | None = None) -> bool:
+    def send_now(self, outbox: Outbox, row_ids: list[int]) -> bool:
         """The writer's fast path, right after its commit: True if everything was sent."""
-        rows = outbox.claim(ids=row_ids, payloads=payloads)
+        rows = outbox.claim(ids=row_ids)
         return self.relay(outbox, rows) == len(row_ids)
+
+    def send_held(self, outbox: Outbox, row_id: int, kind: str, payload: dict) -> bool:
+        """Send a row its writer holds (`enqueue(held_by=...)`) with what it finally says,
+        then mark it so in one update. A failed send leaves it to the relays."""
+        try:
+            self.send(kind, payload, message_id(outbox.service, row_id))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "outbox send failed service=%s id=%s error=%r", outbox.service, row_id, error
+            )
+            outbox.failed(row_id, error, self.backoff(0), park=False, payload=payload)
+            return False
+        outbox.sent([row_id], payload)
+        return True
 
     def run_once(self) -> int:
         sent = 0
