@@ -31,10 +31,11 @@ def primary_stack(primary_backend, tmp_path_factory):
     stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stacks_by_mode(primary_backend, primary_stack, tmp_path_factory):
     """mode -> a stack running the saga that way (SAGA_MODE): the primary stack for its own
-    mode, another started on first use, for the modules that run in both modes."""
+    mode, another started on first use, for the modules that run in both modes. The other
+    is stopped with its module: its processes and database connections do not linger."""
     made = {primary_stack.settings.saga_mode: primary_stack}
 
     def in_mode(mode: str) -> Stack:
