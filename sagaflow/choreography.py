@@ -106,6 +106,10 @@ def react(runner, payload: dict, message_id: str) -> None:
         runner.dispatcher.compensate(
             wf, payload["saga_id"], plan, plan.index(name), message_id=message_id
         )
+    elif what == "ask":
+        # Its own id: the step's finished event goes out under this row's id, which the
+        # next step must not take for one it already had.
+        runner.dispatcher.forward(wf, payload["ctx"], [name], message_id=f"{message_id}-ask")
     else:
         runner.dispatcher.forward(wf, payload["ctx"], [name], message_id=message_id)
 

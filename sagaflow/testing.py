@@ -10,6 +10,7 @@ limits) is what the end-to-end tests are for.
 from __future__ import annotations
 
 from collections import deque
+from uuid import uuid4
 
 from sagaflow.errors import AlreadyCompensated
 from sagaflow.workflow import Workflow
@@ -25,13 +26,14 @@ class SyncDispatcher:
         self.chained = chained
         self.work: deque = deque()
         self.sent: list[tuple[str, list[str]]] = []  # what was dispatched, in order
+        self.dropped: list[str] = []  # message ids dropped as duplicates, as a worker would
 
     def forward(
         self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
     ) -> None:
         steps = list(steps) if self.chained else list(steps[:1])
         self.sent.append(("forward", steps))
-        self.work.append(("forward", wf, ctx, steps, dlq_entry))
+        self.work.append(("forward", message_id, wf, ctx, steps, dlq_entry))
 
     def compensate(
         self,
@@ -44,16 +46,20 @@ class SyncDispatcher:
     ) -> None:
         end = len(plan) if self.chained else start + 1
         self.sent.append(("compensate", plan[start:end]))
-        self.work.append(("compensate", wf, saga_id, list(plan), start, end, dlq_entry))
+        self.work.append(("compensate", message_id, wf, saga_id, list(plan), start, end, dlq_entry))
 
     def drain(self, projector=None) -> None:
         """Run everything sent, and everything it sends, then bring the log up to date."""
         while self.work:
-            job = self.work.popleft()
-            if job[0] == "forward":
-                self._forward(*job[1:])
+            kind, message_id, *job = self.work.popleft()
+            # A message id already delivered as another task is dropped (SagaTask does).
+            if message_id and not self.runner.events.first_delivery(message_id, str(uuid4())):
+                self.dropped.append(message_id)
+                continue
+            if kind == "forward":
+                self._forward(*job)
             else:
-                self._compensate(*job[1:])
+                self._compensate(*job)
         while projector is not None and projector.run_once(block_ms=1):
             pass
 

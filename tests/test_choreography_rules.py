@@ -80,6 +80,20 @@ def test_a_writer_that_dies_after_its_commit_loses_nothing(world):
     assert world.steps(saga)["credit"]["attempts"] == 2
 
 
+def test_a_step_asked_again_sends_its_event_under_an_id_its_listener_has_not_had(world):
+    saga = start_without_sending(world, 300)
+    expire_holds(world)
+    [(unfinished, _, _)] = events(world)
+    # The relay sends the unfinished event; the step it asks runs before the relay marks
+    # the row sent, so the step finishes that same row and sends it under the row's id.
+    react(world.runner, unfinished, "outbox-wallet-1")
+    world.settle()
+
+    assert world.dispatcher.dropped == []
+    assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
+    assert world.balance() == 300
+
+
 def test_a_redelivered_step_finishes_the_event_its_first_run_wrote(world):
     saga = start_without_sending(world, 300)  # died after its commit, before sending
 
@@ -97,11 +111,12 @@ def test_an_event_delivered_twice_runs_its_work_once(world):
     saga = world.start(amount=300)
     [(payload, _, _)] = events(world)
 
-    react(world.runner, payload, "outbox-wallet-1")
-    react(world.runner, payload, "outbox-wallet-1-again")
+    react(world.runner, payload, "outbox-wallet-1")  # the relay sending the row again
+    react(world.runner, payload, "outbox-wallet-9")  # the same news under another id
     world.settle()
 
-    assert world.steps(saga)["notify"]["attempts"] == 3
+    assert world.dispatcher.dropped == ["outbox-wallet-1"]  # notify already had it
+    assert world.steps(saga)["notify"]["attempts"] == 2  # the other ran, changing nothing
     with world.db.read() as session:
         assert len(session.scalars(select(Sent)).all()) == 1
     assert world.balance() == 300
