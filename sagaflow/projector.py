@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 from sqlalchemy import select
 
@@ -101,8 +102,12 @@ class Projector:
         return False
 
     def release_lock(self) -> None:
-        if (self.redis.get(LOCK) or b"").decode() == self.me:
-            self.redis.delete(LOCK)
+        """On the way out; if Redis is already gone (stopped with us), the lock expires."""
+        try:
+            if (self.redis.get(LOCK) or b"").decode() == self.me:
+                self.redis.delete(LOCK)
+        except redis_errors.RedisError as exc:
+            log.warning("could not release the projector lock (it expires): %s", exc)
 
     # --- reading the stream ------------------------------------------------------------
 
