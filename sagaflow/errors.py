@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def error_text(exc: BaseException | str) -> str:
+    if isinstance(exc, str):
+        return exc[:2000]
+    # Some exceptions carry no message (SoftTimeLimitExceeded()): say what they mean.
+    name, message = type(exc).__name__, str(exc)
+    if message in ("", f"{name}()"):
+        first_sentence = " ".join((type(exc).__doc__ or "").split()).split(". ")[0]
+        message = first_sentence.rstrip(".") + "." if first_sentence else "no message"
+    return f"{name}: {message}"[:2000]
+
+
 class SagaError(Exception):
     """Base of every error the runtime raises on purpose."""
 

@@ -25,8 +25,10 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import DateTime, Integer, String, Text, and_, exists, select, update
+from sqlalchemy import DateTime, Integer, String, Text, and_, exists, func, select, update
 from sqlalchemy.orm import Mapped, aliased, mapped_column
+
+from sagaflow.errors import error_text
 
 log = logging.getLogger("sagaflow.outbox")
 
@@ -205,8 +207,6 @@ class Outbox:
             row.parked = 1 if park else 0
 
     def pending(self) -> int:
-        from sqlalchemy import func
-
         with self.db.read() as session:
             return session.scalar(
                 select(func.count()).where(self.table.sent_at.is_(None), self.table.parked == 0)
@@ -242,19 +242,7 @@ class Relay:
                 self.send(kind, payload, message_id(outbox.service, row_id))
             except Exception as exc:
                 failed_keys.add(key)
-                give_up = attempts + 1 >= self.max_attempts
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "outbox send failed service=%s id=%s key=%s attempt=%s error=%r",
-                    outbox.service,
-                    row_id,
-                    key,
-                    attempts + 1,
-                    error,
-                )
-                outbox.failed(row_id, error, self.backoff(attempts), park=give_up)
-                if give_up:
-                    self.park(outbox, row, error)
+                self._failed(outbox, row, exc)
                 continue
             done.append(row_id)
         outbox.sent(done)
@@ -272,14 +260,27 @@ class Relay:
         try:
             self.send(kind, payload, message_id(outbox.service, row_id))
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "outbox send failed service=%s id=%s error=%r", outbox.service, row_id, error
-            )
-            outbox.failed(row_id, error, self.backoff(0), park=False, payload=payload)
+            self._failed(outbox, (row_id, payload["saga_id"], kind, payload, 0), exc, payload)
             return False
         outbox.sent([row_id], payload)
         return True
+
+    def _failed(self, outbox: Outbox, row: tuple, exc: Exception, payload=None) -> None:
+        """A send failed: try again later, or park the message once attempts run out."""
+        row_id, key, _kind, _payload, attempts = row
+        give_up = attempts + 1 >= self.max_attempts
+        error = error_text(exc)
+        log.warning(
+            "outbox send failed service=%s id=%s key=%s attempt=%s error=%r",
+            outbox.service,
+            row_id,
+            key,
+            attempts + 1,
+            error,
+        )
+        outbox.failed(row_id, error, self.backoff(attempts), park=give_up, payload=payload)
+        if give_up:
+            self.park(outbox, row, error)
 
     def run_once(self) -> int:
         sent = 0

@@ -15,25 +15,15 @@ from typing import Any, Protocol
 
 from sagaflow.choreography import CHAINED, Announcer
 from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.errors import AlreadyCompensated, InjectedBusinessError
+from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, error_text
 from sagaflow.events import Event, EventLog, Phase
 from sagaflow.faults import NO_FAULTS, FaultInjector
+from sagaflow.outbox import message_id, sender
 from sagaflow.status import WorkKind
 from sagaflow.workflow import Workflow
 
 log = logging.getLogger("sagaflow")
 BUSINESS, PARKED = "business", "parked"  # failure markers
-
-
-def error_text(exc: BaseException | str) -> str:
-    if isinstance(exc, str):
-        return exc[:2000]
-    # Some exceptions carry no message (SoftTimeLimitExceeded()): say what they mean.
-    name, message = type(exc).__name__, str(exc)
-    if message in ("", f"{name}()"):
-        first_sentence = " ".join((type(exc).__doc__ or "").split()).split(". ")[0]
-        message = first_sentence.rstrip(".") + "." if first_sentence else "no message"
-    return f"{name}: {message}"[:2000]
 
 
 class Dispatcher(Protocol):
@@ -340,8 +330,6 @@ class Runner:
         name, args, eid = entry["name"], entry["args"], entry["id"]
         if "outbox" in args:
             # A message its relay could not send: sending it is all there is to do.
-            from sagaflow.outbox import sender
-
             message = args["outbox"]
             sender(self)(message["kind"], message["payload"], message["message_id"])
             self.dead_letters.resolve(eid, "sent by the DLQ")
@@ -360,8 +348,6 @@ class Runner:
 
     def park_message(self, service: str, row: tuple, error: str) -> dict:
         """An outbox message its relay gave up on (class 3): the DLQ sends it from there."""
-        from sagaflow.outbox import message_id
-
         row_id, key, kind, payload, _attempts = row
         mid = message_id(service, row_id)
         workflow = payload.get("workflow") or key.split("-", 1)[0]
