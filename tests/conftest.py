@@ -10,8 +10,33 @@ import pytest
 
 from tests.shop import Shop
 from tests.stack import Stack, available_backends
+from tests.support import SLOW, postgres_admin_url, stop_leftovers
 
 _user_ids = itertools.count(1000)
+
+
+def pytest_sessionstart(session) -> None:
+    """The backends are chosen here, once, before collection parametrizes tests by them;
+    every stack of the run then uses that choice (tests/support.postgres_admin_url)."""
+    postgres_admin_url()
+
+
+def pytest_report_header(config) -> list[str]:
+    url = postgres_admin_url()
+    where = f" (PostgreSQL at {url.rsplit('@', 1)[-1]})" if url else ""
+    return [f"saga test backends: {', '.join(available_backends())}{where}; TEST_SLOW={SLOW:g}"]
+
+
+def pytest_sessionfinish(session) -> None:
+    """A process some path forgot to stop is stopped (and waited for) here at the latest,
+    and named, so the next run on this machine does not find it still running."""
+    left = stop_leftovers()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("stopped processes the tests left running:", yellow=True)
+            for each in left:
+                reporter.write_line(f"  {each}", yellow=True)
 
 
 @pytest.fixture(scope="session")

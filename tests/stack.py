@@ -3,6 +3,7 @@ own workers with their own settings, such as fault injection."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.support import (
     PostgresDatabases,
     RedisServer,
     RelayProcess,
+    ServiceProcess,
     WorkerProcess,
     database_env,
     migrate,
@@ -34,13 +36,27 @@ class Stack:
         self.extra_env = env
         self._pg: PostgresDatabases | None = None
         self._user_ids = itertools.count(5_000)
+        self._processes: list[ServiceProcess] = []  # every process started on this stack
+        self._undo: contextlib.ExitStack | None = None
 
     def start(self) -> Stack:
+        """Start every part; each one's stop is registered as soon as it is up, before the
+        next starts, so a step that fails (a process not coming up, a migration error,
+        PostgreSQL gone) stops what was already started before the error is raised.
+        stop() runs the same stops, last started first."""
+        with contextlib.ExitStack() as undo:
+            self._start(undo)
+            self._undo = undo.pop_all()
+        return self
+
+    def _start(self, undo: contextlib.ExitStack) -> None:
         from app import create_app
 
         self.redis.start()
+        undo.callback(self.redis.stop)
         if self.backend == "postgresql":
             self._pg = PostgresDatabases(postgres_admin_url())
+            undo.callback(self._pg.drop)  # before create: a half-done create is dropped too
             urls = self._pg.create()
         else:
             urls = {s: f"sqlite:///{self.workdir / f'{s}.db'}" for s in SERVICES}
@@ -59,20 +75,34 @@ class Stack:
         migrate(self.env)
         self.settings = Settings.from_env({**os.environ, **self.env})
         self.app = create_app(self.settings)
+        undo.callback(self.app.extensions["services"].dispose)
         self.rt = Inspector(self.settings)
+        undo.callback(self.rt.dispose)
         self.runner = self.app.extensions["runner"]
         self.shop = Shop(self.app.test_client(), self.rt, self._user_ids, self.credentials)
+        # Every process started on the stack from here on (the orchestrator, relays, and
+        # the workers, APIs and DLQ workers tests start) is stopped with it if it still
+        # runs: a test that fails between two starts leaves nothing behind its module.
+        undo.callback(self._stop_processes)
         # The saga log is kept by the orchestrator, the outboxes sent by the relay: every
         # stack runs one of each.
         self.orchestrator = self.start_orchestrator()
         self.relay = self.start_relay()
-        return self
+
+    def _started(self, proc: ServiceProcess) -> ServiceProcess:
+        """Start a process of this stack (one that fails to start stops itself)."""
+        self._processes.append(proc)
+        return proc.start()
+
+    def _stop_processes(self) -> None:
+        while self._processes:
+            self._processes.pop().stop()  # stop() is a no-op for one already stopped
 
     def start_relay(self, **env) -> RelayProcess:
-        return RelayProcess({**self.env, **env}, self.workdir / "logs").start()
+        return self._started(RelayProcess({**self.env, **env}, self.workdir / "logs"))
 
     def start_orchestrator(self, **env) -> OrchestratorProcess:
-        return OrchestratorProcess({**self.env, **env}, self.workdir / "logs").start()
+        return self._started(OrchestratorProcess({**self.env, **env}, self.workdir / "logs"))
 
     def restart_orchestrator(self, **env) -> None:
         self.orchestrator.stop()
@@ -82,30 +112,30 @@ class Stack:
         self, faults: str = "", queues=SERVICES, concurrency: int = 2, **env
     ) -> WorkerProcess:
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
-        return WorkerProcess(
-            {**self.env, **fault_env, **env}, self.workdir / "logs", queues, concurrency
-        ).start()
+        return self._started(
+            WorkerProcess(
+                {**self.env, **fault_env, **env}, self.workdir / "logs", queues, concurrency
+            )
+        )
 
     def api(self, **env) -> ApiProcess:
-        return ApiProcess({**self.env, **env}, self.workdir / "logs").start()
+        return self._started(ApiProcess({**self.env, **env}, self.workdir / "logs"))
 
     def dlq_worker(self, faults: str = "", **env):
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
-        return DeadLetterWorkerProcess(
-            {**self.env, **fault_env, **env}, self.workdir / "logs"
-        ).start()
+        return self._started(
+            DeadLetterWorkerProcess({**self.env, **fault_env, **env}, self.workdir / "logs")
+        )
 
     def cli(self, *args: str, stdin: str | None = None, **env):
         return run_cli({**self.env, **env}, *args, stdin=stdin)
 
     def stop(self) -> None:
-        self.relay.stop()
-        self.orchestrator.stop()
-        self.app.extensions["services"].dispose()
-        self.rt.dispose()
-        self.redis.stop()
-        if self._pg:
-            self._pg.drop()
+        """Stop every process started on it, release its connections, drop its PostgreSQL
+        databases, stop its Redis. Safe to call again."""
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo.close()
 
 
 def available_backends() -> list[str]:
