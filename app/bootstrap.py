@@ -11,6 +11,7 @@ import logging
 import socket
 
 import redis
+from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from app.db import Database, open_database
 from app.order_saga import HOOKS, WORKFLOWS
@@ -24,6 +25,7 @@ from config.settings import SERVICES, Settings
 from sagaflow import EventLog, Projector, Runner, SagaLog
 from sagaflow.choreography import CHOREOGRAPHY, Choreography
 from sagaflow.dlq.store import DeadLetterStore
+from sagaflow.errors import error_text
 from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
 from sagaflow.outbox import Outbox, Relay, sender
@@ -80,6 +82,26 @@ class Services:
         self.redis.close()
 
 
+def warm_up(services: Services, within: float) -> None:
+    """Open one connection to Redis and to each database the process serves, waiting up
+    to `within` seconds for each: a worker child does this as it starts, so its first
+    task does not pay for (or time out on) a slow first connection. A dependency still not
+    answering is only logged: the work that needs it waits for it (dependencies.py)."""
+    checks = {"Redis": services.redis.ping}
+    checks.update({f"the {name} database": db.ping for name, db in services.databases.items()})
+    for what, check in checks.items():
+        try:
+            for attempt in Retrying(
+                stop=stop_after_delay(within),
+                wait=wait_exponential(multiplier=0.2, max=2),
+                reraise=True,
+            ):
+                with attempt:
+                    check()
+        except Exception as exc:
+            log.warning("%s does not answer yet (%s); tasks wait for it", what, error_text(exc))
+
+
 def dlq_backoff(settings: Settings):
     def backoff(attempts: int) -> float:
         return min(settings.dlq_backoff_max, settings.dlq_backoff * (2**attempts))
@@ -114,6 +136,7 @@ def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -
         dispatcher,
         faults_from(settings, client),
         worker=f"{socket.gethostname()}:{','.join(served) or '-'}",
+        outage_budget=settings.outage_budget_seconds,
     )
     if settings.saga_mode == CHOREOGRAPHY:
         outboxes = build_outboxes(services, settings)

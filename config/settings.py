@@ -84,6 +84,15 @@ class Settings:
     # restore interval), so the DLQ is the backstop and never races a redelivery.
     saga_stall_seconds: float = 300.0
     saga_stall_check_seconds: float = 30.0
+    # A dependency that cannot be reached (a service's database, Redis, the broker) is not
+    # the work's fault (sagaflow/dependencies.py): work waits for it with backoff, spending
+    # none of its attempts, for at most this long before it goes to the DLQ; one alert
+    # goes out per outage once it lasts this long, and one when it is over.
+    outage_budget_seconds: float = 1800.0
+    outage_alert_seconds: float = 120.0
+    # A worker child opens its databases when it starts, before it takes any task (outside
+    # every task's time limit): how long the pool waits for a child to come up.
+    worker_start_timeout: float = 60.0
 
     # The outbox relay (sagaflow/outbox.py): how often it looks, how long a claim holds,
     # how many sends before a message is parked in the DLQ.
@@ -226,6 +235,9 @@ class Settings:
             saga_stall_check_seconds=number(
                 "SAGA_STALL_CHECK_SECONDS", defaults.saga_stall_check_seconds
             ),
+            outage_budget_seconds=number("OUTAGE_BUDGET_SECONDS", defaults.outage_budget_seconds),
+            outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),
+            worker_start_timeout=number("WORKER_START_TIMEOUT", defaults.worker_start_timeout),
             outbox_poll_interval=number("OUTBOX_POLL_INTERVAL", defaults.outbox_poll_interval),
             outbox_lease_seconds=number("OUTBOX_LEASE_SECONDS", defaults.outbox_lease_seconds),
             outbox_max_attempts=number("OUTBOX_MAX_ATTEMPTS", defaults.outbox_max_attempts, int),

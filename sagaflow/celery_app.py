@@ -5,22 +5,27 @@ link_error callback on every signature, and the delivery guarantees they all sha
     app.conf.update(delivery_conf(visibility_timeout=120, restore_interval=10))
     sagas = install(app, [ORDER], defaults=RetryPolicy(...), runner=build_runner)
 
-`runner` builds the process's Runner (engines, Redis client) on first use after the
-worker forks, so nothing created before a fork is shared with the children.
+`runner` builds the process's Runner (engines, Redis client) in each pool child as it
+starts, so nothing created before a fork is shared with the children and no task pays for
+(or times out on) opening the databases.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 
 from celery import Celery, Task, chain
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from celery.utils.time import get_exponential_backoff_interval
 from kombu import Queue
 
-from sagaflow.errors import AlreadyCompensated, InjectedBusinessError
+from sagaflow.dependencies import unreachable
+from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, error_text
 from sagaflow.runner import Runner
 from sagaflow.status import WorkKind
 from sagaflow.workflow import RetryPolicy, Workflow
@@ -29,10 +34,15 @@ log = logging.getLogger("sagaflow.tasks")
 STEP_FAILED = "sagaflow.step_failed"
 
 
-def delivery_conf(visibility_timeout: int, restore_interval: int, queues: list[str]) -> dict:
+def delivery_conf(
+    visibility_timeout: int, restore_interval: int, queues: list[str], start_timeout: float = 60
+) -> dict:
     """How every message is delivered: acknowledged only after the work is done, given
     back if the worker dies, one at a time, JSON only, no result backend."""
     return dict(
+        # A pool child opens its databases before it says it is up (Sagas.start_child);
+        # Celery's 4 s default would kill a child whose database is slow to answer.
+        worker_proc_alive_timeout=start_timeout,
         task_serializer="json",
         accept_content=["json"],
         # Nobody reads task results: the saga log is the record. No backend, no writes.
@@ -62,9 +72,16 @@ def delivery_conf(visibility_timeout: int, restore_interval: int, queues: list[s
 class Sagas:
     """What the tasks of one Celery app share: the workflows and the process's Runner."""
 
-    def __init__(self, workflows: list[Workflow], build_runner: Callable[[], Runner], settings):
+    def __init__(
+        self,
+        workflows: list[Workflow],
+        build_runner: Callable[[], Runner],
+        settings,
+        warm_up: Callable[[Runner], None] | None = None,
+    ):
         self.workflows = {wf.name: wf for wf in workflows}
         self._build, self.settings = build_runner, settings
+        self._warm_up = warm_up or (lambda runner: None)
         self._runner: Runner | None = None
         self._lock = threading.Lock()
 
@@ -80,16 +97,33 @@ class Sagas:
         """Forget (without closing) what the parent built: its sockets belong to it."""
         self._runner = None
 
+    def start_child(self) -> None:
+        """A pool child builds its runtime and opens its connections as it starts, outside
+        any task's time limit: a slow database then delays the child, not a saga."""
+        self.reset()
+        try:
+            runner = self.runner
+        except Exception as exc:
+            # A setting that cannot work: every task of this child would fail. Say so and
+            # stop the child rather than take work it cannot do.
+            log.critical("worker child cannot build its runtime, exiting: %s", error_text(exc))
+            logging.shutdown()
+            os._exit(3)
+        self._warm_up(runner)
+
 
 class SagaTask(Task):
     """Acknowledge only after the work is done, and re-queue it if the worker dies: every
-    step is idempotent, so a redelivery is safe. Written once here for every task."""
+    step is idempotent, so a redelivery is safe. Written once here for every task: every
+    exception a task raises, before or during its work, is routed the same way (a retry
+    with backoff, then the DLQ), and an unreachable dependency spends no attempt."""
 
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
     workflow: Workflow | None = None
     work: str = ""
+    service: str = ""
 
     @property
     def sagas(self) -> Sagas:
@@ -103,20 +137,35 @@ class SagaTask(Task):
         dlq_entry = kwargs.get("dlq_entry", "")
         saga_id = kwargs.get("saga_id") or (args[0] if args and isinstance(args[0], str) else "")
         fields = f"saga_id={saga_id} step={self.work} task_id={self.request.id}"
-        mid = kwargs.get("message_id")
-        if mid and not self.runner.events.first_delivery(mid, self.request.id):
-            # The same outbox message sent twice (a relay crashed after sending it): the
-            # saga it starts already runs. A redelivery of this very task is not this.
-            log.info("duplicate message %s dropped %s", mid, fields)
-            raise Ignore()
-        # A retry from the DLQ is one attempt: the DLQ counts and spaces them, not autoretry.
-        run = getattr(self, "_orig_run", self.run) if dlq_entry else self.run
+        ran = False
         try:
+            mid = kwargs.get("message_id")
+            if mid and not self.runner.events.first_delivery(mid, self.request.id):
+                # The same outbox message sent twice (a relay crashed after sending it): the
+                # saga it starts already runs. A redelivery of this very task is not this.
+                log.info("duplicate message %s dropped %s", mid, fields)
+                raise Ignore()
+            # A retry from the DLQ is one attempt: the DLQ counts and spaces them.
+            run = getattr(self, "_orig_run", self.run) if dlq_entry else self.run
+            ran = True
             # Call run() directly: Task.__call__ would push a fresh request and lose the
             # retry count that bounds autoretry.
-            return run(*args, **kwargs)
-        except (Ignore, Reject):
+            result = run(*args, **kwargs)
+        except Ignore:
             raise
+        except Reject as reject:
+            if reject.requeue or not isinstance(reject.reason, Exception):
+                raise
+            # Celery could not publish the retry (the broker went away mid-task) and would
+            # drop the message. Keep it: requeued, or, if even that cannot reach Redis,
+            # left unacknowledged for the broker to deliver again after its visibility
+            # timeout.
+            log.warning(
+                "could not send the retry of %s (%s); the message is kept for redelivery",
+                fields,
+                error_text(reject.reason),
+            )
+            raise Reject(reject.reason, requeue=True) from None
         except Retry as retry:
             log.warning(
                 "retrying %s attempt=%s in=%ss error=%r",
@@ -133,8 +182,92 @@ class SagaTask(Task):
             if self.workflow is None:
                 log.error("failed %s error=%r", fields, str(exc))
                 raise
+            down = unreachable(exc, self.service)
+            if down:
+                self._wait_for(down, exc, args, kwargs, fields)  # raises unless spent
+            elif not ran:
+                # It failed before the work began (reaching Redis, building the runtime):
+                # nothing applied, so it is retried like a timeout, within the same budget.
+                self._retry_before_run(exc, fields)
             self._failed(exc, args, kwargs, dlq_entry, fields)
             raise
+        self._back_from_outage()
+        return result
+
+    # --- an unreachable dependency ---------------------------------------------------
+
+    def _wait_for(self, dependency: str, exc: BaseException, args, kwargs, fields) -> None:
+        """Send the same work again after a backoff without spending an attempt, until the
+        outage budget is spent (then return: the work fails as any other would)."""
+        settings, now = self.sagas.settings, time.time()
+        outage = dict(kwargs.get("outage") or {})
+        since = float(outage.get("since") or now)
+        self._outages_seen.add(dependency)
+        self.runner.outages.record(dependency, exc)
+        if kwargs.get("dlq_entry") or now - since >= settings.outage_budget_seconds:
+            return
+        tries = int(outage.get("tries") or 0)
+        delay = get_exponential_backoff_interval(
+            factor=max(1, int(self.retry_backoff)),
+            retries=tries,
+            maximum=int(self.retry_backoff_max),
+            full_jitter=self.retry_jitter,
+        )
+        retried = self.signature_from_request(
+            self.request,
+            args,
+            {**kwargs, "outage": {"since": since, "tries": tries + 1}},
+            countdown=delay,
+            # The same attempt again: an outage is not the work's failure.
+            retries=self.request.retries,
+        )
+        log.warning(
+            "%s unreachable; waiting %s attempt=%s in=%ss for %.0fs so far error=%r",
+            dependency,
+            fields,
+            self.request.retries + 1,
+            delay,
+            now - since,
+            error_text(exc),
+        )
+        try:
+            retried.apply_async()
+        except Exception as send_error:
+            log.warning("could not send the wait of %s either: kept for redelivery", fields)
+            raise Reject(send_error, requeue=True) from None
+        raise Retry(exc=exc, when=delay, sig=retried)
+
+    @property
+    def _outages_seen(self) -> set[str]:
+        # Per task instance (one per process): which outages this process met, so that
+        # only the first success afterwards pays a Redis write to say it is over.
+        seen = self.__dict__.get("_seen_outages")
+        if seen is None:
+            seen = self.__dict__["_seen_outages"] = set()
+        return seen
+
+    def _back_from_outage(self) -> None:
+        seen = self.__dict__.get("_seen_outages")
+        if seen:
+            for dependency in list(seen):
+                self.runner.outages.back(dependency)
+            seen.clear()
+
+    def _retry_before_run(self, exc: BaseException, fields: str) -> None:
+        retryable = isinstance(exc, (*self.workflow.retryable, SoftTimeLimitExceeded))
+        if not retryable or self.request.retries >= (self.max_retries or 0):
+            return
+        log.warning("failed before its work began %s error=%r", fields, error_text(exc))
+        countdown = get_exponential_backoff_interval(
+            factor=max(1, int(self.retry_backoff)),
+            retries=self.request.retries,
+            maximum=int(self.retry_backoff_max),
+            full_jitter=self.retry_jitter,
+        )
+        try:
+            raise self.retry(exc=exc, countdown=countdown)
+        except Reject as reject:  # the retry could not be sent: keep the message
+            raise Reject(reject.reason, requeue=True) from None
 
     def _failed(self, exc, args, kwargs, dlq_entry: str, fields: str) -> None:
         wf = self.workflow
@@ -177,7 +310,15 @@ def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -
 
 
 def _step_task(wf: Workflow, name: str):
-    def run(self, ctx: dict, saga_id: str = "", dlq_entry: str = "", message_id: str = "") -> dict:
+    # `outage`: how long this work has waited for an unreachable dependency (SagaTask).
+    def run(
+        self,
+        ctx: dict,
+        saga_id: str = "",
+        dlq_entry: str = "",
+        message_id: str = "",
+        outage: dict | None = None,
+    ) -> dict:
         return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
 
     run.__name__ = name
@@ -187,7 +328,12 @@ def _step_task(wf: Workflow, name: str):
 
 def _compensation_task(wf: Workflow, name: str):
     def run(
-        self, saga_id: str, plan: list | None = None, dlq_entry: str = "", message_id: str = ""
+        self,
+        saga_id: str,
+        plan: list | None = None,
+        dlq_entry: str = "",
+        message_id: str = "",
+        outage: dict | None = None,
     ) -> str:
         attempt = self.request.retries + 1
         return self.runner.run_compensation(wf, name, saga_id, attempt, dlq_entry, plan)
@@ -213,9 +359,11 @@ def install(
     defaults: RetryPolicy,
     build_runner: Callable[[], Runner],
     settings,
+    warm_up: Callable[[Runner], None] | None = None,
 ) -> Sagas:
-    """Register every workflow's tasks on `app` (shared=False: each app its own tasks)."""
-    app.sagas = Sagas(workflows, build_runner, settings)
+    """Register every workflow's tasks on `app` (shared=False: each app its own tasks).
+    `warm_up(runner)` runs in each pool child as it starts (open its connections)."""
+    app.sagas = Sagas(workflows, build_runner, settings, warm_up)
     app.conf.task_routes = {**(app.conf.task_routes or {}), **routes(workflows)}
     for wf in workflows:
         # Expected business refusals are logged as such, without a traceback.
@@ -229,6 +377,7 @@ def install(
                 name=f"{wf.name}.{step.name}",
                 workflow=wf,
                 work=step.name,
+                service=step.queue,
                 throws=throws,
                 **_options(step.retry, defaults, wf.retryable),
             )
@@ -241,6 +390,7 @@ def install(
                     name=f"{wf.name}.{step.compensation.name}",
                     workflow=wf,
                     work=step.compensation.name,
+                    service=step.queue,
                     throws=throws,
                     **_options(step.retry, defaults, wf.retryable),
                 )
@@ -259,8 +409,8 @@ def install(
         )
 
     @worker_process_init.connect(weak=False)
-    def _fresh_runner_in_child(**_):
-        app.sagas.reset()
+    def _runtime_of_the_child(**_):
+        app.sagas.start_child()
 
     return app.sagas
 

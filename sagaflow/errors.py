@@ -36,5 +36,10 @@ class InjectedBusinessError(Exception):
     as a business error."""
 
 
+class InputNotKnown(SagaError, ValueError):
+    """Parked work whose input has not been copied from the saga log yet: wait, do not
+    page (sagaflow/dlq/worker.py). A ValueError too, which the CLI reports in one line."""
+
+
 class UnknownSaga(SagaError):
     pass

@@ -13,7 +13,10 @@ Redis also holds two small flags every worker can read:
 - the failure marker `sagaflow:failure:<saga>:<work>`: how a task's own handler ended
   (business error, or parked in the DLQ), which its link_error callback reads to route it;
 - a running step's input `sagaflow:input:<saga>:<step>`, kept until it succeeds, so that
-  work parked by its callback (its task was killed) can be sent again.
+  work parked by its callback (its task was killed) can be sent again;
+- the done marker `sagaflow:done:<saga>:<work>`, set when the work succeeds: a failure
+  reported afterwards (the late callback of a killed attempt) is stale, and must neither
+  park the work again nor page anyone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from enum import StrEnum
 
 STREAM = "sagaflow:events"
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
+DONE = "sagaflow:done:"
 MARKER_TTL = 7 * 86_400
 INPUT_TTL = 2 * 86_400
 FENCE_TTL = 30 * 86_400
@@ -99,6 +103,7 @@ return redis.call('GET', KEYS[2])
 _FINISH = """
 redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(ARGV[1])))
 redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[6], '1', 'EX', ARGV[5])
 local closed = 'none'
 if redis.call('HGET', KEYS[4], 'given_up') == '1' then
   closed = 'given_up'
@@ -174,8 +179,9 @@ class EventLog:
                 f"{INPUT}{event.saga_id}:{event.name}",
                 ENTRY + eid,
                 DUE,
+                f"{DONE}{event.saga_id}:{event.name}",
             ],
-            args=[self._flat(event), note, time.time(), eid],
+            args=[self._flat(event), note, time.time(), eid, MARKER_TTL],
         )
         fence = fence.decode() if isinstance(fence, bytes) else fence
         closed = closed.decode() if isinstance(closed, bytes) else closed
@@ -202,6 +208,10 @@ class EventLog:
     def failure(self, saga_id: str, name: str) -> str | None:
         found = self.redis.get(f"{FAILURE}{saga_id}:{name}")
         return found.decode() if isinstance(found, bytes) else found
+
+    def succeeded(self, saga_id: str, name: str) -> bool:
+        """The work has succeeded (by any path): a failure reported for it now is stale."""
+        return bool(self.redis.exists(f"{DONE}{saga_id}:{name}"))
 
     def first_delivery(self, message_id: str, task_id: str) -> bool:
         """False when a message with this id was already delivered as another task: a

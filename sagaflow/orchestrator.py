@@ -60,6 +60,8 @@ class StallCheck:
                 }
             error = f"stalled: no progress for {self.idle:.0f}s (was its message lost?)"
             entry = self.runner.dead_letter(wf, name, instance.saga_id, args, error)
+            if entry is None:
+                continue  # it succeeded meanwhile: the log will say so in a moment
             log.warning("parked a stalled saga dlq_id=%s", entry["id"])
             parked.append(entry["id"])
         return parked

@@ -25,6 +25,7 @@ from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 from sqlalchemy import select
 
+from sagaflow.dlq import store as dead_letters
 from sagaflow.events import STREAM, Event, Phase
 from sagaflow.log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
 from sagaflow.status import DONE, SagaStatus, StepStatus, WorkKind
@@ -305,6 +306,17 @@ class Projector:
                         instance.failure_reason = (
                             instance.failure_reason or f"{event.name} is stuck: {event.error}"
                         )
+                if (
+                    self.redis is not None
+                    and row.kind != WorkKind.COMPENSATION
+                    and instance.context not in (None, "{}")
+                ):
+                    # A step parked by its callback after its kept input was lost (Redis
+                    # failed mid-step): the saga log knows it, so it can be sent again.
+                    # The log's context is the last finished step's, which is this one's.
+                    eid = dead_letters.entry_id(event.saga_id, event.name)
+                    if dead_letters.supply_input(self.redis, eid, json.loads(instance.context)):
+                        log.info("gave dlq_id=%s its input from the saga log", eid)
             case Phase.REFUSED:
                 if not done:
                     row.status, row.detail, row.finished_at = StepStatus.REFUSED, event.detail, at

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import traceback
 from typing import Any, Protocol
 
 from sagaflow.choreography import CHAINED, Announcer
+from sagaflow.dependencies import OutageBoard, unreachable
 from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, error_text
+from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, InputNotKnown, error_text
 from sagaflow.events import Event, EventLog, Phase
 from sagaflow.faults import NO_FAULTS, FaultInjector
 from sagaflow.outbox import message_id, sender
@@ -55,6 +57,7 @@ class Runner:
         faults: FaultInjector = NO_FAULTS,
         worker: str | None = None,
         announcer: Announcer = CHAINED,
+        outage_budget: float = 1800.0,
     ):
         self.workflows, self.deps = workflows, deps
         self.events, self.dead_letters, self.dispatcher = events, dead_letters, dispatcher
@@ -63,6 +66,9 @@ class Runner:
         # Orchestration: the chain carries the next piece of work, nothing is announced.
         # Choreography: each piece announces the next (sagaflow/choreography.py).
         self.announcer = announcer
+        self.outage_budget = outage_budget
+        # Outages of the dependencies work needs, seen by any process (dependencies.py).
+        self.outages = OutageBoard(events.redis)
 
     def is_business(self, wf: Workflow, exc: BaseException) -> bool:
         return isinstance(exc, (InjectedBusinessError, *wf.business_errors))
@@ -164,6 +170,11 @@ class Runner:
     def step_failed(self, wf: Workflow, name: str, saga_id: str, plan: list[str]) -> str:
         """The link_error callback of every step and compensation: what its failure means.
         The task's own handler left a marker saying how it ended."""
+        if self.events.succeeded(saga_id, name):
+            # The late callback of an attempt that was overtaken (its worker was killed,
+            # and a redelivery or a DLQ retry succeeded first): nothing is owed.
+            log.info("stale failure report saga_id=%s step=%s: it succeeded", saga_id, name)
+            return "already succeeded"
         marker = self.events.failure(saga_id, name) or ""
         how, _, reason = marker.partition("|")
         kind = wf.kind_of(name)
@@ -232,9 +243,24 @@ class Runner:
         store = self.dead_letters
         entry = store.get(eid) or {"attempts": 0}
         by_operator = entry.get("by_operator") == "1"
+        dependency = unreachable(exc, wf.queue_of(name)) or ""
+        if dependency:
+            # Not the work's failure: the attempt is given back, within the outage budget
+            # counted from when the work was first parked.
+            self.outages.record(dependency, exc)
+            first = entry.get("first_failed_at") or time.time()
+            if time.time() - first < self.outage_budget:
+                store.refund_attempt(eid)
+                entry["attempts"] = max(0, entry["attempts"] - 1)
         give_up = by_operator or entry["attempts"] >= max_attempts
         store.attempt_failed(
-            eid, type(exc).__name__, error_text(exc), give_up, alert_after=0, alerted=by_operator
+            eid,
+            type(exc).__name__,
+            error_text(exc),
+            give_up,
+            alert_after=0,
+            alerted=by_operator,
+            dependency=dependency,
         )
         if by_operator:
             store.update(eid, by_operator=0)
@@ -287,8 +313,9 @@ class Runner:
         args: dict,
         error: BaseException | str,
         task: str = "",
-    ) -> dict:
-        """Retries ran out (classes 2, 3, 4): park the work in the DLQ."""
+    ) -> dict | None:
+        """Retries ran out (classes 2, 3, 4): park the work in the DLQ. None when it has
+        succeeded meanwhile (the report was stale): nothing is parked."""
         trace = (
             "".join(traceback.format_exception(error))[-4000:]
             if isinstance(error, BaseException)
@@ -304,7 +331,15 @@ class Runner:
             error_class=type(error).__name__ if isinstance(error, BaseException) else "Error",
             error=error_text(error),
             traceback=trace,
+            dependency=(
+                unreachable(error, wf.queue_of(name)) or ""
+                if isinstance(error, BaseException)
+                else ""
+            ),
         )
+        if entry is None:
+            log.info("not parking %s of %s: it has succeeded meanwhile", name, saga_id)
+            return None
         # Redis first: if the push fails, nothing claims the work is parked, and the task
         # (or callback) that saw the failure tries again.
         self.events.mark_failure(saga_id, name, PARKED)
@@ -341,7 +376,9 @@ class Runner:
             return f"sent {name}, then {plan[plan.index(name) + 1 :] or 'nothing more'}"
         ctx = args.get("ctx")
         if ctx is None:
-            raise ValueError(f"{eid}: the step's input is not known; it cannot be sent again")
+            # Parked by a callback after its kept input was lost: the orchestrator copies
+            # it from the saga log (Projector), normally within a second.
+            raise InputNotKnown(f"{eid}: the step's input is not known yet; it cannot be sent")
         steps = [name, *wf.steps_after(name)]
         self.dispatcher.forward(wf, ctx, steps, eid)
         return f"sent {name}, then {steps[1:] or 'nothing more'}"

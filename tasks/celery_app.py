@@ -40,12 +40,15 @@ def _queues(option) -> tuple[str, ...]:
 
 
 def create_celery(settings: Settings) -> Celery:
-    from app.bootstrap import build_runner
+    from app.bootstrap import build_runner, warm_up
 
     app = Celery("saga", broker=settings.redis_url or None, set_as_current=False)
     app.conf.update(
         delivery_conf(
-            settings.broker_visibility_timeout, settings.broker_restore_interval, list(SERVICES)
+            settings.broker_visibility_timeout,
+            settings.broker_restore_interval,
+            list(SERVICES),
+            settings.worker_start_timeout,
         )
     )
     # Choreography sends one piece of work at a time: each announces the next.
@@ -58,6 +61,7 @@ def create_celery(settings: Settings) -> Celery:
         default_retry(settings),
         lambda: build_runner(settings, app.dispatcher, app.served),
         settings,
+        lambda runner: warm_up(runner.deps, settings.worker_start_timeout / 2),
     )
     app.conf.task_routes = {
         **app.conf.task_routes,

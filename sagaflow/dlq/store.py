@@ -22,11 +22,16 @@ RETRYING, NEEDS_HUMAN, RESOLVED = "retrying", "needs_human", "resolved"
 STATUSES = (RETRYING, NEEDS_HUMAN, RESOLVED)
 
 ENTRY, IDS, DUE = "dlq:entry:", "dlq:ids", "dlq:due"
+ALERTED = "dlq:alerted:"  # what an entry's last alert said, so an incident pages once
+ALERT_MEMORY = 7 * 86_400
+DONE = "sagaflow:done:"  # sagaflow/events.py: the work succeeded
 
-# Create the entry, or fold a repeated hand-off of the same work into it.
+# Create the entry, or fold a repeated hand-off of the same work into it; nothing when the
+# work has succeeded meanwhile (a late report of an attempt that was overtaken).
 _PUSH = """
 local key = KEYS[1]
 local now = ARGV[1]
+if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
 local status = redis.call('HGET', key, 'status')
 if status and status ~= 'resolved' then
   redis.call('HSET', key, 'error_class', ARGV[3], 'error', ARGV[4], 'traceback', ARGV[5],
@@ -92,6 +97,18 @@ def entry_id(saga_id: str, name: str) -> str:
     return f"{saga_id}:{name}"
 
 
+def supply_input(redis, eid: str, ctx: dict) -> bool:
+    """Give a parked forward step the input it was parked without (from the saga log)."""
+    raw = redis.hget(ENTRY + eid, "args")
+    if not raw:
+        return False
+    args = json.loads(raw)
+    if args.get("ctx") is not None or "then" not in args or "outbox" in args:
+        return False
+    redis.hset(ENTRY + eid, "args", json.dumps({**args, "ctx": ctx}))
+    return True
+
+
 def _decode(raw: dict) -> dict:
     entry = {
         k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
@@ -132,8 +149,11 @@ class DeadLetterStore:
         error_class: str,
         error: str,
         traceback: str,
-    ) -> dict:
-        """Hand stuck work to the DLQ; the first retry comes after one backoff."""
+        dependency: str = "",
+    ) -> dict | None:
+        """Hand stuck work to the DLQ; the first retry comes after one backoff. None when
+        the work has succeeded meanwhile: there is nothing to park. `dependency`: what
+        could not be reached, when that is why it failed."""
         now = self.clock()
         eid = entry_id(saga_id, name)
         fields = {
@@ -155,10 +175,11 @@ class DeadLetterStore:
             "next_attempt_at": now + self.backoff(0),
             "alerted": 0,
             "note": "",
+            "dependency": dependency,
         }
         flat = [str(x) for pair in fields.items() for x in pair]
-        self._push(
-            keys=[ENTRY + eid, IDS, DUE],
+        pushed = self._push(
+            keys=[ENTRY + eid, IDS, DUE, f"{DONE}{eid}"],
             args=[
                 now,
                 eid,
@@ -169,7 +190,7 @@ class DeadLetterStore:
                 fields["next_attempt_at"],
             ],
         )
-        return self.get(eid)
+        return None if int(pushed) == 2 else self.get(eid)
 
     def get(self, eid: str) -> dict | None:
         raw = self.redis.hgetall(ENTRY + eid)
@@ -207,6 +228,19 @@ class DeadLetterStore:
         encoded = {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items()}
         self.redis.hset(ENTRY + eid, mapping={k: str(v) for k, v in encoded.items()})
 
+    def alerted_before(self, eid: str, fingerprint: str) -> bool:
+        """An alert with this fingerprint went out for this entry already: an incident that
+        only repeats (the same work, the same error) pages once."""
+        found = self.redis.get(ALERTED + eid)
+        return (found.decode() if isinstance(found, bytes) else found) == fingerprint
+
+    def remember_alert(self, eid: str, fingerprint: str) -> None:
+        self.redis.set(ALERTED + eid, fingerprint, ex=ALERT_MEMORY)
+
+    def refund_attempt(self, eid: str) -> None:
+        """The attempt failed on an unreachable dependency: it does not count."""
+        self.redis.hincrby(ENTRY + eid, "attempts", -1)
+
     def start_attempt(self, eid: str) -> int:
         """Count an attempt before running it, so a crash mid-attempt still counts."""
         return int(self.redis.hincrby(ENTRY + eid, "attempts", 1))
@@ -226,10 +260,16 @@ class DeadLetterStore:
         give_up: bool,
         alert_after: float = 0.0,
         alerted: bool = False,
+        dependency: str = "",
     ) -> None:
         """Record a failed attempt: schedule the next, or hand the entry to a human (its
         alert due after `alert_after` seconds: the caller usually sends it at once)."""
-        fields = {"error_class": error_class, "error": error, "last_failed_at": self.clock()}
+        fields = {
+            "error_class": error_class,
+            "error": error,
+            "last_failed_at": self.clock(),
+            "dependency": dependency,
+        }
         if give_up:
             self.update(eid, status=NEEDS_HUMAN, alerted=alerted, **fields)
             if alerted:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from sagaflow.dependencies import outage_text, recovered_text
 from sagaflow.dlq.alerts import AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
+from sagaflow.errors import InputNotKnown
 from sagaflow.metrics import count_alert
 
 log = logging.getLogger("sagaflow.dlq")
@@ -26,6 +28,14 @@ class DeadLetterWorker:
         self.lease = settings.dlq_lease_seconds
         self.poll = settings.dlq_poll_interval
         self.alert_retry = settings.dlq_alert_retry_seconds
+        self.outage_alert = settings.outage_alert_seconds
+        self.outage_budget = settings.outage_budget_seconds
+        # Waiting work retries at least every backoff maximum, so an outage that has seen
+        # no failure for three of those is over even if no work has reached it yet.
+        self.outage_quiet = 3 * settings.step_retry_backoff_max + 30
+        # How long parked work may wait for its input from the saga log before a human
+        # is asked (the orchestrator normally supplies it within a second).
+        self.input_wait = max(60.0, settings.saga_stall_check_seconds * 4)
 
     def handle(self, entry: dict) -> str:
         if entry["status"] == RETRYING:
@@ -35,8 +45,19 @@ class DeadLetterWorker:
         self.store.unschedule(entry["id"])
         return "nothing to do"
 
+    def _succeeded(self, entry: dict) -> bool:
+        """The entry's work succeeded by another path (a redelivery of a killed attempt):
+        the entry is closed by itself, and nobody is paged for it."""
+        if not self.runner.events.succeeded(entry["saga_id"], entry["name"]):
+            return False
+        self.store.resolve(entry["id"], "its work has succeeded")
+        log.info("dlq_id=%s resolved: its work has succeeded", entry["id"])
+        return True
+
     def _retry(self, entry: dict) -> str:
         eid = entry["id"]
+        if self._succeeded(entry):
+            return "already succeeded"
         attempt = self.store.start_attempt(eid)  # counted first: a lost attempt still counts
         fields = f"dlq_id={eid} saga_id={entry['saga_id']} step={entry['name']}"
         if attempt > self.max_attempts:
@@ -52,6 +73,16 @@ class DeadLetterWorker:
             return self._alert(self.store.get(eid))
         try:
             sent = self.runner.redispatch(entry)
+        except InputNotKnown as exc:
+            # The orchestrator copies the input from the saga log; wait for it (without
+            # spending an attempt) for a while before asking a human.
+            if self.store.clock() - entry["first_failed_at"] < self.input_wait:
+                self.store.refund_attempt(eid)
+                self.store.schedule(eid, self.store.clock() + self.store.backoff(0))
+                log.info("waiting for the input of %s from the saga log", fields)
+                return "waiting for its input"
+            self.store.attempt_failed(eid, "InputNotKnown", str(exc), give_up=True)
+            return self._alert(self.store.get(eid))
         except ValueError as exc:  # nothing could send it again: a human must look
             self.store.attempt_failed(eid, "NotRetryable", str(exc), give_up=True)
             return self._alert(self.store.get(eid))
@@ -62,9 +93,32 @@ class DeadLetterWorker:
 
     def _alert(self, entry: dict) -> str:
         eid, text = entry["id"], alert_text(entry, self.cli)
+        if self._succeeded(entry):
+            return "already succeeded"
+        fingerprint = f"{entry.get('error_class')}|{entry.get('error')}"
+        if self.store.alerted_before(eid, fingerprint):
+            # The same incident again (the same work, the same error): paged once already.
+            self.store.update(eid, alerted=True, alerted_via="earlier alert")
+            self.store.unschedule(eid)
+            log.warning("dlq_id=%s needs a human again, same error: not paging again", eid)
+            return "alerted before"
+        outage = self.runner.outages.rows().get(entry.get("dependency") or "")
+        if outage and outage.get("alerted"):
+            # Parked by an outage already paged for: one alert for the outage, not one
+            # per order (the outage alert says how many waited).
+            self.store.update(eid, alerted=True, alerted_via="outage alert")
+            self.store.remember_alert(eid, fingerprint)
+            self.store.unschedule(eid)
+            log.warning(
+                "dlq_id=%s needs a human: covered by the %s outage alert",
+                eid,
+                entry["dependency"],
+            )
+            return "covered by the outage alert"
         if not self.alerter.configured:
             log.error("ALERT (Slack not configured) dlq_id=%s\n%s", eid, text)
             self.store.update(eid, alerted=True, alerted_via="log")
+            self.store.remember_alert(eid, fingerprint)
             self.store.unschedule(eid)
             count_alert(self.store.redis, "log")
             return "alerted in the log"
@@ -77,6 +131,7 @@ class DeadLetterWorker:
             self.store.schedule(eid, self.store.clock() + self.alert_retry)
             return "alert failed; will retry"
         self.store.update(eid, alerted=True, alerted_via="slack", alert_error="")
+        self.store.remember_alert(eid, fingerprint)
         self.store.unschedule(eid)
         count_alert(self.store.redis, "slack")
         log.warning(
@@ -86,6 +141,41 @@ class DeadLetterWorker:
             entry["name"],
         )
         return "alerted on Slack"
+
+    def check_outages(self) -> list[str]:
+        """One alert when a dependency has been unreachable for `outage_alert` seconds, and
+        one when it answers again (work reached it, or nothing has failed on it for a
+        while). Returns what it said."""
+        said, now, board = [], self.store.clock(), self.runner.outages
+        for dependency, row in board.rows().items():
+            over = row.get("over") or now - row["last_seen"] > self.outage_quiet
+            if over and not row.get("alerted"):
+                board.forget(dependency)  # short: nobody was paged, nobody needs the news
+            elif over:
+                if self._page(recovered_text(dependency, row), f"{dependency} is back"):
+                    board.forget(dependency)
+                    said.append(f"{dependency} back")
+            elif not row.get("alerted") and now - row["since"] >= self.outage_alert:
+                text = outage_text(dependency, row, self.outage_budget, now)
+                if self._page(text, dependency):
+                    board.update(dependency, alerted=True)
+                    said.append(f"{dependency} unreachable")
+        return said
+
+    def _page(self, text: str, what: str) -> bool:
+        """Send one alert that belongs to no entry; False when Slack failed (try later)."""
+        if not self.alerter.configured:
+            log.error("ALERT (Slack not configured): %s\n%s", what, text)
+            count_alert(self.store.redis, "log")
+            return True
+        try:
+            self.alerter.send(text)
+        except AlertFailed as exc:
+            log.error("ALERT (Slack failed: %s; will retry): %s\n%s", exc, what, text)
+            return False
+        count_alert(self.store.redis, "slack")
+        log.warning("alert sent to Slack: %s", what)
+        return True
 
     def run_once(self) -> bool:
         entry = self.store.claim(self.lease)
