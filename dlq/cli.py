@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 from functools import cached_property
 
-from sagaflow.dlq.cli import Unusable, build_cli, run_cli
+from sagaflow.dlq.cli import Unusable, build_cli, check_redis_url, run_cli
 
 PROG = "saga-dlq"
 
@@ -34,6 +34,7 @@ class Context:
         from app.bootstrap import build_runner
         from tasks.celery_app import create_celery
 
+        check_redis_url(self.settings.require_redis())
         return build_runner(self.settings, create_celery(self.settings).dispatcher, ())
 
     @property
@@ -83,9 +84,29 @@ cli = build_cli(Context, PROG)
 @cli.command()
 def worker():
     """Run the DLQ worker (the Procfile's `dlq` process)."""
+    from config.settings import Settings
     from dlq.worker import main as run_worker
 
+    # Its own environment only: a long-running process never reads var/saga.env.
+    _check_redis_for_worker(Settings.from_env().require_redis())
     run_worker()
+
+
+def _check_redis_for_worker(url: str) -> None:
+    """A URL that can never work, or a Redis that refuses its credentials, stops the worker
+    at once (exit 4); a Redis that does not answer yet is an outage it waits out."""
+    import redis
+
+    check_redis_url(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise  # the CLI says it in one line
+    except redis.ConnectionError:
+        pass  # the worker's loop reports the outage, once
+    finally:
+        client.close()
 
 
 def main() -> None:

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
+from sagaflow.dlq.store import DeadLetterStore
 from tests.stack import Stack
+from tests.support import free_port
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +24,9 @@ def stack(tmp_path_factory):
     stack.stop()
 
 
-def _park(stack, order_id: int, name: str = "use_balance", kind: str = "step"):
-    return stack.rt.dead_letters.push(
+def _park(stack, order_id: int, name: str = "use_balance", kind: str = "step", store=None):
+    """Park a step whose input is not known (no ctx): it cannot be sent again."""
+    return (store or stack.rt.dead_letters).push(
         saga_id=f"order-{order_id}",
         workflow="order",
         name=name,
@@ -165,3 +169,132 @@ def test_usage_errors_are_one_line_and_exit_2(stack, args):
     result = stack.cli(*args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+# --- an unusable REDIS_URL: one line, exit 4, whatever the command ---------------------
+
+X = "order-1:use_balance"
+EVERY_COMMAND = [
+    ("list",),
+    ("show", X),
+    ("requeue", X),
+    ("requeue", "--all"),
+    ("requeue", "--all", "--dry-run"),
+    ("compensate", X),
+    ("resolve", X, "--note", "n"),
+    ("purge", "--yes"),
+    ("worker",),
+]
+UNUSABLE_REDIS_URLS = {
+    "not a url": "notaurl",  # the issue's own example
+    "no scheme": "ops:hunter2@127.0.0.1:{port}/0",
+    "unknown scheme": "memcached://ops:hunter2@127.0.0.1:{port}/0",
+    "malformed port": "redis://ops:hunter2@127.0.0.1:notaport/0",
+    "unknown option": "redis://ops:hunter2@127.0.0.1:{port}/0?colour=blue",
+    "nothing listening": "redis://ops:hunter2@127.0.0.1:{closed}/0",
+    "wrong password": "redis://ops:hunter2@127.0.0.1:{port}/0",
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE_REDIS_URLS)
+def test_an_unusable_redis_url_is_one_line_and_exit_4_for_every_command(stack, case):
+    url = UNUSABLE_REDIS_URLS[case].format(port=stack.redis.port, closed=free_port())
+    for args in EVERY_COMMAND:
+        if args == ("worker",) and case == "nothing listening":
+            continue  # the worker waits out a Redis that is down (tests/test_outage.py)
+        result = stack.cli(*args, REDIS_URL=url)
+        said = (args, result.stderr)
+        assert result.returncode == 4, said
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), said
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, said
+        assert result.stdout == "", (args, result.stdout)
+
+
+# --- requeue --all: every entry is tried ---------------------------------------------
+
+
+@pytest.fixture
+def own_dlq(stack):
+    """A Redis database of its own: `requeue --all` takes every entry, and the other tests
+    of this module leave theirs in database 0."""
+    url = stack.redis.url.rsplit("/", 1)[0] + "/9"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url, DeadLetterStore(client, lambda attempts: 3600)
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def _park_message(store, order_id: int, stream: str):
+    """A data-platform event its relay gave up on: sending it is one XADD, and it closes
+    its entry at once, so no worker is needed to see it succeed."""
+    row = 9_000 + order_id
+    return store.push(
+        saga_id=f"order-{order_id}",
+        workflow="order",
+        name=f"outbox:dataplatform:{row}",
+        kind="after_pivot",
+        task="outbox.stream",
+        args={
+            "saga_id": f"order-{order_id}",
+            "outbox": {
+                "kind": "stream",
+                "payload": {"stream": stream, "fields": {"order_id": str(order_id)}},
+                "message_id": f"outbox-dataplatform-{row}",
+            },
+        },
+        error_class="ConnectionError",
+        error="the broker was down",
+        traceback="",
+    )
+
+
+def test_requeue_all_tries_every_entry_says_what_it_did_and_exits_1_after(stack, own_dlq):
+    url, store = own_dlq
+    stuck = _park(stack, 203, store=store)["id"]  # first in line, and it cannot be sent
+    sendable = _park_message(store, 204, "test.requeue-all")["id"]
+
+    plan = stack.cli("requeue", "--all", "--dry-run", REDIS_URL=url)
+    assert plan.returncode == 0, plan.stderr
+    [stuck_line] = [line for line in plan.stdout.splitlines() if line.startswith(stuck)]
+    assert "would fail because" in stuck_line and "input is not known" in stuck_line
+    assert any(line.startswith(f"{sendable}: would run") for line in plan.stdout.splitlines())
+    assert store.get(sendable)["status"] == "retrying"  # a dry run changes nothing
+
+    done = stack.cli("requeue", "--all", REDIS_URL=url)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stdout.splitlines()
+    [stuck_line] = [line for line in lines if line.startswith(f"{stuck}:")]
+    assert "failed because" in stuck_line and "input is not known" in stuck_line, lines
+    [sent_line] = [line for line in lines if line.startswith(f"{sendable}:")]
+    assert "sent" in sent_line and "failed" not in sent_line, lines
+    assert "2 tried: 1 sent, 1 failed, 0 skipped" in lines[-1], lines
+    assert done.stderr.count("\n") == 1 and stuck in done.stderr, done.stderr
+    # Both were tried: the one after the failure went out and closed its entry.
+    assert store.get(sendable)["status"] == "resolved"
+    assert store.redis.xlen("test.requeue-all") == 1
+    # What could not be sent is left as it was, for the DLQ worker (it waits for the input).
+    assert (store.get(stuck)["status"], store.get(stuck)["attempts"]) == ("retrying", 0)
+
+    # --json says the same, one object per entry tried.
+    again = _park_message(store, 205, "test.requeue-all")["id"]
+    as_json = stack.cli("requeue", "--all", "--json", REDIS_URL=url)
+    assert as_json.returncode == 1, as_json.stderr
+    results = {r["id"]: r for r in json.loads(as_json.stdout)}
+    assert (results[stuck]["result"], results[stuck]["ok"]) == ("failed", False)
+    assert (results[again]["result"], results[again]["ok"]) == ("sent", True)
+    assert sendable not in results  # resolved: nothing to do
+
+
+def test_requeue_all_with_only_resolved_entries_has_nothing_to_do(stack, own_dlq):
+    url, store = own_dlq
+    for order_id in (206, 207):
+        store.resolve(_park(stack, order_id, store=store)["id"], "fixed by hand")
+    for extra in ((), ("--dry-run",)):
+        result = stack.cli("requeue", "--all", *extra, REDIS_URL=url)
+        assert result.returncode == 0, (extra, result.stderr)
+        assert "nothing to do" in result.stdout, (extra, result.stdout)
+    as_json = stack.cli("requeue", "--all", "--json", REDIS_URL=url)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == [], as_json.stdout

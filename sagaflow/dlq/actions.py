@@ -10,13 +10,17 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from sagaflow.dlq.store import RESOLVED, RETRYING
+from sagaflow.dlq.store import DUE, RESOLVED, RETRYING
 from sagaflow.log import OperatorAction
 from sagaflow.status import WorkKind
 
 
 class Refused(ValueError):
     """The action does not apply to this entry (exit 1, a 409 in the console)."""
+
+
+# What `requeue` did with one entry (its result's "result").
+SENT, FAILED, SKIPPED = "sent", "failed", "skipped"
 
 
 def _iso(moment) -> str:
@@ -36,6 +40,7 @@ class OperatorActions:
             message = entry["args"]["outbox"]
             return {
                 "id": entry["id"],
+                "cannot_send": None,
                 "runs_again": f"sending {message['message_id']} ({message['kind']})",
                 "on_queue": "the broker",
                 "then": [],
@@ -51,10 +56,13 @@ class OperatorActions:
             then = owed[owed.index(name) + 1 :] if name in owed else []
         else:
             then = wf.steps_after(name)
+        # Runner.redispatch refuses a forward step without its input: say so in advance.
+        unknown = wf.kind_of(name) != WorkKind.COMPENSATION and entry["args"].get("ctx") is None
         statuses = self.saga_log.statuses(entry["saga_id"])
         compensated = [n for n in wf.compensation_names if statuses.get(n) == "succeeded"]
         return {
             "id": entry["id"],
+            "cannot_send": "the step's input is not known yet" if unknown else None,
             "runs_again": name,
             "on_queue": wf.queue_of(name),
             "then": then,
@@ -87,33 +95,61 @@ class OperatorActions:
     # --- acting ---------------------------------------------------------------------------
 
     def requeue(self, entry: dict, who: str, wait: float) -> dict:
-        """Send the work back to its queue and wait (up to `wait` s) for it to report."""
+        """Send the work back to its queue and wait (up to `wait` s) for it to report.
+
+        Returns {"id", "result", "ok", "outcome"}: result SENT (it succeeded) or FAILED (it
+        could not be sent, and the entry is left as it was; it failed again; or it did not
+        answer in time); `outcome` says what happened in words."""
         if entry["status"] == RESOLVED:
             # Re-running closed work could re-apply a step that was given up and undone.
             raise Refused(f"{entry['id']} is already resolved ({entry.get('note')})")
         eid = entry["id"]
         before = entry.get("last_failed_at")
+        due = self.store.redis.zscore(DUE, eid)
+        # Marked before the send: the work may report back before redispatch returns.
         self.store.start_attempt(eid)
         # An operator is already looking: if it fails again, no page (the work says so).
         self.store.update(eid, status=RETRYING, by_operator=1)
         self.store.schedule(eid, time.time() + max(wait, self.lease))
-        sent = self.runner.redispatch(entry)
-        result = {"id": eid, "ok": False, "outcome": ""}
+        try:
+            sent = self.runner.redispatch(entry)
+        except ValueError as exc:  # the runner's way of saying it cannot be sent
+            self._leave_as_it_was(entry, due)
+            reason = str(exc).removeprefix(f"{eid}: ")
+            result = {"id": eid, "result": FAILED, "ok": False, "outcome": reason}
+            self.record(entry, who, "requeue", "", f"not sent: {reason}")
+            return result
+        result = {"id": eid, "result": FAILED, "ok": False, "outcome": ""}
         deadline = time.monotonic() + wait
         while True:
             now = self.store.get(eid)
             if now["status"] == RESOLVED:
-                result.update(ok=True, outcome=f"{sent}; {now.get('note')}")
+                result.update(result=SENT, ok=True, outcome=f"{sent}; {now.get('note')}")
                 break
             if now.get("last_failed_at") != before:
-                result.update(outcome=now["error"])
+                result.update(outcome=f"it failed again: {now['error']} ({sent})")
                 break
             if time.monotonic() >= deadline:
-                result.update(outcome=f"{sent}; no answer within {wait:.0f}s (it may still finish)")
+                result.update(outcome=f"no answer within {wait:.0f}s ({sent}; it may still finish)")
                 break
             time.sleep(0.2)
         self.record(entry, who, "requeue", "", result["outcome"])
         return result
+
+    def _leave_as_it_was(self, entry: dict, due: float | None) -> None:
+        """Undo what requeue marked before a send that did not happen: the DLQ worker goes
+        on with the entry as if the operator had not touched it."""
+        eid = entry["id"]
+        self.store.update(
+            eid,
+            status=entry["status"],
+            attempts=entry["attempts"],
+            by_operator=entry.get("by_operator") or 0,
+        )
+        if due is None:
+            self.store.unschedule(eid)
+        else:
+            self.store.schedule(eid, due)
 
     def compensate(self, entry: dict, who: str, force: bool = False) -> list[str]:
         if entry["kind"] != WorkKind.STEP:

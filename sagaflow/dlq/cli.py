@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sagaflow.dlq.actions import Refused
+from sagaflow.dlq.actions import FAILED, SENT, SKIPPED, Refused
 from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING, STATUSES
 from sagaflow.status import WorkKind
 
@@ -32,6 +32,31 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 class Unusable(Exception):
     """A setting points at something this command cannot use (exit 4)."""
+
+
+def check_redis_url(url: str, setting: str = "REDIS_URL") -> None:
+    """Refuse, in one line (exit 4), a URL no Redis client could use: no or an unknown
+    scheme, a bad port, an option the client does not know. What it says never includes
+    the URL's credentials."""
+    import redis
+
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        # Options reach the connection only when it is made: make one (it does not connect).
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc)
+        for secret in _credentials_in(url):
+            reason = reason.replace(secret, "***")
+        raise Unusable(f"{setting} is not a usable Redis URL: {reason}") from None
+
+
+def _credentials_in(url: str) -> list[str]:
+    """The user-and-password part of a URL and its pieces, longest first (even when the
+    URL does not parse)."""
+    userinfo = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+    pieces = [userinfo, *userinfo.split(":", 1)]
+    return sorted({p for p in pieces if p}, key=len, reverse=True)
 
 
 def fail(message: str, code: int) -> None:
@@ -77,13 +102,59 @@ def entry_or_exit(obj, eid: str) -> dict:
     return entry
 
 
+def _nothing_left(resolved: int) -> str:
+    return f"{resolved} already resolved entries" if resolved else "the DLQ is empty"
+
+
+def _said(result: dict) -> str:
+    """One line per entry: what requeue did with it, and why."""
+    if result["result"] == SENT:
+        return f"{result['id']}: ok: {result['outcome']}"
+    return f"{result['id']}: {result['result']} because {result['outcome']}"
+
+
+def _requeue_one(obj, entry: dict, wait: float) -> dict:
+    """Requeue one entry as it is now: the DLQ worker may have moved it since the list."""
+    eid = entry["id"]
+    now = obj.store.get(eid)
+    if now is None:
+        return {"id": eid, "result": SKIPPED, "ok": True, "outcome": "it is gone (purged)"}
+    try:
+        return obj.actions.requeue(now, obj.who, wait)
+    except Refused as exc:  # resolved meanwhile: nothing to do, not a failure
+        return {"id": eid, "result": SKIPPED, "ok": True, "outcome": f"nothing to do: {exc}"}
+
+
+def _dry_run(obj, entries: list[dict], everything: bool, as_json: bool) -> None:
+    plans = [obj.actions.plan(e) for e in entries]
+    if as_json:
+        emit_json(plans)
+        return
+    for p in plans:
+        if p["cannot_send"]:
+            click.echo(f"{p['id']}: would fail because {p['cannot_send']}")
+            continue
+        click.echo(
+            f"{p['id']}: would run {p['runs_again']} again on {p['on_queue']}, then "
+            f"{', '.join(p['then']) or 'nothing more'}; already compensated: "
+            f"{', '.join(p['already_compensated']) or 'nothing'}; "
+            "safe to repeat (idempotent)"
+        )
+    if everything:
+        failing = sum(bool(p["cannot_send"]) for p in plans)
+        click.echo(
+            f"requeue --all --dry-run: would try {len(plans)}: {len(plans) - failing} "
+            f"would be sent, {failing} would fail"
+        )
+
+
 def build_cli(make_context, prog: str) -> click.Group:
     class GuardedGroup(click.Group):
         """One line and a non-zero exit when Redis or a database is down: never a
         traceback."""
 
         def invoke(self, ctx):
-            from redis.exceptions import RedisError
+            from redis.exceptions import AuthenticationError, RedisError
             from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
             try:
@@ -92,6 +163,8 @@ def build_cli(make_context, prog: str) -> click.Group:
                 fail(str(exc), UNREACHABLE)
             except Refused as exc:
                 fail(str(exc), FAILED_AGAIN)
+            except AuthenticationError as exc:
+                fail(f"Redis refuses the credentials it was given: {exc}", UNREACHABLE)
             except RedisError as exc:
                 fail(f"cannot reach Redis: {exc}", UNREACHABLE)
             except DBAPIError as exc:
@@ -183,43 +256,55 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
     def requeue(obj, entry_id, everything, dry_run, wait, as_json):
-        """Run stuck work again now, on its service's queue; on success the saga continues."""
+        """Run stuck work again now, on its service's queue; on success the saga continues.
+        With --all, every entry is tried, one after the other, whatever happens to the
+        others; the exit is 1 if any failed."""
         if bool(entry_id) == everything:
             fail("give one entry id, or --all", USAGE)
-        entries = (
-            [entry_or_exit(obj, entry_id)]
-            if entry_id
-            else [e for e in obj.store.entries() if e["status"] != RESOLVED]
-        )
-        if entry_id and entries[0]["status"] == RESOLVED:
-            # Re-running closed work could re-apply a step that was given up and undone.
-            fail(f"{entry_id} is already resolved ({entries[0].get('note')})", FAILED_AGAIN)
-        if dry_run:
-            plans = [obj.actions.plan(e) for e in entries]
+        if entry_id:
+            entries, resolved = [entry_or_exit(obj, entry_id)], 0
+            if entries[0]["status"] == RESOLVED:
+                # Re-running closed work could re-apply a step that was given up and undone.
+                fail(f"{entry_id} is already resolved ({entries[0].get('note')})", FAILED_AGAIN)
+        else:
+            every = obj.store.entries()
+            entries = [e for e in every if e["status"] != RESOLVED]
+            resolved = len(every) - len(entries)
+        if not entries:
             if as_json:
-                emit_json(plans)
-                return
-            for p in plans:
-                click.echo(
-                    f"{p['id']}: would run {p['runs_again']} again on {p['on_queue']}, then "
-                    f"{', '.join(p['then']) or 'nothing more'}; already compensated: "
-                    f"{', '.join(p['already_compensated']) or 'nothing'}; "
-                    "safe to repeat (idempotent)"
-                )
+                emit_json([])
+            else:
+                click.echo(f"nothing to do: {_nothing_left(resolved)}")
+            return
+        if dry_run:
+            _dry_run(obj, entries, everything, as_json)
             return
         results = []
-        with Progress(console=Console(stderr=True), disable=len(entries) < 2 or as_json) as bar:
+        # A bar only for a person watching: piped, stderr carries the error line alone.
+        quiet = len(entries) < 2 or as_json or not sys.stderr.isatty()
+        with Progress(console=Console(stderr=True), disable=quiet) as bar:
             task = bar.add_task("requeueing", total=len(entries))
             for entry in entries:
-                results.append(obj.actions.requeue(entry, obj.who, wait))
+                results.append(_requeue_one(obj, entry, wait))
                 bar.advance(task)
+        failed = [r["id"] for r in results if r["result"] == FAILED]
         if as_json:
             emit_json(results)
         else:
             for r in results:
-                click.echo(f"{r['id']}: {'ok' if r['ok'] else 'FAILED AGAIN'}: {r['outcome']}")
-        if not all(r["ok"] for r in results):
-            sys.exit(FAILED_AGAIN)
+                click.echo(_said(r))
+        if everything and not as_json:
+            counts = {k: sum(r["result"] == k for r in results) for k in (SENT, FAILED, SKIPPED)}
+            click.echo(
+                f"requeue --all: {len(results)} tried: {counts[SENT]} sent, "
+                f"{counts[FAILED]} failed, {counts[SKIPPED]} skipped"
+                + (f"; {_nothing_left(resolved)}" if resolved else "")
+            )
+        if failed:
+            fail(
+                f"{len(failed)} of {len(results)} could not be requeued: {', '.join(failed)}",
+                FAILED_AGAIN,
+            )
 
     @cli.command()
     @click.argument("entry_id")
