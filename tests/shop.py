@@ -71,7 +71,8 @@ class Shop:
             ),
             202,
         )
-        done = wait_for(lambda: self._issued(req["request_id"], user_id), 20, what="coupon issue")
+        # A worker on a loaded machine may still be busy with an earlier test's retries.
+        done = wait_for(lambda: self._issued(req["request_id"], user_id), 60, what="coupon issue")
         return done["issued_coupon_id"]
 
     def _issued(self, request_id, user_id):
@@ -154,7 +155,7 @@ class Shop:
             if fields[b"order_id"] == str(order_id).encode()
         )
 
-    def wait_streamed(self, order_id: int, timeout: float = 20) -> int:
+    def wait_streamed(self, order_id: int, timeout: float = 60) -> int:
         wait_for(lambda: self.streamed(order_id), timeout, what=f"order {order_id} streamed")
         return self.streamed(order_id)
 

@@ -18,9 +18,9 @@ from tests.support import PostgresDatabases, postgres_admin_url
 
 @pytest.fixture(params=available_backends())
 def balances(request, tmp_path):
-    pg = None
     if request.param == "postgresql":
         pg = PostgresDatabases(postgres_admin_url())
+        request.addfinalizer(pg.drop)  # before create: dropped even if a step below fails
         url = pg.create()["balances"]
     else:
         url = f"sqlite:///{tmp_path / 'balances.db'}"
@@ -28,8 +28,6 @@ def balances(request, tmp_path):
     db = Database(url)
     yield BalanceService(db)
     db.dispose()
-    if pg:
-        pg.drop()
 
 
 def test_a_top_up_between_payment_and_refund_never_makes_the_refund_fail(balances):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import REPO_ROOT
-from tests.support import free_port, wait_for
+from tests.support import free_port, stop_process, track, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -37,16 +37,22 @@ def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
     login_file.write_text(auth + "\n")
     log = open(tmp_path / "flower.log", "wb")
     env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
-    flower = subprocess.Popen(
-        [sys.executable, "-m", "tasks.flower", f"--port={port}", "--address=127.0.0.1"],
-        cwd=REPO_ROOT,
-        env={**env, **stack_env, "FLOWER_BASIC_AUTH_FILE": str(login_file)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        flower = track(
+            subprocess.Popen(
+                [sys.executable, "-m", "tasks.flower", f"--port={port}", "--address=127.0.0.1"],
+                cwd=REPO_ROOT,
+                env={**env, **stack_env, "FLOWER_BASIC_AUTH_FILE": str(login_file)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    except BaseException:
+        log.close()
+        raise
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _get(f"{base}/api/workers", auth)[0] == 200, 30, what="Flower")
+        wait_for(lambda: _get(f"{base}/api/workers", auth)[0] == 200, 90, what="Flower")
         user = shop.new_user(balance=500)
 
         def seen_in_flower(order_id):
@@ -79,8 +85,7 @@ def test_flower_shows_a_saga_task_behind_basic_auth(stack_env, shop, tmp_path):
         command_line = (Path("/proc") / str(flower.pid) / "cmdline").read_bytes()
         assert b"s3cret-flower-pw" not in command_line
     finally:
-        flower.terminate()
-        flower.wait(10)
+        stop_process(flower)  # SIGKILL if SIGTERM is not enough; waited for either way
         log.close()
     assert "s3cret-flower-pw" not in (tmp_path / "flower.log").read_text()
 

@@ -23,19 +23,19 @@ def only(*services: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(request, tmp_path_factory):
     # SQLite: a database is a file, so what each process opened can be read off /proc.
     stack = Stack("sqlite", tmp_path_factory.mktemp("isolation"))
     stack.start()
+    # Registered before the restarts below: one that fails still stops the stack, and
+    # with it every process started on it (the relays included).
+    request.addfinalizer(stack.stop)
     stack.restart_orchestrator(**only("orders"))
     # One relay per service with an outbox, each with its own database only.
     stack.relay.stop()
     stack.relay = stack.start_relay(SERVICES="orders", **only("orders"))
     stack.relays = [stack.relay, stack.start_relay(SERVICES="dataplatform", **only("dataplatform"))]
-    yield stack
-    for relay in stack.relays[1:]:
-        relay.stop()
-    stack.stop()
+    return stack
 
 
 @pytest.fixture(scope="module")

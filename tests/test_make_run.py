@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from config.settings import REPO_ROOT
-from tests.support import free_port, wait_for
+from tests.support import free_port, kill_session, patient, track, wait_for
 
 
 def _call(url: str, body: dict | None = None, auth: str | None = None, header_file=None):
@@ -97,16 +97,30 @@ def test_make_run_serves_a_working_saga_and_stops_everything_however_signalled(t
         VAR_DIR=str(tmp_path / "var"),
         FLOWER_BASIC_AUTH=FLOWER_LOGIN,
     )
-    log = open(tmp_path / "run.log", "wb")
-    run = subprocess.Popen(
-        ["make", "run"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp_path / "run.log", "wb") as log:  # make holds its own copy
+        run = track(
+            subprocess.Popen(
+                ["make", "run"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    try:
+        _serves_and_stops(run, stop, tmp_path, port, flower_port, redis_port)
+    finally:
+        # Whatever a failed start or stop left in make run's session (its Redis, a worker)
+        # is killed here, so it does not outlive the test; the checks above named it.
+        kill_session(run.pid)
+        if run.poll() is None:
+            run.kill()
+        run.wait(patient(30))
+
+
+def _serves_and_stops(run, stop, tmp_path, port, flower_port, redis_port) -> None:
     api = f"http://127.0.0.1:{port}"
     try:
         wait_for(
@@ -152,8 +166,7 @@ def test_make_run_serves_a_working_saga_and_stops_everything_however_signalled(t
             _the_cli_reaches_it_from_a_plain_shell(tmp_path / "var", placed["order_id"])
     finally:
         STOPS[stop](run)
-        run.wait(60)
-        log.close()
+        run.wait(patient(60))
     for listened in (port, flower_port, redis_port):
         # A process that exited has closed its socket; one that did not is named here.
         closed = _closes_within(listened, 10)

@@ -25,9 +25,9 @@ from tests.support import PostgresDatabases, http, postgres_admin_url
 
 @pytest.fixture(params=available_backends())
 def orders_db(request, tmp_path):
-    pg = None
     if request.param == "postgresql":
         pg = PostgresDatabases(postgres_admin_url())
+        request.addfinalizer(pg.drop)  # before create: dropped even if a step below fails
         url = pg.create()["orders"]
     else:
         url = f"sqlite:///{tmp_path / 'orders.db'}"
@@ -35,8 +35,6 @@ def orders_db(request, tmp_path):
     db = Database(url)
     yield db
     db.dispose()
-    if pg:
-        pg.drop()
 
 
 def _write(db, key: str, n: int) -> list[int]:
