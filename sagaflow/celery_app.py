@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from celery import Celery, Task, chain
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
@@ -25,7 +26,12 @@ from celery.utils.time import get_exponential_backoff_interval
 from kombu import Queue
 
 from sagaflow.dependencies import unreachable
-from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, error_text
+from sagaflow.errors import (
+    AlreadyCompensated,
+    DependencyUnreachable,
+    InjectedBusinessError,
+    error_text,
+)
 from sagaflow.runner import Runner
 from sagaflow.status import WorkKind
 from sagaflow.workflow import RetryPolicy, Workflow
@@ -182,7 +188,11 @@ class SagaTask(Task):
             if self.workflow is None:
                 log.error("failed %s error=%r", fields, str(exc))
                 raise
-            down = unreachable(exc, self.service)
+            wrapped = isinstance(exc, DependencyUnreachable)
+            if wrapped:
+                down, exc = exc.dependency, exc.error
+            else:
+                down = unreachable(exc, self.service)
             if down:
                 self._wait_for(down, exc, args, kwargs, fields)  # raises unless spent
             elif not ran:
@@ -190,6 +200,8 @@ class SagaTask(Task):
                 # nothing applied, so it is retried like a timeout, within the same budget.
                 self._retry_before_run(exc, fields)
             self._failed(exc, args, kwargs, dlq_entry, fields)
+            if wrapped:
+                raise exc from None  # the real error, as the callback should see it
             raise
         self._back_from_outage()
         return result
@@ -297,6 +309,8 @@ def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -
     return {
         # A step that overran its soft time limit is a timeout: retried like any other.
         "autoretry_for": (*retryable, SoftTimeLimitExceeded),
+        # Waited for without spending an attempt (SagaTask._wait_for).
+        "dont_autoretry_for": (DependencyUnreachable,),
         "max_retries": pick("max_retries"),
         "retry_backoff": pick("backoff"),
         "retry_backoff_max": pick("backoff_max"),
@@ -309,6 +323,19 @@ def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -
     }
 
 
+@contextmanager
+def _outages_told_apart(service: str):
+    """Inside the task body: an unreachable dependency leaves as DependencyUnreachable,
+    which autoretry does not count (dont_autoretry_for); SagaTask waits for it instead."""
+    try:
+        yield
+    except Exception as exc:
+        down = unreachable(exc, service)
+        if down is None or isinstance(exc, DependencyUnreachable):
+            raise
+        raise DependencyUnreachable(down, exc) from exc
+
+
 def _step_task(wf: Workflow, name: str):
     # `outage`: how long this work has waited for an unreachable dependency (SagaTask).
     def run(
@@ -319,7 +346,8 @@ def _step_task(wf: Workflow, name: str):
         message_id: str = "",
         outage: dict | None = None,
     ) -> dict:
-        return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
+        with _outages_told_apart(self.service):
+            return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
 
     run.__name__ = name
     run.__doc__ = f"Step {name} of {wf.name}: runs on its service's queue, returns the context."
@@ -336,7 +364,8 @@ def _compensation_task(wf: Workflow, name: str):
         outage: dict | None = None,
     ) -> str:
         attempt = self.request.retries + 1
-        return self.runner.run_compensation(wf, name, saga_id, attempt, dlq_entry, plan)
+        with _outages_told_apart(self.service):
+            return self.runner.run_compensation(wf, name, saga_id, attempt, dlq_entry, plan)
 
     run.__name__ = name
     run.__doc__ = f"Compensation {name} of {wf.name}: undoes its step once for one saga."

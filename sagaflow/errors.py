@@ -41,5 +41,14 @@ class InputNotKnown(SagaError, ValueError):
     page (sagaflow/dlq/worker.py). A ValueError too, which the CLI reports in one line."""
 
 
+class DependencyUnreachable(SagaError):
+    """The work could not reach what it needs (its database, Redis, the broker): not its
+    own failure, so it waits without spending an attempt (sagaflow/dependencies.py)."""
+
+    def __init__(self, dependency: str, error: BaseException):
+        super().__init__(f"{dependency} cannot be reached: {error_text(error)}")
+        self.dependency, self.error = dependency, error
+
+
 class UnknownSaga(SagaError):
     pass

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from sagaflow.dependencies import outage_text, recovered_text
+from sagaflow.dependencies import outage_text, recovered_text, unreachable
 from sagaflow.dlq.alerts import AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
 from sagaflow.errors import InputNotKnown
 from sagaflow.metrics import count_alert
+from sagaflow.outage import OutageReporter
 
 log = logging.getLogger("sagaflow.dlq")
+OUTAGE_CHECK_SECONDS = 2.0
 
 
 class DeadLetterWorker:
@@ -185,19 +188,28 @@ class DeadLetterWorker:
             return True  # it needed nothing more; look for the next
         try:
             self.handle(entry)
-        except Exception:
-            # An unexpected error (Redis blip, a bug) must not kill the loop; the lease
-            # makes the entry due again.
+        except Exception as exc:
+            # An error must not kill the loop; the lease makes the entry due again. Redis
+            # gone is an outage: run() says it once.
+            if unreachable(exc):
+                raise
             log.exception("DLQ worker failed on dlq_id=%s", entry["id"])
         return True
 
     def run(self, stop: threading.Event) -> None:
         log.info("DLQ worker started: max_attempts=%s", self.max_attempts)
+        outage = OutageReporter(log)  # Redis down: said once when it starts and ends
+        next_outage_check = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_outage_check:
+                    # Outages change slowly: a look every few seconds is enough.
+                    next_outage_check = time.monotonic() + OUTAGE_CHECK_SECONDS
+                    self.check_outages()
                 busy = self.run_once()
-            except Exception:
-                log.exception("DLQ worker could not reach Redis; retrying")
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
                 busy = False
             if not busy:
                 stop.wait(self.poll)
