@@ -24,7 +24,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from tasks.celery_app import create_celery
 
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    # No static folder: the API and the console serve no files, and Flask's own static
+    # route would be a route without an access rule (app/http/access.py refuses those).
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     app.url_map.converters["id"] = IdConverter

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from config.settings import REPO_ROOT
 from tests.stack import Stack
-from tests.support import http
+from tests.support import http, wait_for
 
 OWNER, OTHER = 4_101, 4_102  # two customers; the owner's data is what the table reads
 
@@ -181,13 +181,49 @@ def _fill(value, data: dict):
 
 
 def test_every_route_has_a_row_in_the_access_table(stack):
+    # Every route, those Flask adds by itself (its static files route) included.
     routes = {
         (method, rule.rule)
         for rule in stack.app.url_map.iter_rules()
-        if rule.endpoint != "static"
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     assert routes == set(ACCESS) | set(CONSOLE), "a route was added or removed: give it a row"
+
+
+def test_flask_serves_no_files_and_its_own_routes_need_a_rule_too(stack, api):
+    from flask import Flask
+
+    from app.auth import TokenVerifier
+    from app.http import access
+
+    for path in ("/static/x", "/static/../app/wsgi.py", "/static/"):
+        status, answer = http("GET", api.url + path)
+        assert status == 404, (path, status, answer)
+        assert answer["error"]["code"] == "not_found"
+    # An app on which Flask added its static route refuses to start like any other
+    # route without a rule.
+    with pytest.raises(RuntimeError, match="without an access rule: static"):
+        access.install(Flask("probe"), TokenVerifier(stack.credentials.dir))
+
+
+def test_an_endpoint_without_a_rule_is_refused_not_a_500(stack, caplog):
+    """A route added after the check at start (an extension, a late blueprint) is refused
+    with the JSON error body, and the refusal is logged."""
+    from flask import Flask
+
+    from app.auth import TokenVerifier
+    from app.http import access
+    from app.http.errors import register_error_handlers
+
+    app = Flask("probe", static_folder=None)
+    register_error_handlers(app)
+    access.install(app, TokenVerifier(stack.credentials.dir))
+    app.add_url_rule("/late", "late", lambda: "served")
+    answer = app.test_client().get("/late")
+    assert answer.status_code == 404, answer.get_data(as_text=True)
+    assert answer.get_json()["error"]["code"] == "not_found"
+    said = [r.getMessage() for r in caplog.records]
+    assert any("late" in line and "no access rule" in line for line in said), said
 
 
 @pytest.mark.parametrize("route", list(ACCESS), ids=[f"{m} {r}" for m, r in ACCESS])
@@ -357,6 +393,52 @@ def test_a_chunked_body_over_the_limit_is_refused_like_one_with_content_length(s
 
     small = _chunked_post(api, "/products", b'{"name": "ok", "price": 1, "stock": 1}', token)
     assert small.startswith(b"HTTP/1.1 201"), small[:200]
+
+
+# Chunked framing that is wrong, each after a valid head: gunicorn finds it only when the
+# app reads the body.
+MALFORMED_CHUNKS = {
+    "bad chunk size": b"zz\r\n{}\r\n0\r\n\r\n",
+    "empty chunk size": b"\r\n{}\r\n0\r\n\r\n",
+    "bad chunk extension": b"2;=x\r\n{}\r\n0\r\n\r\n",
+    "missing chunk terminator": b"2\r\n{}XX0\r\n\r\n",
+    "chunk size line too long": b"1" + b"0" * 9000 + b"\r\n",
+    "no last chunk": b"2\r\n{}\r\n",  # then the client closes its side
+    "truncated chunk": b"20\r\n{\"items\": []",  # 32 bytes announced, 12 sent
+    "no end after the last chunk": b"2\r\n{}\r\n0\r\n",
+}
+
+
+def _raw_half_closed(api, request: bytes) -> bytes:
+    """Send `request`, then close our sending side (what a client cut short does), and
+    read the answer."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_CHUNKS))
+def test_a_malformed_chunked_body_is_a_400_and_changes_nothing(stack, api, data, case):
+    before = stack.shop.snapshot()
+    token = stack.credentials.token("customer", str(OWNER))
+    for path, content_type in (
+        ("/orders", "application/json"),
+        ("/console/login", "application/x-www-form-urlencoded"),  # read by Werkzeug's form parser
+    ):
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
+            f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        answer = _raw_half_closed(api, head + MALFORMED_CHUNKS[case])
+        assert answer.startswith(b"HTTP/1.1 400"), (path, answer[:300])
+        error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error["code"] == "bad_request" and error["message"], error
+    assert stack.shop.snapshot() == before
+    assert "Traceback" not in api.log()
 
 
 def test_slow_clients_sending_half_a_header_do_not_stall_the_api(api):
@@ -539,11 +621,20 @@ def _quote(path: str) -> str:
 def test_no_secret_on_a_command_line_in_a_log_or_in_an_answer(stack, api, data):
     token = stack.credentials.token("customer", str(OWNER))
     call = _caller(api)
+    in_query = [
+        call("GET", f"/orders?{name}={token}&status=PENDING", headers={"User-Agent": "q-probe"})
+        for name in ("access_token", "token", "jwt", "key", "password", "secret", "x")
+    ]
     answers = [
         call("GET", f"/orders/{data['order']}", headers=_bearer(token))[1],
         call("GET", "/orders", headers=_bearer(token + "x"))[1],
         call("GET", "/healthz")[1],
+        *(answer for _, answer in in_query),
     ]
+    # A token in a query string is not a credential, and gunicorn's access log, which
+    # writes every request line, must not keep it either.
+    assert [status for status, _ in in_query] == [401] * len(in_query)
+    wait_for(lambda: api.log().count('"q-probe"') == len(in_query), 10, what="the access log")
     private_key = (stack.credentials.dir / "signing-key.json").read_text()
     secret_key_line = json.loads(private_key)["private_key"].splitlines()[1]
     command_lines = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout

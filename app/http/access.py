@@ -11,6 +11,7 @@ does not allow 403, always with the JSON error body.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
@@ -21,6 +22,8 @@ from app.http.errors import error_response
 
 PUBLIC = frozenset()
 STAFF = (ADMIN, OPERATOR)
+
+log = logging.getLogger("saga.http")
 
 
 CONSOLE_COOKIE, CSRF_COOKIE = "console_token", "console_csrf"
@@ -96,7 +99,12 @@ def _check_access():
     view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
     if view is None:
         return None  # no such route: the 404 or 405 answers for itself
-    rule = view.access_rule
+    rule = getattr(view, "access_rule", None)
+    if rule is None:
+        # install() refuses to start an app with such a route; one added after it (by an
+        # extension, a late blueprint) is never served, and someone must hear of it.
+        log.error("refused %s %s: it has no access rule", request.method, request.endpoint)
+        return error_response(404, "not_found", "no such route")
     if rule is PUBLIC:
         return None
     by_cookie = getattr(view, "access_by_cookie", False)
@@ -122,10 +130,12 @@ def _check_access():
 
 
 def install(app: Flask, verifier: TokenVerifier) -> None:
+    # Every endpoint, those Flask adds by itself included (its static files route: the app
+    # is made with static_folder=None, as it serves no files).
     missing = [
         endpoint
         for endpoint, view in app.view_functions.items()
-        if endpoint != "static" and not hasattr(view, "access_rule")
+        if not hasattr(view, "access_rule")
     ]
     if missing:
         raise RuntimeError(f"routes without an access rule: {', '.join(sorted(missing))}")

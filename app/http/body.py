@@ -7,9 +7,15 @@ from __future__ import annotations
 import json
 
 from flask import Request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 MAX_BODY_BYTES = 64 * 1024
+# gunicorn reads a chunked body only as the app asks for it, so a malformed one (a bad chunk
+# size or extension, a missing CRLF, a body cut short) raises where the app reads it. It is
+# the client's framing that is wrong: a 400. raw_body() turns them, and any OSError of the
+# read, into one; app/http/errors.py answers the same when Werkzeug's form parser reads.
+BODY_READ_ERRORS = (ParseException, NoMoreData)
 
 
 class _DuplicateKey(ValueError):
@@ -43,10 +49,18 @@ def raw_body(request: Request) -> bytes:
     stream = request.environ.get("wsgi.input")
     if stream is None:
         return b""
-    data = stream.read(MAX_BODY_BYTES + 1)
+    try:
+        data = stream.read(MAX_BODY_BYTES + 1)
+    except (*BODY_READ_ERRORS, OSError) as exc:
+        raise BadRequest(unreadable_body(exc)) from None
     if len(data) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge()
     return data
+
+
+def unreadable_body(exc: BaseException) -> str:
+    # The error's name only: its text quotes the client's bytes.
+    return f"the body could not be read: malformed or cut short ({type(exc).__name__})"
 
 
 def json_object(request: Request, empty_ok: bool = False) -> dict:

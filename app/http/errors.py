@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app.errors import DomainError
+from app.http.body import BODY_READ_ERRORS, unreadable_body
 
 log = logging.getLogger("saga.http")
 
@@ -32,6 +33,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError):
         return error_response(exc.http_status, exc.code, str(exc))
+
+    def _unreadable(exc: Exception):
+        # A body that Werkzeug's form parser (the console's forms) could not read.
+        return error_response(400, "bad_request", unreadable_body(exc))
+
+    for error in BODY_READ_ERRORS:
+        app.register_error_handler(error, _unreadable)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
