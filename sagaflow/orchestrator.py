@@ -14,6 +14,7 @@ import threading
 import time
 
 from sagaflow.log import SagaLog
+from sagaflow.outage import OutageReporter
 from sagaflow.projector import Projector
 from sagaflow.runner import Runner
 from sagaflow.status import StepStatus, WorkKind
@@ -75,9 +76,11 @@ class Orchestrator:
         log.info("orchestrator started")
         next_check = time.monotonic() + self.check_every
         standby_said = False
+        outage = OutageReporter(log)  # Redis or the database down: said once, not per try
         while not stop.is_set():
             try:
                 if not self.projector.hold_lock():
+                    outage.ok()
                     if not standby_said:
                         log.info("another orchestrator holds the lock: standing by")
                         standby_said = True
@@ -90,8 +93,9 @@ class Orchestrator:
                 if self.projector.caught_up and time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.check_every
                     self.stall.park_stalled()
-            except Exception:
-                log.exception("orchestrator could not reach Redis or its database; retrying")
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
                 stop.wait(1.0)
         self.projector.release_lock()
         log.info("orchestrator stopped")

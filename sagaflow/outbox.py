@@ -29,6 +29,7 @@ from sqlalchemy import DateTime, Integer, String, Text, and_, exists, func, sele
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from sagaflow.errors import error_text
+from sagaflow.outage import OutageReporter
 
 log = logging.getLogger("sagaflow.outbox")
 
@@ -290,11 +291,13 @@ class Relay:
 
     def run(self, stop) -> None:
         log.info("outbox relay started: %s", ", ".join(o.service for o in self.outboxes))
+        outage = OutageReporter(log)  # a database or the broker down: said once, not per try
         while not stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:
-                log.exception("outbox relay could not reach a database or the broker")
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc)
                 busy = 0
             if not busy:
                 stop.wait(self.poll)
