@@ -1,16 +1,23 @@
 """Bad input gets a 4xx with a JSON error body and changes nothing in any database: each
 case is sent by a caller who may call the route (so it is the input that is refused, not
 the caller), in-process through the Flask app. What only a real server shows (chunked
-bodies, slow clients, the role table, the fuzz) is in test_api_security.py."""
+bodies, slow clients, the role table, the fuzz) is in test_api_security.py. A dependency
+that is down (the broker, a database) is a 503 with Retry-After that changes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import socket
+import threading
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from sagaflow.choreography import MODES
 from tests.shop import Shop
+from tests.support import free_port, http
 
 UNKNOWN = 999_999
 CUSTOMER_ID = 1  # the customer every customer case is sent as
@@ -260,6 +267,193 @@ def test_broker_down_accepts_the_order_and_it_starts_when_the_broker_is_back(
     again = shop.order(user, product, key="k-queued")  # the same key: the same order
     assert again == accepted["order_id"]
     assert shop.balance(user) == 900 and order["status"] == "COMPLETED"
+
+
+# --- a database that cannot be reached ----------------------------------------------------
+
+DB_PASSWORD = "pw-that-must-never-show"
+
+
+def _database_unavailable(status: int, body: dict, retry_after, service: str) -> None:
+    assert status == 503, (status, body)
+    assert body["error"]["code"] == "database_unavailable", body
+    assert service in body["error"]["message"], body
+    assert retry_after and int(retry_after) > 0, retry_after
+    shown = json.dumps(body)
+    assert DB_PASSWORD not in shown and "postgresql" not in shown and "127.0.0.1" not in shown
+
+
+@pytest.mark.parametrize("down", ["products", "orders"])
+def test_a_database_that_cannot_be_reached_is_a_503_naming_it_that_changes_nothing(
+    primary_stack, down, caplog
+):
+    """The service's database URL points at a port where nothing listens (the URL has a
+    password, which must show nowhere): its requests are 503 database_unavailable with
+    Retry-After, one log line each without a traceback, and nothing is written anywhere."""
+    from app import create_app
+
+    stack = primary_stack
+    product = stack.shop.product(stock=5, price=10)
+    user = stack.shop.new_user(balance=100)
+    dead = f"postgresql+psycopg://saga:{DB_PASSWORD}@127.0.0.1:{free_port()}/{down}"
+    urls = {**stack.settings.database_urls, down: dead}
+    app = create_app(stack.settings.with_overrides(database_urls=urls))
+    me, operator = stack.credentials.customer(user), stack.credentials.operator
+    order = {"items": [{"product_id": product, "quantity": 1}]}
+    requests = {
+        "products": [("GET", "/products", None, {}), ("GET", f"/products/{product}", None, {})],
+        "orders": [("GET", "/orders", None, me), ("GET", "/orders/1", None, operator)],
+    }[down] + [("POST", "/orders", order, me)]
+    before = stack.shop.snapshot()
+    try:
+        client = app.test_client()
+        for method, path, body, headers in requests:
+            caplog.clear()
+            answer = client.open(path, method=method, json=body, headers=headers)
+            _database_unavailable(
+                answer.status_code, answer.get_json(), answer.headers.get("Retry-After"), down
+            )
+            said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(said) == 1, [r.getMessage() for r in said]
+            assert down in said[0].getMessage() and said[0].exc_info is None
+            assert DB_PASSWORD not in said[0].getMessage()
+    finally:
+        app.extensions["services"].dispose()
+    assert stack.shop.snapshot() == before
+
+
+class _Proxy:
+    """A TCP proxy on 127.0.0.1 in front of the real PostgreSQL server. `down()` cuts every
+    connection through it and closes each new one at once; `up()` serves again, on the
+    same port."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.is_down, self.closed = False, False
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, url: str, password: str) -> str:
+        return (
+            make_url(url)
+            .set(host="127.0.0.1", port=self.port, password=password)
+            .render_as_string(hide_password=False)
+        )
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.is_down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            s.close()
+
+    def down(self) -> None:
+        self.is_down = True
+        with self.lock:
+            for s in self.sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self.sockets = []
+
+    def up(self) -> None:
+        self.is_down = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.down()
+        self.listener.close()
+
+
+def test_the_api_answers_503_while_postgresql_is_gone_and_serves_again_when_it_is_back(
+    primary_stack,
+):
+    """Through the real gunicorn, whose four databases are reached through a proxy: cut
+    it, and every request that needs a database is a 503 naming the service's database,
+    logged in one line, with nothing changed; bring it back, and the API serves again."""
+    stack = primary_stack
+    if stack.backend != "postgresql":
+        pytest.skip("needs PostgreSQL: the proxy stands in front of its server")
+    server = make_url(stack.env["ORDERS_DATABASE_URL"])
+    proxy = _Proxy(server.host, server.port)
+    through = {
+        f"{s.upper()}_DATABASE_URL": proxy.url(stack.env[f"{s.upper()}_DATABASE_URL"], DB_PASSWORD)
+        for s in ("orders", "products", "balances", "coupons")
+    }
+    api = None
+    try:
+        api = stack.api(**through)
+        admin = stack.credentials.admin
+        product = http("POST", api.url + "/products", {"name": "p", "price": 5, "stock": 9}, admin)
+        coupon = http(
+            "POST", api.url + "/coupons", {"name": "c", "discount": 1, "quantity": 9}, admin
+        )
+        user = stack.shop.new_user(balance=100)
+        me = stack.credentials.customer(user)
+        order = {"items": [{"product_id": product[1]["id"], "quantity": 1}]}
+        placed = http("POST", api.url + "/orders", order, me)
+        assert placed[0] == 202, placed
+        before = stack.shop.snapshot()
+
+        proxy.down()
+        needs = [
+            ("GET", f"/products/{product[1]['id']}", None, {}, "products"),
+            ("GET", f"/orders/{placed[1]['order_id']}", None, me, "orders"),
+            ("GET", f"/balances/{user}", None, me, "balances"),
+            ("POST", "/orders", order, me, "products"),  # its quote is read first
+            ("POST", f"/coupons/{coupon[1]['id']}/issue", {}, me, "coupons"),
+        ]
+        for method, path, body, headers, service in needs:
+            status, answer, retry_after = _call(api, method, path, body, headers)
+            _database_unavailable(status, answer, retry_after, service)
+        assert http("GET", api.url + "/healthz")[0] == 503
+        assert stack.shop.snapshot() == before
+        log = api.log()
+        assert log.count("database unavailable") == len(needs), log[-3000:]
+        assert DB_PASSWORD not in log and "Traceback" not in log, log[-3000:]
+
+        proxy.up()
+        assert http("GET", api.url + f"/products/{product[1]['id']}")[0] == 200
+        assert http("POST", api.url + "/orders", order, me)[0] == 202
+    finally:
+        if api is not None:
+            api.stop()
+        proxy.close()
+
+
+def _call(api, method: str, path: str, body, headers) -> tuple[int, dict, str | None]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", **headers}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Retry-After")
+    finally:
+        conn.close()
 
 
 def test_json_error_bodies_never_echo_a_credential(client, credentials):

@@ -111,9 +111,11 @@ def issue_coupon(coupon_id: int):
             "could not queue coupon request %s: %r", issue["request_id"], str(exc)
         )
         _rt().issue_requests.not_queued(issue["request_id"])
-        return error_response(
+        response, status = error_response(
             503, "broker_unavailable", "the request could not be queued; try again"
         )
+        response.headers["Retry-After"] = "5"
+        return response, status
     return jsonify({"request_id": issue["request_id"], "status": issue["status"]}), 202
 
 
