@@ -127,6 +127,18 @@ class Projector:
         event arrives it lingers a moment for more: one transaction for a saga's several
         events costs the home database far less than one each."""
         self.ensure_group()
+        try:
+            return self._run_once(batch, block_ms, linger_ms)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # Redis came back without its data (no persistence): the group is gone
+                # with the stream. Make it again on the next round instead of failing on
+                # every round for ever.
+                self._group_ready = False
+                log.warning("the event stream's consumer group is gone; making it again")
+            raise
+
+    def _run_once(self, batch: int, block_ms: int, linger_ms: int) -> int:
         # What was read but not acknowledged (a crash before the acknowledgement) comes
         # first, so that events are applied in stream order.
         found = self.redis.xreadgroup(GROUP, CONSUMER, {STREAM: "0"}, count=batch)

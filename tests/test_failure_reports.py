@@ -24,8 +24,9 @@ from sagaflow import Phase, SagaLog, SagaStatus
 from sagaflow.dependencies import OutageBoard, unreachable
 from sagaflow.dlq.alerts import SlackAlerter
 from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING
-from sagaflow.dlq.worker import DeadLetterWorker
+from sagaflow.dlq.worker import DeadLetterWorker, RedisOutagePage
 from sagaflow.events import INPUT
+from tests.slack_server import SlackServer
 from tests.support import free_port
 from tests.test_runtime_rules import TOPUP, TopUp, World, mode, redis_url  # noqa: F401
 
@@ -231,3 +232,34 @@ def test_an_outage_nobody_was_paged_for_is_forgotten_quietly(world):
 
     assert worker.check_outages() == []
     assert world.runner.outages.rows() == {}
+
+
+def test_redis_itself_gone_is_paged_once_from_the_dlq_workers_loop(world):
+    clock = Clock()
+    with pytest.raises(redis_lib.ConnectionError) as refused:
+        redis_lib.Redis(port=free_port(), socket_connect_timeout=1).ping()
+    with SlackServer() as slack:
+        worker = dlq_worker(
+            world, clock=clock, outage_alert_seconds=60, slack_webhook_url=slack.webhook_url
+        )
+        page = RedisOutagePage(worker, clock=clock)
+        for _ in range(90):  # the loop's rounds while Redis is gone
+            page.failed(refused.value)
+            clock.now += 1
+        page.ok()
+        page.ok()
+
+        [down, back] = slack.texts()
+    assert "Redis cannot be reached" in down and "90 failed attempts" not in down
+    assert "Redis answers again" in back and "90 failed attempts" in back
+
+
+def test_the_projector_makes_its_group_again_after_redis_lost_its_data(world):
+    world.start(amount=10)  # the group exists and the projector knows it
+    world.redis.flushall()  # Redis restarted without persistence
+    with pytest.raises(redis_lib.ResponseError, match="NOGROUP"):
+        world.projector.run_once(block_ms=1)
+
+    saga = world.start(amount=20)  # the next round makes the group again
+
+    assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED

@@ -18,7 +18,7 @@ from sagaflow.dlq.alerts import AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
 from sagaflow.errors import InputNotKnown
 from sagaflow.metrics import count_alert
-from sagaflow.outage import OutageReporter
+from sagaflow.outage import OutageReporter, cause
 
 log = logging.getLogger("sagaflow.dlq")
 OUTAGE_CHECK_SECONDS = 2.0
@@ -199,6 +199,7 @@ class DeadLetterWorker:
     def run(self, stop: threading.Event) -> None:
         log.info("DLQ worker started: max_attempts=%s", self.max_attempts)
         outage = OutageReporter(log)  # Redis down: said once when it starts and ends
+        redis_down = RedisOutagePage(self)
         next_outage_check = 0.0
         while not stop.is_set():
             try:
@@ -208,9 +209,37 @@ class DeadLetterWorker:
                     self.check_outages()
                 busy = self.run_once()
                 outage.ok()
+                redis_down.ok()
             except Exception as exc:
-                outage.failed(exc)
+                if outage.failed(exc) and unreachable(exc) == "Redis":
+                    redis_down.failed(exc)
                 busy = False
             if not busy:
                 stop.wait(self.poll)
         log.info("DLQ worker stopped")
+
+
+class RedisOutagePage:
+    """Redis itself cannot be reached: nobody can write the outage board, and the DLQ
+    worker cannot read it, so its own loop pages once when Redis has been gone for the
+    outage alert time, and once when it is back (Slack needs no Redis)."""
+
+    def __init__(self, worker: DeadLetterWorker, clock=time.time):
+        self.worker, self.clock = worker, clock
+        self.row: dict | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        now = self.clock()
+        if self.row is None:
+            self.row = {"since": now, "failures": 0, "alerted": False}
+        self.row.update(last_seen=now, failures=self.row["failures"] + 1, error=cause(exc))
+        if not self.row["alerted"] and now - self.row["since"] >= self.worker.outage_alert:
+            text = outage_text("Redis", self.row, self.worker.outage_budget, now)
+            self.row["alerted"] = self.worker._page(text, "Redis")
+
+    def ok(self) -> None:
+        if self.row is not None:
+            if self.row["alerted"]:
+                self.row["over"] = self.clock()
+                self.worker._page(recovered_text("Redis", self.row), "Redis is back")
+            self.row = None
