@@ -196,18 +196,23 @@ UNUSABLE_REDIS_URLS = {
 }
 
 
-@pytest.mark.parametrize("case", UNUSABLE_REDIS_URLS)
-def test_an_unusable_redis_url_is_one_line_and_exit_4_for_every_command(stack, case):
+# Every kind of URL on one command, and every command on the two kinds that fail at
+# different moments (before connecting, and when Redis refuses the credentials): each case
+# starts the real CLI, so the whole product of the two would cost minutes.
+CASES = [(case, EVERY_COMMAND[0]) for case in UNUSABLE_REDIS_URLS] + [
+    (case, args) for case in ("not a url", "wrong password") for args in EVERY_COMMAND[1:]
+]
+
+
+@pytest.mark.parametrize("case,args", CASES, ids=[f"{c}-{' '.join(a)}" for c, a in CASES])
+def test_an_unusable_redis_url_is_one_line_and_exit_4_for_every_command(stack, case, args):
     url = UNUSABLE_REDIS_URLS[case].format(port=stack.redis.port, closed=free_port())
-    for args in EVERY_COMMAND:
-        if args == ("worker",) and case == "nothing listening":
-            continue  # the worker waits out a Redis that is down (tests/test_outage.py)
-        result = stack.cli(*args, REDIS_URL=url)
-        said = (args, result.stderr)
-        assert result.returncode == 4, said
-        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), said
-        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, said
-        assert result.stdout == "", (args, result.stdout)
+    result = stack.cli(*args, REDIS_URL=url)
+    said = (args, result.stderr)
+    assert result.returncode == 4, said
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), said
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, said
+    assert result.stdout == "", (args, result.stdout)
 
 
 # --- requeue --all: every entry is tried ---------------------------------------------
