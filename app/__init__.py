@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.auth import TokenVerifier
     from app.bootstrap import build_relay, build_runner, build_saga_log
     from app.console import bp as console_bp
-    from app.http import access
+    from app.http import access, limits
     from app.http.body import MAX_BODY_BYTES
     from app.http.converters import IdConverter
     from app.http.errors import register_error_handlers
@@ -42,5 +42,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(console_bp)
+    limits.install(app, settings)  # wraps the limited routes: after every blueprint
     access.install(app, TokenVerifier(settings.auth_dir))
     return app

@@ -200,7 +200,9 @@ class Gunicorn(Process):
     def __init__(self, name: str, target: str, env: dict[str, str], logdir: Path):
         self.port = free_port()
         argv = [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", target]
-        super().__init__(name, argv, {**env, "PORT": str(self.port)}, logdir)
+        super().__init__(
+            name, argv, {**env, "PORT": str(self.port), "RATE_LIMITS_ENABLED": "0"}, logdir
+        )
 
     @property
     def base_url(self) -> str:

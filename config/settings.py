@@ -104,6 +104,16 @@ class Settings:
     # it ("orchestration"), or each service announcing the next ("choreography").
     saga_mode: str = "orchestration"
 
+    # Per-client limits on the API (app/http/limits.py), counted in Redis so every web
+    # process and host counts together; the `limits` notation, several joined by ";". Off
+    # with RATE_LIMITS_ENABLED=0 (the benchmark's stack).
+    rate_limits_enabled: bool = True
+    # Requests whose credential is missing or fails, per client address.
+    rate_limit_failed_auth: str = "20/minute"
+    # POST /orders and POST /coupons/<id>/issue, per signed-in user.
+    rate_limit_orders: str = "30/minute;300/hour"
+    rate_limit_coupon_requests: str = "10/minute;50/hour"
+
     slack_webhook_url: str = ""
     slack_bot_token: str = ""
     slack_channel: str = ""
@@ -242,6 +252,12 @@ class Settings:
             outbox_lease_seconds=number("OUTBOX_LEASE_SECONDS", defaults.outbox_lease_seconds),
             outbox_max_attempts=number("OUTBOX_MAX_ATTEMPTS", defaults.outbox_max_attempts, int),
             saga_mode=(env.get("SAGA_MODE") or defaults.saga_mode).strip().lower(),
+            rate_limits_enabled=_flag(env.get("RATE_LIMITS_ENABLED"), defaults.rate_limits_enabled),
+            rate_limit_failed_auth=env.get("RATE_LIMIT_FAILED_AUTH")
+            or defaults.rate_limit_failed_auth,
+            rate_limit_orders=env.get("RATE_LIMIT_ORDERS") or defaults.rate_limit_orders,
+            rate_limit_coupon_requests=env.get("RATE_LIMIT_COUPON_REQUESTS")
+            or defaults.rate_limit_coupon_requests,
             slack_webhook_url=env.get("SLACK_WEBHOOK_URL", ""),
             slack_bot_token=env.get("SLACK_BOT_TOKEN", ""),
             slack_channel=env.get("SLACK_CHANNEL", ""),

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from flask import Flask, current_app, g, redirect, request
 
 from app.auth import ADMIN, CUSTOMER, OPERATOR, Identity, InvalidCredential, TokenVerifier
+from app.http import limits
 from app.http.errors import error_response
 
 PUBLIC = frozenset()
@@ -77,6 +78,8 @@ def _bearer_token() -> str | None:
 
 
 def _unauthorized(message: str):
+    # Counted against the client's address: over its limit, a 429 instead (limits.py).
+    limits.failed_authentication()
     response, status = error_response(401, "unauthorized", message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="order-saga"'
     return response, status

@@ -12,6 +12,7 @@ from app.http import schemas
 from app.http.access import STAFF, allow, caller, is_customer, public, visible_to_caller
 from app.http.body import json_object
 from app.http.errors import error_response
+from app.http.limits import COUPON_REQUESTS, ORDERS, limited
 from app.order_context import OrderContext, saga_id_of
 from app.order_saga import ORDER
 from app.services.orders import MAX_TOTAL, Outbox
@@ -99,6 +100,7 @@ def get_coupon(coupon_id: int):
 
 @bp.post("/coupons/<id:coupon_id>/issue")
 @allow(CUSTOMER)
+@limited(COUPON_REQUESTS)
 def issue_coupon(coupon_id: int):
     user_id = _only_self(_body(schemas.IssueCoupon, empty_ok=True).user_id)
     issue = _rt().issue_requests.request(coupon_id, user_id)
@@ -143,6 +145,7 @@ def _idempotency_key() -> str | None:
 
 @bp.post("/orders")
 @allow(CUSTOMER)
+@limited(ORDERS)
 def place_order():
     body = _body(schemas.NewOrder)
     user_id = _only_self(body.user_id)
