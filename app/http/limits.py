@@ -108,6 +108,10 @@ class RateLimits:
         # (at INFO) would double a flood in the log. Its warnings still show.
         logging.getLogger("flask-limiter").setLevel(logging.WARNING)
 
+        # Flask-Limiter counts when a function it decorates is called. A 401 is answered
+        # before any view runs, so the access check calls a function of its own, which
+        # carries the limit. The limited routes are only marked (`@limited`) and wrapped
+        # here, with this app's limiter: each app has its own, on its own Redis.
         def failed_authentication() -> None:
             """Counted by the limit that decorates it; nothing else to do."""
 
@@ -158,6 +162,9 @@ def _uncounted() -> None:
 
 
 def _limiter(app: Flask, redis_url: str) -> Limiter:
+    # The `limits` library calls redis-py's unix:// (a socket) redis+unix://.
+    if redis_url.startswith("unix://"):
+        redis_url = f"redis+{redis_url}"
     limiter = Limiter(
         key_func=_client_address,
         storage_uri=redis_url,
@@ -178,7 +185,7 @@ def _limiter(app: Flask, redis_url: str) -> Limiter:
         # scheme only.
         raise SettingsError(
             f"REDIS_URL (scheme {urlsplit(redis_url).scheme!r}) cannot hold the rate limits: "
-            "use redis://, rediss:// or redis+unix://, or set RATE_LIMITS_ENABLED=0"
+            "use redis://, rediss:// or unix://, or set RATE_LIMITS_ENABLED=0"
         ) from None
     return limiter
 
