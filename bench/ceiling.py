@@ -8,6 +8,7 @@ import redis
 
 from bench import raw_chain
 from bench.client import percentiles
+from bench.cost import NO_WINDOW
 
 
 def _marker_time(raw: bytes) -> tuple[int, float]:
@@ -32,10 +33,11 @@ def latency(client: redis.Redis, count: int, timeout: float = 10.0) -> list[floa
     return samples
 
 
-def saturation(client: redis.Redis, count: int, timeout: float) -> dict:
+def saturation(client: redis.Redis, count: int, timeout: float, window=NO_WINDOW) -> dict:
     """Submit `count` chains at once (they queue up), then wait for every marker. Throughput:
     chains / (last marker - first submit)."""
     client.delete(raw_chain.DONE_KEY)
+    window.begin()
     start = time.time()
     for chain_id in range(count):
         raw_chain.make_chain(chain_id).apply_async()
@@ -45,8 +47,9 @@ def saturation(client: redis.Redis, count: int, timeout: float) -> dict:
         if time.monotonic() > deadline:
             done = client.llen(raw_chain.DONE_KEY)
             raise TimeoutError(f"only {done}/{count} raw chains finished in {timeout:.0f}s")
-        time.sleep(0.05)
+        time.sleep(0.2)
     stamps = [_marker_time(raw)[1] for raw in client.lrange(raw_chain.DONE_KEY, 0, -1)]
+    cost = window.end(count)
     elapsed = max(stamps) - start
     return {
         "chains": count,
@@ -54,16 +57,20 @@ def saturation(client: redis.Redis, count: int, timeout: float) -> dict:
         "submit_s": round(submitted - start, 3),
         "throughput": round(count / elapsed, 2),
         "tasks_per_s": round(5 * count / elapsed, 1),
+        "cost": cost,
     }
 
 
-def run(broker_url: str, warmup: int, latency_count: int, saturation_count: int) -> dict:
+def run(
+    broker_url: str, warmup: int, latency_count: int, saturation_count: int, window=NO_WINDOW
+) -> dict:
     raw_chain.configure(broker_url)
     client = redis.Redis.from_url(broker_url)
     try:
         latency(client, warmup)  # both pool children import, connect and warm up
         samples = latency(client, latency_count)
-        sat = saturation(client, saturation_count, timeout=max(60.0, saturation_count / 5))
+        timeout = max(60.0, saturation_count / 5)
+        sat = saturation(client, saturation_count, timeout, window)
     finally:
         client.close()
     lat = percentiles(samples)

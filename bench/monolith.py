@@ -247,10 +247,20 @@ def check(url: str, product: int, stock: int, orders_placed: int) -> dict:
 
 
 def measure(
-    port: int, threads: int, users: list[int], product: int, issued: dict, latency_count: int
+    port: int,
+    threads: int,
+    users: list[int],
+    product: int,
+    issued: dict,
+    latency_count: int,
+    window=None,
 ) -> dict:
-    """The same orders as the saga's saturation run, then a few one at a time."""
+    """The same orders as the saga's saturation run, then a few one at a time. The
+    window's cost covers the saturation run, per order."""
     from bench.client import call, percentiles, submit_all
+    from bench.cost import NO_WINDOW
+
+    window = window or NO_WINDOW
 
     def post(user: int):
         body = {
@@ -264,7 +274,9 @@ def measure(
         return reply
 
     loaded, latency_users = users[: len(users) - latency_count], users[-latency_count:]
+    window.begin()
     replies, start, end = submit_all(threads, loaded, post)
+    cost = window.end(len(loaded))
     one_by_one = [post(user).ms for user in latency_users]
     return {
         "orders": len(loaded),
@@ -274,4 +286,5 @@ def measure(
         "post_ms_under_load": percentiles([r.ms for r in replies]),
         "latency_ms": percentiles(one_by_one),
         "p50_ms": percentiles(one_by_one)["p50"],
+        "cost": cost,
     }

@@ -40,6 +40,72 @@ def _ratio(value) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
+def _failed_at(run: dict) -> str:
+    counts = run.get("failed_at") or {}
+    return ", ".join(f"{step} {n}" for step, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _naive_rows(r: dict) -> list[tuple]:
+    """The main table's rows for the naive chain (when it ran)."""
+    rows, mem, naive = [], r["memory_mb"], r.get("naive_chain")
+    if naive:
+        lat, sat = naive["latency"], naive["saturation"]
+        rows += [
+            (
+                "2n. naive chain (the floor)",
+                "throughput, COMPLETED orders/s",
+                _fmt(sat["throughput"]),
+                _ratio(ratio_of(sat["throughput"], r["raw_chain"]["throughput"])),
+                _fmt(mem.get("naive_saturation")),
+            ),
+            (
+                "",
+                "POST -> COMPLETED p50 / p95 / p99, ms",
+                f"{_fmt(lat['completed_ms']['p50'])} / {_fmt(lat['completed_ms']['p95'])} / "
+                f"{_fmt(lat['completed_ms']['p99'])}",
+                _ratio(ratio_of(lat["completed_ms"]["p50"], r["raw_chain"]["p50_ms"])) + " (p50)",
+                "",
+            ),
+        ]
+    return rows
+
+
+def _dbos_rows(r: dict) -> list[tuple]:
+    """The main table's rows for DBOS (when it ran)."""
+    rows, dbos = [], r.get("dbos")
+    if dbos:
+        lat, sat, fail = dbos["latency"], dbos["saturation"], dbos["failure"]
+        rows += [
+            (
+                "7. DBOS Transact",
+                "throughput, COMPLETED orders/s",
+                _fmt(sat["throughput"]),
+                _ratio(ratio_of(sat["throughput"], r["raw_chain"]["throughput"])),
+                _fmt(r["web_memory_mb"].get("dbos_saturation")) + " (web)",
+            ),
+            (
+                "",
+                "POST -> COMPLETED p50 / p95 / p99, ms",
+                f"{_fmt(lat['completed_ms']['p50'])} / {_fmt(lat['completed_ms']['p95'])} / "
+                f"{_fmt(lat['completed_ms']['p99'])}",
+                _ratio(ratio_of(lat["completed_ms"]["p50"], r["raw_chain"]["p50_ms"])) + " (p50)",
+                "",
+            ),
+            (
+                "",
+                "failure at use_coupon: orders/s until FAILED; failed at",
+                f"{_fmt(fail['throughput'])}; {_failed_at(fail)}",
+                "",
+                "",
+            ),
+        ]
+    return rows
+
+
+def ratio_of(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
 def markdown(r: dict) -> str:
     raw, saga, ratios = r["raw_chain"], r["saga"], r["ratios"]
     fail, cont, cpn, mono = r["failure"], r["contention"], r["coupons"], r["monolith"]
@@ -59,6 +125,7 @@ def markdown(r: dict) -> str:
             "1.00x",
             "",
         ),
+        *_naive_rows(r),
         (
             "2. saga happy path",
             "throughput, COMPLETED orders/s",
@@ -95,6 +162,7 @@ def markdown(r: dict) -> str:
             _ratio(ratios["failure_vs_raw"]),
             _fmt(mem.get("failure")),
         ),
+        ("", "where they failed (saga log)", _failed_at(fail) or "n/a", "", ""),
         (
             f"4. contention: {cont['orders']} orders, {cont['products']} products x "
             f"{cont['stock_each']}",
@@ -127,6 +195,7 @@ def markdown(r: dict) -> str:
             "",
         ),
         ("", "POST (= whole order) p50, ms", _fmt(mono["p50_ms"]), "", ""),
+        *_dbos_rows(r),
     ]
     lines = [
         f"Benchmark ({r['mode']} mode, {r['databases']} databases, "
@@ -140,9 +209,14 @@ def markdown(r: dict) -> str:
         "|---|---|---|",
     ]
     for target in r["targets"]:
-        lines.append(
-            f"| {target['target']} | {target['measured']} | {'yes' if target['met'] else 'no'} |"
-        )
+        met = {True: "yes", False: "no", None: "n/a"}[target["met"]]
+        lines.append(f"| {target['target']} | {target['measured']} | {met} |")
+    if r.get("peers"):
+        lines += ["", *peers_table(r)]
+    if r.get("costs"):
+        lines += ["", *costs_table(r)]
+    if r.get("idle"):
+        lines += ["", *idle_table(r["idle"])]
     if r.get("modes"):
         lines += ["", *modes_table(r["modes"])]
     m = r["machine"]
@@ -163,6 +237,127 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PEERS = (
+    ("raw_chain", "raw no-op chain (ceiling)"),
+    ("naive_chain", "naive chain (floor)"),
+    ("saga", "saga"),
+    ("dbos", "DBOS Transact"),
+    ("monolith", "monolith"),
+)
+
+
+def _commits(c: dict | None) -> str:
+    if not c:
+        return "n/a"
+    if not c.get("databases", True):
+        return "none (no database)"
+    if c.get("commits") is None:
+        return "not measured (SQLite)"
+    return _fmt(c["commits"])
+
+
+def peers_table(r: dict) -> list[str]:
+    """Every peer's happy path side by side, with what one order costs (bench/cost.py)."""
+    lines = [
+        "Peers, happy path (one-item orders with a coupon, the same 16 submitters), same "
+        "run; cost per COMPLETED order (chain, for the raw chain) over the throughput run:",
+        "",
+        "| peer | orders/s | p50 / p99, ms | CPU ms per order | commits per order | "
+        "Redis commands per order |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in PEERS:
+        fig = r["peers"].get(key)
+        if not fig:
+            continue
+        c = fig.get("cost") or {}
+        if key == "saga":
+            label = f"saga ({r.get('saga_mode', 'orchestration')})"
+        lines.append(
+            f"| {label} | {_fmt(fig['throughput'])} | {_fmt(fig['p50_ms'])} / "
+            f"{_fmt(fig['p99_ms'])} | {_fmt(c.get('cpu_ms'))} | {_commits(c)} | "
+            f"{_fmt(c.get('redis_commands'))} |"
+        )
+    return lines
+
+
+COSTS = (
+    ("raw_chain", "1. raw chain, per chain"),
+    ("naive_chain", "2n. naive chain, per COMPLETED order"),
+    ("saga_happy", "2. saga happy path, per COMPLETED order"),
+    ("saga_failure", "3. saga failure path, per FAILED order"),
+    ("saga_contention", "4. saga contention, per settled order"),
+    ("saga_coupons", "5. coupon rush, per request"),
+    ("dbos_happy", "7. DBOS happy path, per COMPLETED order"),
+    ("dbos_failure", "7. DBOS failure path, per FAILED order"),
+    ("monolith", "6. monolith, per order"),
+)
+
+
+def _by(values: dict | None, limit: int = 8) -> str:
+    if not values:
+        return ""
+    top = sorted(values.items(), key=lambda kv: -(kv[1] or 0))[:limit]
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in top)
+
+
+def costs_table(r: dict) -> list[str]:
+    """Cost per unit of work of every scenario and peer: CPU summed over every process
+    (and where it went), commits by database, Redis commands."""
+    lines = [
+        "Cost per unit of work (CPU: every stack process and its children, Redis, and on "
+        "PostgreSQL the whole server; the bench client apart):",
+        "",
+        "| run | CPU ms | CPU ms by process | commits by database | Redis commands (top) | "
+        "bench client CPU ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in COSTS:
+        c = r["costs"].get(key)
+        if not c:
+            continue
+        commits = _commits(c)
+        if c.get("commits_by_database"):
+            commits += f": {_by(c['commits_by_database'])}"
+        lines.append(
+            f"| {label} | {_fmt(c['cpu_ms'])} | {_by(c['cpu_ms_by_process'])} | {commits} | "
+            f"{_fmt(c['redis_commands'])}: {_by(c['redis_by_command'], 4)} | "
+            f"{_fmt(c['client_cpu_ms'])} |"
+        )
+    others = max((c or {}).get("other_postgres_clients", 0) for c in r["costs"].values())
+    if others:
+        lines += [
+            "",
+            f"WARNING: up to {others} connections of other clients were open on the "
+            "PostgreSQL server: its CPU figures include their work.",
+        ]
+    return lines
+
+
+def idle_table(idle: dict) -> list[str]:
+    names = {"saga": "saga stack", "naive_chain": "naive chain", "dbos": "DBOS"}
+    lines = [
+        "Idle: no orders, after a warm-up (per second):",
+        "",
+        "| stack | seconds | CPU ms per s | CPU ms per s by process | commits per s | "
+        "Redis commands per s (top) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in names.items():
+        i = idle.get(key)
+        if not i:
+            continue
+        commits = "not measured (SQLite)" if i["commits_per_s"] is None else i["commits_per_s"]
+        if i.get("commits_per_s_by_database"):
+            commits = f"{commits}: {_by(i['commits_per_s_by_database'])}"
+        lines.append(
+            f"| {label} | {i['seconds']} | {_fmt(i['cpu_ms_per_s'])} | "
+            f"{_by(i['cpu_ms_per_s_by_process'])} | {commits} | "
+            f"{_fmt(i['redis_commands_per_s'])}: {_by(i['redis_by_command_per_s'], 4)} |"
+        )
+    return lines
+
+
 def modes_table(modes: dict) -> list[str]:
     """The saga modes side by side, each on fresh processes in the same run."""
     names = list(modes)
@@ -177,6 +372,9 @@ def modes_table(modes: dict) -> list[str]:
         ("outbox rows per order", lambda m: _fmt(m["outbox"]["outbox_rows_per_order"])),
         ("relay CPU per order, ms", lambda m: _fmt(m["outbox"]["relay_cpu_ms_per_order"])),
         ("relay CPU when idle, ms per s", lambda m: _fmt(m["outbox"]["relay_idle_cpu_ms_per_s"])),
+        ("happy path CPU per COMPLETED order, ms", lambda m: _fmt(m.get("cpu_ms_per_order"))),
+        ("happy path commits per order", lambda m: _fmt(m.get("commits_per_order"))),
+        ("happy path Redis commands per order", lambda m: _fmt(m.get("redis_per_order"))),
     ]
     return [
         "Saga modes side by side (SAGA_MODE), each on fresh processes:",
@@ -195,10 +393,14 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.FormatStrFormatter below)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2))
-    for label, samples in (
+    curves = [
         ("raw chain: submit -> 5th task", r["raw_chain"]["latency_samples_ms"]),
         ("saga: POST -> COMPLETED", r["saga"]["latency_samples_ms"]),
-    ):
+    ]
+    for key, label in (("naive_chain", "naive chain"), ("dbos", "DBOS")):
+        if r.get(key):
+            curves.append((f"{label}: POST -> COMPLETED", r[key]["latency"]["latency_samples_ms"]))
+    for label, samples in curves:
         ordered = sorted(samples)
         if ordered:
             left.plot(
@@ -223,8 +425,15 @@ def plot(r: dict, path: Path) -> None:
         ("saga\ncontention", r["contention"]["throughput"]),
         ("monolith", r["monolith"]["throughput"]),
     ]
-    names, values = zip(*bars, strict=True)
     colors = ["#888888", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c"]
+    for key, label, color in (
+        ("naive_chain", "naive\nchain", "#9467bd"),
+        ("dbos", "DBOS", "#8c564b"),
+    ):
+        if r.get(key):
+            bars.append((label, r[key]["saturation"]["throughput"]))
+            colors.append(color)
+    names, values = zip(*bars, strict=True)
     drawn = right.bar(names, values, color=colors)
     right.bar_label(drawn, fmt="%.1f", fontsize=8)
     right.set_ylabel("per second at saturation")

@@ -19,12 +19,17 @@ from app.order_context import saga_id_of
 from app.services.coupons import ISSUED, PENDING, IssueRequest
 from app.services.orders import Order, OrderItem
 from bench.client import call, percentiles, submit_all
+from bench.cost import NO_WINDOW
 from sagaflow import StepStatus
 from sagaflow.log import SagaInstance, SagaStepRow
 
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
 STEP_DONE = (StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED, StepStatus.DEAD_LETTERED)
 PRICE, DISCOUNT = 1000, 100
+# How often a run under load looks whether it is done. Finish times come from the saga
+# log, so this only bounds the idle tail of a cost window; each look is the bench's own
+# reads (its commits are not charged, its backends' CPU is).
+SETTLE_POLL = 0.5
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -142,6 +147,21 @@ class Shop:
                 raise TimeoutError(f"order {order_id} not settled after {timeout}s ({status})")
             time.sleep(0.005)
 
+    def failed_steps(self, ids: list[int]) -> dict[str, int]:
+        """How many of these sagas turned back at each step (the saga log's failed_step)."""
+        counts: dict[str, int] = {}
+        with self.rt.databases["orders"].read() as session:
+            for chunk in _chunks(ids):
+                rows = session.scalars(
+                    select(SagaInstance.failed_step).where(
+                        SagaInstance.saga_id.in_([saga_id_of(i) for i in chunk]),
+                        SagaInstance.failed_step.is_not(None),
+                    )
+                )
+                for step in rows:
+                    counts[step] = counts.get(step, 0) + 1
+        return counts
+
     def count_statuses(self, ids: list[int]) -> dict[str, int]:
         counts: dict[str, int] = {}
         for status in self.statuses(ids).values():
@@ -233,15 +253,18 @@ def happy_latency(shop: Shop, count: int) -> dict:
     }
 
 
-def happy_saturation(shop: Shop, count: int) -> dict:
-    """`count` orders from `shop.threads` concurrent submitters; all with coupons."""
+def happy_saturation(shop: Shop, count: int, window=NO_WINDOW) -> dict:
+    """`count` orders from `shop.threads` concurrent submitters; all with coupons. The
+    window's cost is per COMPLETED order."""
     users = shop.users(count, balance=10 * PRICE)
     coupons = shop.coupons_for(users)
     product = shop.product(stock=count + 10)
+    window.begin()
     replies, start, posted = shop.submit([_order(u, product, coupons[u]) for u in users])
     ids = [r.body["order_id"] for r in replies]
-    shop.wait_settled(ids, timeout=max(120.0, count / 2))
+    shop.wait_settled(ids, timeout=max(120.0, count / 2), interval=SETTLE_POLL)
     statuses = shop.count_statuses(ids)
+    cost = window.end(statuses.get("COMPLETED", 0))
     pivot = shop.step_rows(ids, "use_coupon")
     publish = shop.step_rows(ids, "publish_order")
     throughput, elapsed = _throughput(count, start, [pivot[i][1] for i in ids])
@@ -256,23 +279,29 @@ def happy_saturation(shop: Shop, count: int) -> dict:
         "published_elapsed_s": published_s,
         "post_rate": round(count / (posted - start), 1),
         "post_ms_under_load": percentiles([r.ms for r in replies]),
+        "cost": cost,
         "users": users,
         "coupons": coupons,
-        "product": product,
     }
 
 
 # --- scenario 3: failure path ------------------------------------------------------------
 
 
-def failure_path(shop: Shop, count: int, used: dict[int, int], product: int) -> dict:
+def failure_path(shop: Shop, count: int, used: dict[int, int], window=NO_WINDOW) -> dict:
     """Orders that fail at use_coupon: each reuses a coupon its user already spent in a
     COMPLETED order. create_order, decrease_stock and use_balance apply, use_coupon refuses,
-    and refund_balance, restore_stock, cancel_order run (newest first)."""
+    and refund_balance, restore_stock, cancel_order run (newest first). A product of its
+    own with stock for every order: the happy path's is nearly sold out, and orders that
+    found it empty would fail at decrease_stock instead, with one compensation."""
     users = list(itertools.islice(itertools.cycle(used), count))
+    product = shop.product(stock=count + 10)
+    window.begin()
     replies, start, posted = shop.submit([_order(u, product, used[u]) for u in users])
     ids = [r.body["order_id"] for r in replies]
-    shop.wait_settled(ids, timeout=max(120.0, count / 2))
+    shop.wait_settled(ids, timeout=max(120.0, count / 2), interval=SETTLE_POLL)
+    statuses = shop.count_statuses(ids)
+    cost = window.end(statuses.get("FAILED", 0))
     cancel = shop.step_rows(ids, "cancel_order")
     throughput, elapsed = _throughput(count, start, [cancel.get(i, ("", None))[1] for i in ids])
     compensated = 0
@@ -281,18 +310,20 @@ def failure_path(shop: Shop, count: int, used: dict[int, int], product: int) -> 
         compensated += sum(1 for i in ids if rows.get(i, ("",))[0] == StepStatus.SUCCEEDED)
     return {
         "orders": count,
-        "statuses": shop.count_statuses(ids),
+        "statuses": statuses,
+        "failed_at": shop.failed_steps(ids),
         "compensations_run": compensated,
         "throughput": throughput,
         "elapsed_s": elapsed,
         "post_rate": round(count / (posted - start), 1),
+        "cost": cost,
     }
 
 
 # --- scenario 4: contention --------------------------------------------------------------
 
 
-def contention(shop: Shop, orders: int, products: int, stock: int) -> dict:
+def contention(shop: Shop, orders: int, products: int, stock: int, window=NO_WINDOW) -> dict:
     """`orders` single-unit orders spread over a few hot products whose stock runs out part
     way; a tenth of the users can pay for only part of their orders. Then the invariants."""
     product_ids = [shop.product(stock=stock, price=500) for _ in range(products)]
@@ -302,9 +333,11 @@ def contention(shop: Shop, orders: int, products: int, stock: int) -> dict:
     for user, amount in charged.items():
         shop.rt.balances.charge(user, amount)
     bodies = [_order(users[i % len(users)], product_ids[i % products], None) for i in range(orders)]
+    window.begin()
     replies, start, posted = shop.submit(bodies)
     ids = [r.body["order_id"] for r in replies]
-    shop.wait_settled(ids, timeout=max(120.0, orders / 2))
+    shop.wait_settled(ids, timeout=max(120.0, orders / 2), interval=SETTLE_POLL)
+    cost = window.end(orders)  # per settled order, COMPLETED or FAILED
     finishes = []
     for name in ("publish_order", "cancel_order"):
         rows = shop.step_rows(ids, name)
@@ -320,6 +353,7 @@ def contention(shop: Shop, orders: int, products: int, stock: int) -> dict:
         "elapsed_s": elapsed,
         "post_rate": round(orders / (posted - start), 1),
         "invariants": checks,
+        "cost": cost,
     }
 
 
@@ -363,7 +397,7 @@ def contention_invariants(shop: Shop, ids, product_ids, initial: int, charged: d
 # --- scenario 5: coupon issuance ---------------------------------------------------------
 
 
-def coupon_issuance(shop: Shop, requests: int, quantity: int) -> dict:
+def coupon_issuance(shop: Shop, requests: int, quantity: int, window=NO_WINDOW) -> dict:
     """`requests` first-come-first-served issue requests (one per user) for one coupon."""
     coupon = shop.rt.coupons.create("bench rush", DISCOUNT, quantity)
     users = [next(shop.user_ids) for _ in range(requests)]
@@ -376,6 +410,7 @@ def coupon_issuance(shop: Shop, requests: int, quantity: int) -> dict:
             raise RuntimeError(f"POST issue answered {reply.status}: {reply.body}")
         return reply
 
+    window.begin()
     replies, start, posted = submit_all(shop.threads, users, issue)
     ids = [r.body["request_id"] for r in replies]
     db = shop.rt.databases["coupons"]
@@ -392,7 +427,8 @@ def coupon_issuance(shop: Shop, requests: int, quantity: int) -> dict:
     while pending():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{pending()} issue requests still pending")
-        time.sleep(0.25)
+        time.sleep(SETTLE_POLL)
+    cost = window.end(requests)  # per processed request
     with db.read() as session:
         rows = session.execute(
             select(IssueRequest.status, IssueRequest.processed_at).where(IssueRequest.id.in_(ids))
@@ -410,4 +446,5 @@ def coupon_issuance(shop: Shop, requests: int, quantity: int) -> dict:
         "issued": issued,
         "coupon_issued_counter": counter,
         "exactly_quantity_issued": issued == quantity == counter,
+        "cost": cost,
     }
