@@ -36,7 +36,9 @@ drill: venv redis ## the multi-host drill: each service on its own network names
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .
 
-bench: venv ## run the benchmark (ARGS="--quick" or "--postgres"); writes bench/results/
+bench: venv ## run the benchmark (ARGS="--quick", "--postgres", "--profile"); writes bench/results/
+	@# Its own dependencies (DBOS, py-spy), pinned; the service and `make test` do without.
+	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	$(PY) -m bench $(ARGS)
 
 clean: ## remove var/ (local databases, Redis data)

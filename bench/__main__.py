@@ -143,6 +143,13 @@ def parse_args(argv=None):
         default=",".join(PEERS),
         help="peers to run besides the raw chain and the monolith: naive, dbos (default both)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: record the saga's stack with py-spy during the happy-path throughput "
+        "run (first --modes entry) and write profile.md (bench/profile.py)",
+    )
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(args.modes) - set(SAGA_MODES))
@@ -449,22 +456,24 @@ class Bench:
         self.web_memory[name] = peaks.get("web")
         self.memory_detail[name] = self.rss.last_detail.get("worker")
 
+    def start_saga(self, env, mode: str) -> dict:
+        """The Procfile's worker, orchestrator, relay and web processes, by label."""
+        return {
+            "worker": self.start(CeleryWorker(f"{mode}-worker", "tasks.worker", env, self.logs)),
+            "orchestrator": self.start(Orchestrator(env, self.logs)),
+            "relay": self.start(Relay(env, self.logs)),
+            "web": self.start(Gunicorn(f"{mode}-web", "app.wsgi:app", env, self.logs)),
+        }
+
     def saga(self, env, settings, mode: str, every: bool = False) -> dict:
         """Scenarios 2 to 4 in one saga mode (and 5, the coupon rush, and the idle cost,
         with `every`), each mode on its own fresh processes."""
         c = self.counts
-        worker = self.start(CeleryWorker(f"{mode}-worker", "tasks.worker", env, self.logs))
-        orchestrator = self.start(Orchestrator(env, self.logs))
-        relay = self.start(Relay(env, self.logs))
-        web = self.start(Gunicorn(f"{mode}-web", "app.wsgi:app", env, self.logs))
+        stack = self.start_saga(env, mode)
+        worker, orchestrator, relay, web = stack.values()
         self.rss.watch("worker", worker.pid)
         self.rss.watch("web", web.pid)
-        roots = {
-            "worker": worker.pid,
-            "orchestrator": orchestrator.pid,
-            "relay": relay.pid,
-            "web": web.pid,
-        }
+        roots = {label: process.pid for label, process in stack.items()}
         rt, shop = self._shop(settings, web.port)
         try:
             scenarios.happy_latency(shop, c["saga_warmup"])  # every process warms up
@@ -798,6 +807,10 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.profile:
+        from bench import profile
+
+        return profile.run(args)
     bench = Bench(args)
     began = time.monotonic()
     try:
