@@ -300,8 +300,6 @@ class Bench:
             "NAIVE_REDIS_URL": redis.url(2),
             "DBOS_PEER_REDIS_URL": redis.url(3),
             "DBOS_SYSTEM_DATABASE_URL": urls["dbos"],
-            # The API's per-user limits would refuse the bench's load (RATE_LIMITS_ENABLED).
-            "RATE_LIMITS_ENABLED": "0",
             "VAR_DIR": str(self.tmp),
             "AUTH_DIR": str(self.tmp / "auth"),
             **database_env(urls),
