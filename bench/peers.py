@@ -223,6 +223,8 @@ def dbos_failure(shop, count: int, used: dict[int, int], window=NO_WINDOW) -> di
         "orders": count,
         "statuses": _count(s for s, _, _ in orders.values()),
         "failed_at": _count(orders[i][2] for i in failed),
+        # The compensations ran: restore_stock put back what every order took.
+        "stock_restored": shop.rt.products.get(product)["stock"] == count + 10,
         "throughput": throughput,
         "elapsed_s": elapsed,
         "post_rate": round(count / (posted - start), 1),

@@ -42,7 +42,10 @@ def _ratio(value) -> str:
 
 def _failed_at(run: dict) -> str:
     counts = run.get("failed_at") or {}
-    return ", ".join(f"{step} {n}" for step, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    shown = ", ".join(f"{step} {n}" for step, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if "stock_restored" in run:
+        shown += f"; stock restored: {'yes' if run['stock_restored'] else 'NO'}"
+    return shown
 
 
 def _naive_rows(r: dict) -> list[tuple]:

@@ -312,6 +312,7 @@ def failure_path(shop: Shop, count: int, used: dict[int, int], window=NO_WINDOW)
         "orders": count,
         "statuses": statuses,
         "failed_at": shop.failed_steps(ids),
+        "stock_restored": shop.rt.products.get(product)["stock"] == count + 10,
         "compensations_run": compensated,
         "throughput": throughput,
         "elapsed_s": elapsed,
