@@ -1,7 +1,9 @@
-"""`python -m bench [--quick] [--postgres] [--out bench/results]`: measure the order saga
-against its peers in the same run, on the same Redis, databases and machine: a raw no-op
-Celery chain (the ceiling), the naive chain (the same business transactions, no saga
-machinery: the floor), DBOS Transact, and a monolith. Each with what it costs per order.
+"""`python -m bench`: the order saga measured against its peers, and what each order costs.
+
+`python -m bench [--quick] [--postgres] [--out bench/results]` runs, in the same run, on
+the same Redis, databases and machine: a raw no-op Celery chain (the ceiling), the naive
+chain (the same business transactions, no saga machinery: the floor), the saga, DBOS
+Transact, and a monolith, each with what it costs per order (bench/cost.py).
 
 It starts everything it needs (a private Redis, fresh databases, the Procfile's worker and
 web processes with `make run`'s default settings) and stops all of it at the end, also on
