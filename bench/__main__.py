@@ -316,10 +316,12 @@ class Bench:
         migrate(env)
         return redis, urls, env
 
-    def window(self, roots: dict[str, int], databases: bool = True) -> cost.Window:
+    def window(
+        self, roots: dict[str, int], databases: bool = True, redis: bool = True
+    ) -> cost.Window:
         """A cost window over these stack processes (label -> pid), Redis, and (with
         `databases`, on PostgreSQL) the database server."""
-        return cost.Window(self.meter, roots, databases)
+        return cost.Window(self.meter, roots, databases, redis)
 
     def run(self) -> dict:
         started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -586,7 +588,7 @@ class Bench:
             product,
             issued,
             c["monolith_latency"],
-            self.window({"web": web.pid}),
+            self.window({"web": web.pid}, redis=False),  # it uses no Redis
         )
         mono["check"] = monolith.check(url, product, count + 10, count)
         self.web_memory["monolith"] = self.rss.take().get("web")

@@ -146,9 +146,12 @@ class Meter:
                 calls[command] = int(value["calls"])
         return calls
 
-    def snapshot(self, roots: dict[str, int], databases: bool = True) -> Snapshot:
+    def snapshot(
+        self, roots: dict[str, int], databases: bool = True, redis: bool = True
+    ) -> Snapshot:
         """`roots`: label -> pid of each stack process (its tree is counted). `databases`:
-        the PostgreSQL server's CPU and commits too (a run that uses no database: not)."""
+        the PostgreSQL server's CPU and commits too (a run that uses no database: not);
+        `redis`: the Redis server's CPU too (the monolith uses none)."""
         postgres = self.postgres if databases else None
         commits, others = None, 0
         if postgres is not None:
@@ -158,7 +161,8 @@ class Meter:
             }
             others = postgres.other_clients()
         cpu = {label: tree_seconds(pid) for label, pid in roots.items()}
-        cpu["redis"] = tree_seconds(self.redis_pid)
+        if redis:
+            cpu["redis"] = tree_seconds(self.redis_pid)
         if postgres is not None and postgres.postmaster:
             cpu["postgres"] = tree_seconds(postgres.postmaster)
         return Snapshot(time.time(), cpu, client_seconds(), commits, self._redis_calls(), others)
@@ -224,15 +228,17 @@ class Window:
     """The cost of one measured run: `begin()` right before its first order is sent (after
     its untimed setup), `end(completed)` once the last one is done."""
 
-    def __init__(self, meter: Meter, roots: dict[str, int], databases: bool = True):
-        self.meter, self.roots, self.databases = meter, roots, databases
+    def __init__(
+        self, meter: Meter, roots: dict[str, int], databases: bool = True, redis: bool = True
+    ):
+        self.meter, self.roots, self.databases, self.redis = meter, roots, databases, redis
         self.before: Snapshot | None = None
 
     def begin(self) -> None:
-        self.before = self.meter.snapshot(self.roots, self.databases)
+        self.before = self.meter.snapshot(self.roots, self.databases, self.redis)
 
     def end(self, completed: int) -> dict:
-        after = self.meter.snapshot(self.roots, self.databases)
+        after = self.meter.snapshot(self.roots, self.databases, self.redis)
         return {**self.meter.cost(self.before, after, completed), "databases": self.databases}
 
 
