@@ -28,7 +28,7 @@ from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.errors import error_text
 from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
-from sagaflow.outbox import Outbox, Relay, sender
+from sagaflow.outbox import Outbox, Relay, Wakeup, sender
 
 log = logging.getLogger(__name__)
 # The order saga's log lives in the order service's database: the order workflow's home.
@@ -176,6 +176,8 @@ def relay_for(runner: Runner, outboxes: list[Outbox], settings: Settings) -> Rel
         lambda outbox, row, error: runner.park_message(outbox.service, row, error),
         max_attempts=settings.outbox_max_attempts,
         poll=settings.outbox_poll_interval,
+        wakeup=Wakeup(runner.events.redis),
+        idle_poll=settings.outbox_idle_poll_seconds,
     )
 
 

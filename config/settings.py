@@ -97,6 +97,9 @@ class Settings:
     # The outbox relay (sagaflow/outbox.py): how often it looks, how long a claim holds,
     # how many sends before a message is parked in the DLQ.
     outbox_poll_interval: float = 0.2
+    # With nothing owed, the relay looks only when a writer whose fast path failed nudges
+    # it, or this often (a nudge lost with Redis, a writer that died after its commit).
+    outbox_idle_poll_seconds: float = 10.0
     outbox_lease_seconds: float = 30.0
     outbox_max_attempts: int = 10
 
@@ -249,6 +252,9 @@ class Settings:
             outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),
             worker_start_timeout=number("WORKER_START_TIMEOUT", defaults.worker_start_timeout),
             outbox_poll_interval=number("OUTBOX_POLL_INTERVAL", defaults.outbox_poll_interval),
+            outbox_idle_poll_seconds=number(
+                "OUTBOX_IDLE_POLL_SECONDS", defaults.outbox_idle_poll_seconds
+            ),
             outbox_lease_seconds=number("OUTBOX_LEASE_SECONDS", defaults.outbox_lease_seconds),
             outbox_max_attempts=number("OUTBOX_MAX_ATTEMPTS", defaults.outbox_max_attempts, int),
             saga_mode=(env.get("SAGA_MODE") or defaults.saga_mode).strip().lower(),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -217,8 +218,45 @@ class Outbox:
 Sender = Callable[[str, dict, str], None]  # (kind, payload, message id)
 
 
+class Wakeup:
+    """How a writer tells the relay that a row is waiting for it, through Redis: the writer
+    sends its own rows right after its commit (the fast path), so the relay has work only
+    when that failed, and need not look at every database several times a second to find
+    out. `wait` blocks on a Redis list in one-second slices (so a stop is noticed) and says
+    whether it was woken. Best effort both ways: with Redis down a nudge is lost, and the
+    relay's idle poll finds the row anyway."""
+
+    KEY = "sagaflow:outbox:wakeup"
+
+    def __init__(self, redis, key: str = KEY):
+        self.redis, self.key = redis, key
+
+    def nudge(self) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(self.key, 1)
+            pipe.ltrim(self.key, 0, 0)  # one pending nudge is as good as many
+            pipe.execute()
+        except Exception as exc:  # Redis down: the idle poll covers it
+            log.debug("could not nudge the relay: %s", error_text(exc))
+
+    def wait(self, seconds: float, stop) -> bool:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.redis.blpop([self.key], timeout=min(1.0, max(0.01, left))):
+                return True
+        return False
+
+
 class Relay:
-    """Sends the rows of the outboxes it serves; `run` is the relay process's loop."""
+    """Sends the rows of the outboxes it serves; `run` is the relay process's loop.
+
+    It looks again after `poll` while it has work (rows waiting for a retry), and otherwise
+    only when a writer nudges it (`wakeup`) or every `idle_poll`: idle, it costs a Redis
+    wait, not a query per outbox several times a second."""
 
     def __init__(
         self,
@@ -228,9 +266,15 @@ class Relay:
         max_attempts: int = 10,
         backoff: Callable[[int], float] = lambda n: min(60.0, 0.5 * 2**n),
         poll: float = 0.2,
+        wakeup: Wakeup | None = None,
+        idle_poll: float | None = None,
     ):
         self.outboxes, self.send, self.park = outboxes, send, park
         self.max_attempts, self.backoff, self.poll = max_attempts, backoff, poll
+        self.wakeup = wakeup
+        # Without a wakeup, nothing tells the relay that a row waits: poll as before.
+        self.idle_poll = idle_poll if (wakeup and idle_poll) else poll
+        self._owed = False  # the last pass left rows to retry
 
     def relay(self, outbox: Outbox, rows: list) -> int:
         done, failed_keys, held = [], set(), []
@@ -251,9 +295,13 @@ class Relay:
         return len(done)
 
     def send_now(self, outbox: Outbox, row_ids: list[int]) -> bool:
-        """The writer's fast path, right after its commit: True if everything was sent."""
+        """The writer's fast path, right after its commit: True if everything was sent;
+        otherwise the relay is nudged to take over."""
         rows = outbox.claim(ids=row_ids)
-        return self.relay(outbox, rows) == len(row_ids)
+        sent = self.relay(outbox, rows) == len(row_ids)
+        if not sent and self.wakeup:
+            self.wakeup.nudge()
+        return sent
 
     def send_held(self, outbox: Outbox, row_id: int, kind: str, payload: dict) -> bool:
         """Send a row its writer holds (`enqueue(held_by=...)`) with what it finally says,
@@ -262,6 +310,8 @@ class Relay:
             self.send(kind, payload, message_id(outbox.service, row_id))
         except Exception as exc:
             self._failed(outbox, (row_id, payload["saga_id"], kind, payload, 0), exc, payload)
+            if self.wakeup:
+                self.wakeup.nudge()
             return False
         outbox.sent([row_id], payload)
         return True
@@ -282,9 +332,11 @@ class Relay:
         outbox.failed(row_id, error, self.backoff(attempts), park=give_up, payload=payload)
         if give_up:
             self.park(outbox, row, error)
+        else:
+            self._owed = True  # due again after its backoff: keep looking often
 
     def run_once(self) -> int:
-        sent = 0
+        sent, self._owed = 0, False
         for outbox in self.outboxes:
             sent += self.relay(outbox, outbox.claim())
         return sent
@@ -298,8 +350,16 @@ class Relay:
                 outage.ok()
             except Exception as exc:
                 outage.failed(exc)
-                busy = 0
-            if not busy:
+                busy, self._owed = 0, True
+            if busy:
+                continue
+            if self._owed or outage.down or self.wakeup is None:
+                stop.wait(self.poll)
+                continue
+            try:
+                self.wakeup.wait(self.idle_poll, stop)
+            except Exception as exc:  # Redis down while waiting: look often until it is back
+                outage.failed(exc)
                 stop.wait(self.poll)
         log.info("outbox relay stopped")
 

@@ -43,6 +43,9 @@ FAST_TIMINGS = {
     "DLQ_ALERT_RETRY_SECONDS": "0.3",
     "SAGA_STALL_SECONDS": "30",
     "SAGA_STALL_CHECK_SECONDS": "1",
+    # A writer killed between its commit and its send nudges nobody: the relay finds the
+    # row on its idle poll, 10 s by default.
+    "OUTBOX_IDLE_POLL_SECONDS": "1",
     "SLACK_TIMEOUT": "2",
     "LOG_LEVEL": "INFO",
 }

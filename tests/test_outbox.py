@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import redis as redis_lib
 from alembic import command
 from sqlalchemy import select
 
@@ -16,9 +17,9 @@ from app.db import Database
 from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
 from sagaflow.choreography import MODES
-from sagaflow.outbox import Outbox, Relay, enqueue, message_id
+from sagaflow.outbox import Outbox, Relay, Wakeup, enqueue, message_id
 from tests.stack import Stack, available_backends
-from tests.support import PostgresDatabases, http, postgres_admin_url
+from tests.support import PostgresDatabases, RedisServer, http, postgres_admin_url, wait_for
 
 # --- the relay's rules, in-process on a real database ----------------------------------
 
@@ -70,6 +71,50 @@ def test_a_key_s_messages_leave_in_order_even_when_one_fails(orders_db):
         pass
     assert recorder.sent[1:] == [message_id("orders", first), message_id("orders", second)]
     assert Outbox("orders", orders_db, OrdersOutbox).pending() == 0
+
+
+@pytest.fixture(scope="module")
+def redis_client(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("relay-redis")).start()
+    client = redis_lib.Redis.from_url(server.url)
+    yield client
+    client.close()
+    server.stop()
+
+
+def test_an_idle_relay_waits_for_a_nudge_and_comes_at_once(orders_db, redis_client):
+    counted = Outbox("orders", orders_db, OrdersOutbox)
+    claims = []
+    claim = counted.claim
+    counted.claim = lambda *a, **k: claims.append(1) or claim(*a, **k)  # count its queries
+    recorder = Recorder()
+    wakeup = Wakeup(redis_client, key="test:relay:wakeup")
+    # An idle poll far longer than the test: only a nudge can bring the relay back.
+    relay = Relay([counted], recorder.send, lambda *a: None, wakeup=wakeup, idle_poll=600)
+    stop = threading.Event()
+    loop = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: claims, 10, what="the relay's first look")
+        time.sleep(1.5)
+        idle_claims = len(claims)
+        # A writer whose fast path fails (the broker refused it) nudges the relay.
+        [row] = _write(orders_db, "order-1", 1)
+        mid = message_id("orders", row)
+        writer = Relay(
+            [Outbox("orders", orders_db, OrdersOutbox)],
+            Recorder(fail_on={mid}).send,
+            lambda *a: None,
+            backoff=lambda n: 0,
+            wakeup=wakeup,
+        )
+        assert writer.send_now(writer.outboxes[0], [row]) is False
+        wait_for(lambda: mid in recorder.sent, 10, what="the nudged relay to send the row")
+    finally:
+        stop.set()
+        loop.join(5)
+    assert idle_claims == 1  # idle, it looked once, not five times a second
+    assert not loop.is_alive()
 
 
 def test_two_relays_never_send_the_same_row(orders_db):
