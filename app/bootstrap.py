@@ -51,7 +51,8 @@ class Services:
         # Every URL is checked before any engine is built: a missing one is named at once.
         urls = {name: settings.database_url(name) for name in self.served}
         self.databases: dict[str, Database] = {
-            name: open_database(name, url) for name, url in urls.items()
+            name: open_database(name, url, settings.db_pool_size, settings.db_max_overflow)
+            for name, url in urls.items()
         }
         db = self.databases.get
         self._services = {

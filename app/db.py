@@ -53,14 +53,21 @@ def _sqlite_engine(url: str, begin: str, create: bool) -> Engine:
 class Database:
     """A service's database: `write()` for a transaction, `read()` for a consistent read."""
 
-    def __init__(self, url: str, create: bool = False):
+    def __init__(
+        self, url: str, create: bool = False, pool_size: int = 5, max_overflow: int = 10
+    ):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self._writer = _sqlite_engine(url, "BEGIN IMMEDIATE", create)
             self._reader = _sqlite_engine(url, "BEGIN", create)
         else:
-            self._writer = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            # `pool_size` connections stay open per process and database; bursts borrow up
+            # to `max_overflow` more, closed after use. A server's connections are shared
+            # by every process of every service: keep the resident ones few.
+            self._writer = create_engine(
+                url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
+            )
             self._reader = self._writer
 
     @property
@@ -93,11 +100,11 @@ class UnusableDatabaseURL(ValueError):
     setting = True  # the CLI's "cannot use" exit code
 
 
-def open_database(service: str, url: str) -> Database:
+def open_database(service: str, url: str, pool_size: int = 5, max_overflow: int = 10) -> Database:
     """The service's Database, or an error that names the setting (never its password)."""
     setting = f"{service.upper()}_DATABASE_URL"
     try:
-        return Database(url)
+        return Database(url, pool_size=pool_size, max_overflow=max_overflow)
     except (ArgumentError, NoSuchModuleError):
         raise UnusableDatabaseURL(f"{setting} is not a database URL SQLAlchemy knows") from None
     except ImportError as exc:

@@ -90,6 +90,11 @@ class Settings:
     # goes out per outage once it lasts this long, and one when it is over.
     outage_budget_seconds: float = 1800.0
     outage_alert_seconds: float = 120.0
+    # PostgreSQL connections each process keeps open per database, and how many more a
+    # burst may borrow (closed after use): every process of every service shares the
+    # server's max_connections.
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
     # A worker child opens its databases when it starts, before it takes any task (outside
     # every task's time limit): how long the pool waits for a child to come up.
     worker_start_timeout: float = 60.0
@@ -251,6 +256,8 @@ class Settings:
             outage_budget_seconds=number("OUTAGE_BUDGET_SECONDS", defaults.outage_budget_seconds),
             outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),
             worker_start_timeout=number("WORKER_START_TIMEOUT", defaults.worker_start_timeout),
+            db_pool_size=number("DB_POOL_SIZE", defaults.db_pool_size, int),
+            db_max_overflow=number("DB_MAX_OVERFLOW", defaults.db_max_overflow, int),
             outbox_poll_interval=number("OUTBOX_POLL_INTERVAL", defaults.outbox_poll_interval),
             outbox_idle_poll_seconds=number(
                 "OUTBOX_IDLE_POLL_SECONDS", defaults.outbox_idle_poll_seconds

@@ -20,6 +20,7 @@ from sagaflow.runner import Runner
 from sagaflow.status import StepStatus, WorkKind
 
 log = logging.getLogger("sagaflow.orchestrator")
+IDLE_BLOCK_MS = 1000
 
 
 class StallCheck:
@@ -87,7 +88,8 @@ class Orchestrator:
                     stop.wait(1.0)
                     continue
                 standby_said = False
-                self.projector.run_once()
+                # Events wake the blocking read at once; idle, one round a second.
+                self.projector.run_once(block_ms=IDLE_BLOCK_MS)
                 # Only on a log that is up to date: a lagging one would make moving sagas
                 # look stalled.
                 if self.projector.caught_up and time.monotonic() >= next_check:

@@ -33,6 +33,19 @@ from sagaflow.workflow import Workflow
 
 GROUP, CONSUMER = "sagaflow-projector", "projector"
 LOCK, LOCK_SECONDS = "sagaflow:projector:lock", 15
+# Renew the lock if it is ours, take it if it is free.
+_HOLD_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
 log = logging.getLogger("sagaflow.projector")
 
 StatusHook = Callable[[object, SagaInstance, str, str], None]  # session, instance, old, new
@@ -90,17 +103,16 @@ class Projector:
         self.me = f"{socket.gethostname()}:{id(self):x}"
         self.caught_up = False
         self._group_ready = False
+        self._hold = None  # the lock script, registered on first use
 
     # --- one projector at a time ---------------------------------------------------------
 
     def hold_lock(self) -> bool:
-        """Take or renew the projector lock; False while another projector holds it."""
-        if self.redis.set(LOCK, self.me, nx=True, ex=LOCK_SECONDS):
-            return True
-        if (self.redis.get(LOCK) or b"").decode() == self.me:
-            self.redis.expire(LOCK, LOCK_SECONDS)
-            return True
-        return False
+        """Take or renew the projector lock; False while another projector holds it. One
+        round trip: the orchestrator asks before every batch, idle or not."""
+        if self._hold is None:
+            self._hold = self.redis.register_script(_HOLD_LOCK)
+        return bool(self._hold(keys=[LOCK], args=[self.me, LOCK_SECONDS]))
 
     def release_lock(self) -> None:
         """On the way out; if Redis is already gone (stopped with us), the lock expires."""

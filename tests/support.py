@@ -46,6 +46,10 @@ FAST_TIMINGS = {
     # A writer killed between its commit and its send nudges nobody: the relay finds the
     # row on its idle poll, 10 s by default.
     "OUTBOX_IDLE_POLL_SECONDS": "1",
+    # Several stacks of the suite share one PostgreSQL (100 connections, maybe used by other
+    # programs too): each process keeps one connection per database, bursts borrow more.
+    "DB_POOL_SIZE": "1",
+    "DB_MAX_OVERFLOW": "15",
     "SLACK_TIMEOUT": "2",
     "LOG_LEVEL": "INFO",
 }
