@@ -136,6 +136,9 @@ def order_workflow(ctx: dict) -> str:
 # --- the system database -----------------------------------------------------------------
 
 
+EXECUTOR_THREADS = 8
+
+
 def system_engine(url: str):
     """On SQLite, the shop's own settings (app/db.py) plus what DBOS's engine sets."""
     if not url.startswith("sqlite"):
@@ -161,6 +164,12 @@ def config(url: str, executor_id: str | None = None, migrate: bool = False) -> D
         "system_database_url": url,
         "application_version": "bench",  # both web processes: one version
         "run_migrations": migrate,
+        # DBOS runs every started workflow on a thread of its own, unbounded by default:
+        # 150 at once would wait on the databases' connection pools until POSTs time out.
+        # Bounded like the saga's worker (a few at a time per process); the rest wait in
+        # DBOS's executor, already recorded as started.
+        "max_executor_threads": EXECUTOR_THREADS,
+        "sys_db_pool_size": 10,
     }
     engine = system_engine(url)
     if engine is not None:
@@ -191,7 +200,11 @@ def create_app():
     from app.auth import TokenVerifier
     from bench import peer_api
 
-    settings = SETTINGS.with_overrides(redis_url=os.environ["DBOS_PEER_REDIS_URL"])
+    # Each of the bounded workflow threads and request threads holds one connection at a
+    # time: a few resident per database, more borrowed in a burst.
+    settings = SETTINGS.with_overrides(
+        redis_url=os.environ["DBOS_PEER_REDIS_URL"], db_pool_size=2, db_max_overflow=14
+    )
     services = _Process.services = Services(settings, SERVICES)
     DBOS(config=config(os.environ["DBOS_SYSTEM_DATABASE_URL"], f"bench-{os.getpid()}"))
     DBOS.launch()
