@@ -115,8 +115,11 @@ class Projector:
         return bool(self._hold(keys=[LOCK], args=[self.me, LOCK_SECONDS]))
 
     def release_lock(self) -> None:
-        """On the way out; if Redis is already gone (stopped with us), the lock expires."""
+        """On the way out (with the metrics kept so far); if Redis is already gone
+        (stopped with us), the lock expires."""
         try:
+            if self.metrics:
+                self.metrics.flush(force=True)
             if (self.redis.get(LOCK) or b"").decode() == self.me:
                 self.redis.delete(LOCK)
         except redis_errors.RedisError as exc:
@@ -171,6 +174,8 @@ class Projector:
             ids = [entry_id for entry_id, _ in entries]
             self.redis.xack(STREAM, GROUP, *ids)
             self.redis.xdel(STREAM, *ids)  # applied: the stream keeps only what is not
+        elif self.metrics:
+            self.metrics.flush()  # idle: what earlier batches kept goes out when due
         self.caught_up = len(entries) < batch
         return len(entries)
 
