@@ -219,12 +219,7 @@ class SagaTask(Task):
         if kwargs.get("dlq_entry") or now - since >= settings.outage_budget_seconds:
             return
         tries = int(outage.get("tries") or 0)
-        delay = get_exponential_backoff_interval(
-            factor=max(1, int(self.retry_backoff)),
-            retries=tries,
-            maximum=int(self.retry_backoff_max),
-            full_jitter=self.retry_jitter,
-        )
+        delay = self._backoff(tries)
         retried = self.signature_from_request(
             self.request,
             args,
@@ -249,35 +244,34 @@ class SagaTask(Task):
             raise Reject(send_error, requeue=True) from None
         raise Retry(exc=exc, when=delay, sig=retried)
 
+    def _backoff(self, retries: int) -> int:
+        """The step's own retry delay (autoretry's formula) after `retries` tries."""
+        return get_exponential_backoff_interval(
+            factor=max(1, int(self.retry_backoff)),
+            retries=retries,
+            maximum=int(self.retry_backoff_max),
+            full_jitter=self.retry_jitter,
+        )
+
     @property
     def _outages_seen(self) -> set[str]:
         # Per task instance (one per process): which outages this process met, so that
         # only the first success afterwards pays a Redis write to say it is over.
-        seen = self.__dict__.get("_seen_outages")
-        if seen is None:
-            seen = self.__dict__["_seen_outages"] = set()
-        return seen
+        return self.__dict__.setdefault("_seen_outages", set())
 
     def _back_from_outage(self) -> None:
-        seen = self.__dict__.get("_seen_outages")
-        if seen:
-            for dependency in list(seen):
-                self.runner.outages.back(dependency)
-            seen.clear()
+        seen = self._outages_seen
+        for dependency in seen:
+            self.runner.outages.back(dependency)
+        seen.clear()
 
     def _retry_before_run(self, exc: BaseException, fields: str) -> None:
         retryable = isinstance(exc, (*self.workflow.retryable, SoftTimeLimitExceeded))
         if not retryable or self.request.retries >= (self.max_retries or 0):
             return
         log.warning("failed before its work began %s error=%r", fields, error_text(exc))
-        countdown = get_exponential_backoff_interval(
-            factor=max(1, int(self.retry_backoff)),
-            retries=self.request.retries,
-            maximum=int(self.retry_backoff_max),
-            full_jitter=self.retry_jitter,
-        )
         try:
-            raise self.retry(exc=exc, countdown=countdown)
+            raise self.retry(exc=exc, countdown=self._backoff(self.request.retries))
         except Reject as reject:  # the retry could not be sent: keep the message
             raise Reject(reject.reason, requeue=True) from None
 

@@ -38,7 +38,7 @@ _SQLITE_GONE = ("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_NOTADB")
 
 
 def _database_gone(exc: sa_exc.DBAPIError) -> bool:
-    if exc.connection_invalidated or isinstance(exc, sa_exc.DisconnectionError):
+    if exc.connection_invalidated:
         return True
     orig = exc.orig
     if isinstance(orig, sqlite3.Error):
@@ -56,9 +56,10 @@ def unreachable(exc: BaseException, service: str = "") -> str | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, sa_exc.DisconnectionError):
-            return f"the {service} database" if service else "a database"
-        if isinstance(exc, sa_exc.DBAPIError) and _database_gone(exc):
+        # A pool's DisconnectionError is no DBAPIError: it carries no driver error to read.
+        if isinstance(exc, sa_exc.DisconnectionError) or (
+            isinstance(exc, sa_exc.DBAPIError) and _database_gone(exc)
+        ):
             return f"the {service} database" if service else "a database"
         if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
             return "Redis"
