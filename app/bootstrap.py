@@ -26,7 +26,7 @@ from sagaflow import EventLog, Projector, Runner, SagaLog
 from sagaflow.choreography import CHOREOGRAPHY, Choreography
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.errors import error_text
-from sagaflow.faults import NO_FAULTS, FaultInjector, parse_faults
+from sagaflow.faults import LIVE_KEY, NO_FAULTS, FaultInjector, LiveFaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
 from sagaflow.outbox import Outbox, Relay, Wakeup, sender
 
@@ -110,16 +110,28 @@ def dlq_backoff(settings: Settings):
     return backoff
 
 
-def faults_from(settings: Settings, client) -> FaultInjector:
-    if not settings.faults_enabled or not settings.faults_spec:
-        return NO_FAULTS
+def fault_names() -> list[str]:
+    """What SAGA_FAULTS may name: every step and compensation, and the API's saga start."""
     known = [n for wf in WORKFLOWS.values() for n in wf.step_names + wf.compensation_names]
     known.append("start_saga")  # the API, between an order's commit and its saga's start
-    log.warning("fault injection is ON: %s", settings.faults_spec)
-    return FaultInjector(
-        parse_faults(settings.faults_spec, known),
+    return known
+
+
+def faults_from(settings: Settings, client) -> FaultInjector:
+    if not settings.faults_enabled:
+        return NO_FAULTS
+    log.warning("fault injection is ON: %r (or the live spec in Redis)", settings.faults_spec)
+
+    def read_live() -> str | None:
+        spec = client.get(LIVE_KEY)
+        return None if spec is None else spec.decode()
+
+    return LiveFaultInjector(
+        parse_faults(settings.faults_spec, fault_names()),
         client.incr,
         overrun=settings.step_soft_time_limit + 1,
+        read_live=read_live,
+        known=fault_names(),
     )
 
 

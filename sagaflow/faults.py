@@ -3,6 +3,10 @@
 Honoured only with SAGA_FAULTS_ENABLED=1 (the settings warn and drop it otherwise).
 `times` counts per (saga, name) in Redis, so it holds across processes and redeliveries:
 `decrease_stock:timeout:2` makes each saga's stock step time out twice, then succeed.
+
+With fault injection on, a spec stored under LIVE_KEY in Redis replaces SAGA_FAULTS for as
+long as it is there, in every process at once, read at each step: a drill (or the failure
+matrix) changes the faults between orders without restarting a worker.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from sagaflow.errors import InjectedBusinessError, StepTimeout, TransientError
 
 KINDS = ("business", "timeout", "transient", "crash")
+LIVE_KEY = "sagaflow:faults:live"
 log = logging.getLogger("sagaflow.faults")
 
 
@@ -54,8 +59,11 @@ class FaultInjector:
         self._count = count  # increments and returns a shared counter
         self._overrun = overrun
 
+    def current(self) -> dict[str, Fault]:
+        return self.faults
+
     def _fires(self, name: str, saga_id: str, kinds: tuple[str, ...]) -> Fault | None:
-        fault = self.faults.get(name)
+        fault = self.current().get(name)
         if fault is None or fault.kind not in kinds:
             return None
         seen = self._count(f"sagaflow:faults:{saga_id}:{name}")
@@ -88,6 +96,43 @@ class FaultInjector:
         worst moment, since the redelivered message must then change nothing."""
         if self._fires(name, saga_id, ("crash",)) is not None:
             os._exit(70)  # no cleanup, no flush: exactly what a killed process gets
+
+
+class LiveFaultInjector(FaultInjector):
+    """The faults of SAGA_FAULTS, or of the spec at LIVE_KEY while one is stored there."""
+
+    def __init__(self, faults, count, overrun, read_live: Callable[[], str | None], known):
+        super().__init__(faults, count, overrun)
+        self._read_live = read_live
+        self._known = tuple(known)
+        self._parsed: tuple[str, dict[str, Fault]] = ("", {})
+
+    def current(self) -> dict[str, Fault]:
+        spec = self._read_live()
+        if spec is None:
+            return self.faults
+        if spec != self._parsed[0]:
+            try:
+                faults = parse_faults(spec, self._known)
+            except ValueError as exc:
+                # Whoever stored it checks it first (set_live_faults); this is only a
+                # hand-written key, and injecting nothing is the harmless reading of it.
+                log.error("ignoring the live fault spec at %s: %s", LIVE_KEY, exc)
+                faults = {}
+            self._parsed = (spec, faults)
+        return self._parsed[1]
+
+
+def set_live_faults(client, spec: str, known: Iterable[str]) -> None:
+    """Store a spec every fault-enabled process follows from its next step on ("" for
+    none); raises ValueError, storing nothing, if the spec is malformed."""
+    parse_faults(spec, known)
+    client.set(LIVE_KEY, spec)
+
+
+def clear_live_faults(client) -> None:
+    """Back to each process's SAGA_FAULTS."""
+    client.delete(LIVE_KEY)
 
 
 NO_FAULTS = FaultInjector({}, lambda _key: 0, 0.0)

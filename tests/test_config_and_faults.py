@@ -8,7 +8,13 @@ import pytest
 from app.order_saga import ORDER
 from config.settings import Settings
 from sagaflow.errors import InjectedBusinessError, TransientError
-from sagaflow.faults import Fault, FaultInjector, parse_faults
+from sagaflow.faults import (
+    Fault,
+    FaultInjector,
+    LiveFaultInjector,
+    parse_faults,
+    set_live_faults,
+)
 
 KNOWN = ORDER.step_names + ORDER.compensation_names
 
@@ -87,3 +93,40 @@ def test_fault_fires_the_given_number_of_times_per_order():
         with pytest.raises(TransientError):
             faults.before("use_balance", "order-1")
     faults.before("decrease_stock", "order-1")  # no fault named: nothing happens
+
+
+def test_a_live_spec_replaces_the_environments_while_it_is_stored(caplog):
+    stored: dict[str, str] = {}
+
+    class Store:  # what set_live_faults needs of a Redis client
+        def set(self, key, value):
+            stored["spec"] = value
+
+    counts: dict[str, int] = {}
+
+    def count(key):
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
+
+    faults = LiveFaultInjector(
+        parse_faults("use_balance:transient", KNOWN), count, 0, lambda: stored.get("spec"), KNOWN
+    )
+    with pytest.raises(TransientError):
+        faults.before("use_balance", "order-1")  # nothing stored: SAGA_FAULTS holds
+
+    set_live_faults(Store(), "use_coupon:business", KNOWN)
+    faults.before("use_balance", "order-1")  # the live spec replaced it
+    with pytest.raises(InjectedBusinessError):
+        faults.before("use_coupon", "order-1")
+
+    with pytest.raises(ValueError, match="unknown step"):
+        set_live_faults(Store(), "use_kupon:business", KNOWN)
+    assert stored["spec"] == "use_coupon:business"  # a bad spec stores nothing
+
+    stored["spec"] = "use_coupon"  # written by hand, malformed: injects nothing, says so
+    faults.before("use_coupon", "order-2")
+    assert "ignoring the live fault spec" in caplog.text
+
+    del stored["spec"]
+    with pytest.raises(TransientError):
+        faults.before("use_balance", "order-2")  # back to SAGA_FAULTS

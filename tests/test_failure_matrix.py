@@ -2,8 +2,10 @@
 recovers, timeout that exhausts the retries, worker crash}, and every compensation x
 {error that recovers, error that exhausts, worker crash}; on SQLite and on PostgreSQL.
 
-Each case runs a real prefork worker with SAGA_FAULTS set, places one order, and checks the
-end state, the saga log, the DLQ and the invariants (tests/shop.py: check_invariants).
+Each case stores its faults as the live spec (sagaflow/faults.py) that the module's real
+prefork worker follows from its next step on, places one order, and checks the end state,
+the saga log, the DLQ and the invariants (tests/shop.py: check_invariants). A crash case
+kills a pool child; the worker replaces it, as in production.
 Every case runs in both saga modes (SAGA_MODE): the same outcome is expected of each."""
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from app.bootstrap import fault_names
 from app.order_saga import ORDER
 from sagaflow.choreography import MODES
+from sagaflow.faults import clear_live_faults, set_live_faults
 from tests.stack import Stack, available_backends
 from tests.support import wait_for
 
@@ -99,22 +103,29 @@ def stack(request, tmp_path_factory):
     backend, mode = request.param
     workdir = tmp_path_factory.mktemp(f"matrix-{backend}-{mode}")
     stack = Stack(backend, workdir, SAGA_MODE=mode).start()
-    yield stack
-    stack.stop()
+    try:
+        # One worker for the module; the stack stops it with everything else.
+        stack.worker(SAGA_FAULTS_ENABLED="1")
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_failure_matrix(stack, case: Case):
     shop = stack.shop
-    worker = stack.worker(faults=case.faults)
+    redis = stack.rt.redis
+    user = shop.new_user(balance=1_000)
+    product = shop.product(stock=10, price=100)
+    coupon = shop.coupon_for(user, discount=30)  # issued before the faults apply
+    set_live_faults(redis, case.faults, fault_names())
     try:
-        user = shop.new_user(balance=1_000)
-        product = shop.product(stock=10, price=100)
-        coupon = shop.coupon_for(user, discount=30)  # issuing is not subject to the faults
         order_id = shop.order(user, product, quantity=2, issued_coupon_id=coupon)
         order = _settled(shop, order_id, case)
     finally:
-        worker.stop()
+        # The previous case's order has settled (its work is done or parked) before the
+        # next one's faults are stored.
+        clear_live_faults(redis)
 
     steps = {s["name"]: s for s in order["steps"]}
     assert order["status"] == case.status, (case, order)
