@@ -208,12 +208,12 @@ def settings_view(settings: Settings, counts: dict, threads: int, databases: str
         "raw_chain": {
             "app": "bench.raw_chain",
             "queues": "one task on each of the 5 queues",
-            "delivery": "json, acks_late, prefetch 1, no result backend, events on",
+            "delivery": "json, acks_late, prefetch 1, no result backend, no task events",
         },
         "naive_chain": {
             "app": "bench.naive_chain (worker started like the saga's)",
             "web": "gunicorn 'bench.naive_chain:create_app()' (config/gunicorn.py)",
-            "delivery": "the saga's, less Celery's task events",
+            "delivery": "the saga's",
         },
         "dbos": {
             "web": "gunicorn 'bench.dbos_peer:create_app()' (config/gunicorn.py): "

@@ -19,8 +19,8 @@ publish_order writes the stream entry itself (what the saga's relay does from it
 outbox), so both put the same entry on the same kind of stream.
 
 The delivery settings are the saga's (sagaflow.celery_app.delivery_conf: json, acks_late,
-reject_on_worker_lost, prefetch 1, no result backend) less Celery's task events, which
-only monitoring reads. The worker is started like the saga's (`celery -A bench.naive_chain
+reject_on_worker_lost, prefetch 1, no result backend, no task events unless a monitor
+turns them on). The worker is started like the saga's (`celery -A bench.naive_chain
 worker -Q orders,products,balances,coupons,dataplatform -P prefork -c 2`), on the same
 Redis server (database 2: NAIVE_REDIS_URL).
 
@@ -59,13 +59,9 @@ COMPLETED_KEY, PUBLISHED_KEY = "bench:naive:completed", "bench:naive:published"
 
 app = Celery("bench_naive", broker=os.environ.get("NAIVE_REDIS_URL"), set_as_current=False)
 app.conf.update(
-    {
-        **delivery_conf(
-            SETTINGS.broker_visibility_timeout, SETTINGS.broker_restore_interval, list(QUEUES)
-        ),
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
-    }
+    delivery_conf(
+        SETTINGS.broker_visibility_timeout, SETTINGS.broker_restore_interval, list(QUEUES)
+    )
 )
 
 

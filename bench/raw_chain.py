@@ -5,7 +5,7 @@ products,balances,coupons,dataplatform -P prefork -c 2`), on the same Redis serv
 database number, so nothing crosses over). Each of the 5 tasks goes to one of the 5 service
 queues, in the saga's order, as the saga's steps do. Delivery settings copy the saga's app
 (tasks/celery_app.py): json, acks_late, reject_on_worker_lost, prefetch 1, no result
-backend, task events on; `fairness_diff()` checks that they still match.
+backend, no task events; `fairness_diff()` checks that they still match.
 
 Like a saga step, each task gets the previous task's return value (a small dict) and
 returns it. Nothing reads results, so the last task marks completion itself: it RPUSHes

@@ -98,6 +98,11 @@ class Settings:
     # A worker child opens its databases when it starts, before it takes any task (outside
     # every task's time limit): how long the pool waits for a child to come up.
     worker_start_timeout: float = 60.0
+    # Celery's task events (task-sent, -received, -started, -succeeded: four Redis
+    # publishes per step, and their encoding in the worker) are what Flower shows. Off
+    # unless asked for: Flower turns them on in every worker itself, every 5 s while it
+    # runs (its --enable_events, on by default), so they cost nothing when nobody watches.
+    task_events: bool = False
 
     # The outbox relay (sagaflow/outbox.py): how often it looks, how long a claim holds,
     # how many sends before a message is parked in the DLQ.
@@ -256,6 +261,7 @@ class Settings:
             outage_budget_seconds=number("OUTAGE_BUDGET_SECONDS", defaults.outage_budget_seconds),
             outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),
             worker_start_timeout=number("WORKER_START_TIMEOUT", defaults.worker_start_timeout),
+            task_events=_flag(env.get("CELERY_TASK_EVENTS"), defaults.task_events),
             db_pool_size=number("DB_POOL_SIZE", defaults.db_pool_size, int),
             db_max_overflow=number("DB_MAX_OVERFLOW", defaults.db_max_overflow, int),
             outbox_poll_interval=number("OUTBOX_POLL_INTERVAL", defaults.outbox_poll_interval),

@@ -41,10 +41,15 @@ STEP_FAILED = "sagaflow.step_failed"
 
 
 def delivery_conf(
-    visibility_timeout: int, restore_interval: int, queues: list[str], start_timeout: float = 60
+    visibility_timeout: int,
+    restore_interval: int,
+    queues: list[str],
+    start_timeout: float = 60,
+    task_events: bool = False,
 ) -> dict:
     """How every message is delivered: acknowledged only after the work is done, given
-    back if the worker dies, one at a time, JSON only, no result backend."""
+    back if the worker dies, one at a time, JSON only, no result backend. Task events
+    (for Flower) only if asked for: a monitor that wants them turns them on remotely."""
     return dict(
         # A pool child opens its databases before it says it is up (Sagas.start_child);
         # Celery's 4 s default would kill a child whose database is slow to answer.
@@ -68,8 +73,8 @@ def delivery_conf(
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=task_events,
+        task_send_sent_event=task_events,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )

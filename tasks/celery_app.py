@@ -49,6 +49,7 @@ def create_celery(settings: Settings) -> Celery:
             settings.broker_restore_interval,
             list(SERVICES),
             settings.worker_start_timeout,
+            settings.task_events,
         )
     )
     # Choreography sends one piece of work at a time: each announces the next.

@@ -130,3 +130,13 @@ def test_a_live_spec_replaces_the_environments_while_it_is_stored(caplog):
     del stored["spec"]
     with pytest.raises(TransientError):
         faults.before("use_balance", "order-2")  # back to SAGA_FAULTS
+
+
+def test_task_events_are_off_unless_asked_for():
+    """Flower turns them on in the workers while it runs (test_flower.py shows it does)."""
+    from tasks.celery_app import create_celery
+
+    for env, expected in (({}, False), ({"CELERY_TASK_EVENTS": "1"}, True)):
+        conf = create_celery(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", **env})).conf
+        assert conf.worker_send_task_events is expected
+        assert conf.task_send_sent_event is expected
