@@ -9,8 +9,11 @@ process involved, database commits, Redis commands.
   generator and its polling) is left out; its own CPU is reported apart.
 - Commits: `pg_stat_database.xact_commit` of each of the run's databases, less the
   commits of the bench process's own connections (its setup and polling), counted with a
-  SQLAlchemy event on its engines. A backend reports its counts when it goes idle, at most
-  once a second, so every reading waits STATS_FLUSH first. SQLite: not measured (the
+  SQLAlchemy event on its engines. A backend reports its counts when it goes idle, but
+  not twice within a second: one that reported less than a second ago reports again only
+  after 10 s idle (PostgreSQL 15's PGSTAT_MIN_INTERVAL and PGSTAT_IDLE_INTERVAL), so every
+  reading waits STATS_FLUSH first. (With 1 s, the last commits of a run landed in the
+  next window: an idle stack seemed to commit 20 to 40 times a second.) SQLite: not measured (the
   commits happen in the stack's processes, which this process cannot count).
 - Redis: every command's `calls` in INFO commandstats, less the INFO calls themselves.
 """
@@ -25,8 +28,9 @@ from dataclasses import dataclass, field
 from bench.memory import process_tree
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# PostgreSQL 15 backends report their counters when idle, at most once a second.
-STATS_FLUSH = 1.1
+# PostgreSQL 15 backends report their counters when idle, at the latest 10 s after their
+# last transaction (pgstat.c: PGSTAT_IDLE_INTERVAL).
+STATS_FLUSH = 10.5
 
 
 def _stat_fields(pid: int) -> list[str] | None:
