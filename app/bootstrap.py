@@ -28,7 +28,7 @@ from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.errors import error_text
 from sagaflow.faults import LIVE_KEY, NO_FAULTS, FaultInjector, LiveFaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
-from sagaflow.outbox import Outbox, Relay, Wakeup, sender
+from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, sender
 
 log = logging.getLogger(__name__)
 # The order saga's log lives in the order service's database: the order workflow's home.
@@ -151,11 +151,14 @@ def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -
         worker=f"{socket.gethostname()}:{','.join(served) or '-'}",
         outage_budget=settings.outage_budget_seconds,
     )
-    if settings.saga_mode == CHOREOGRAPHY:
-        outboxes = build_outboxes(services, settings)
-        runner.announcer = Choreography(
-            {o.service: o for o in outboxes}, relay_for(runner, outboxes, settings)
-        )
+    outboxes = build_outboxes(services, settings)
+    if outboxes:
+        relay = relay_for(runner, outboxes, settings)
+        # The work sends what it writes to its service's outbox (the data platform's
+        # stream event) itself, right after it succeeded: the relay is the fallback.
+        runner.after_commit = AfterCommit(relay)
+        if settings.saga_mode == CHOREOGRAPHY:
+            runner.announcer = Choreography({o.service: o for o in outboxes}, relay)
     return runner
 
 

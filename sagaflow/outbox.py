@@ -13,8 +13,11 @@ sends the rows to the broker and marks them sent.
 - At least once: a crash after the send and before the row is marked sends it again, so
   every message carries its id (`outbox-<service>-<row>`) and consumers deduplicate on it.
 
-The writer may also send a row at once after its commit (`send_now`, the fast path), so a
-healthy system does not wait for the relay's poll.
+The writer may also send a row at once after its commit (the fast path), so a healthy
+system does not wait for the relay's poll: a row written held (`enqueue(held_by=...)`) is
+left alone by the relays for a lease, and its writer sends it and marks it in one
+transaction (`send_held`). A piece of saga work does this for every row it writes
+(`AfterCommit`): the relays send only what a writer could not.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import DateTime, Integer, String, Text, and_, exists, func, select, update
+from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from sagaflow.errors import error_text
@@ -66,13 +72,20 @@ def outbox_table(base) -> type:
 
 def enqueue(session, table, key: str, kind: str, payload: dict, held_by=None) -> int:
     """Write a message in the caller's transaction; returns its row id. `held_by` (an
-    Outbox) keeps the relays off it for a lease: its writer sends it after the commit."""
+    Outbox) keeps the relays off it for a lease: its writer sends it after the commit.
+    Inside saga work (`AfterCommit.collect`), a row of an outbox the process serves is
+    held too, and sent by the work once this transaction commits."""
+    collecting = _collecting.get() if held_by is None else None
+    if collecting is not None:
+        held_by = collecting.outbox_for(table)
     row = table(key=key, kind=kind, payload=json.dumps(payload), attempts=0, parked=0)
     if held_by is not None:
         row.claimed_by = held_by.me
         row.claimed_until = utcnow() + timedelta(seconds=held_by.lease)
     session.add(row)
     session.flush()
+    if collecting is not None and held_by is not None:
+        collecting.written(session, Held(held_by, row.id, kind, payload))
     return row.id
 
 
@@ -303,17 +316,23 @@ class Relay:
             self.wakeup.nudge()
         return sent
 
-    def send_held(self, outbox: Outbox, row_id: int, kind: str, payload: dict) -> bool:
-        """Send a row its writer holds (`enqueue(held_by=...)`) with what it finally says,
-        then mark it so in one update. A failed send leaves it to the relays."""
+    def send_held(
+        self, outbox: Outbox, row_id: int, kind: str, payload: dict, changed: bool = True
+    ) -> bool:
+        """Send a row its writer holds (`enqueue(held_by=...)`), with what it finally says
+        if that `changed` since it was written, then mark it so in one update: no claim
+        (the hold is the claim), one transaction after the writer's own. A failed send
+        leaves it to the relays."""
+        kept = payload if changed else None
         try:
             self.send(kind, payload, message_id(outbox.service, row_id))
         except Exception as exc:
-            self._failed(outbox, (row_id, payload["saga_id"], kind, payload, 0), exc, payload)
+            key = payload.get("saga_id", "")
+            self._failed(outbox, (row_id, key, kind, payload, 0), exc, kept)
             if self.wakeup:
                 self.wakeup.nudge()
             return False
-        outbox.sent([row_id], payload)
+        outbox.sent([row_id], kept)
         return True
 
     def _failed(self, outbox: Outbox, row: tuple, exc: Exception, payload=None) -> None:
@@ -362,6 +381,71 @@ class Relay:
                 outage.failed(exc)
                 stop.wait(self.poll)
         log.info("outbox relay stopped")
+
+
+@dataclass(frozen=True)
+class Held:
+    """A row its writer holds, to send once its transaction has committed."""
+
+    outbox: Outbox
+    row_id: int
+    kind: str
+    payload: dict
+
+
+class _Collected:
+    def __init__(self, by_table: dict):
+        self._by_table = by_table
+        self.rows: list[Held] = []
+
+    def outbox_for(self, table) -> Outbox | None:
+        return self._by_table.get(table)
+
+    def written(self, session, held: Held) -> None:
+        # Only once it commits: a row its transaction rolled back does not exist, and
+        # sending it would announce a change that never happened.
+        event.listen(session, "after_commit", lambda _session: self.rows.append(held), once=True)
+
+
+_collecting: ContextVar[_Collected | None] = ContextVar("sagaflow_after_commit", default=None)
+
+
+class AfterCommit:
+    """The outbox rows a piece of saga work writes, sent by the work itself right after
+    it succeeded (held from their insert, so no relay takes them meanwhile): the relay
+    does not have to find them, and their consumers do not wait for its next look. A row
+    the work could not send (the broker down, the process killed before it sent) is the
+    relay's once its hold expires or the failed send nudges it.
+
+    Per-key order holds as for the relays: the saga's earlier messages caused this work,
+    so they have left already."""
+
+    def __init__(self, relay: Relay):
+        self.relay = relay
+        self._by_table = {outbox.table: outbox for outbox in relay.outboxes}
+
+    @contextmanager
+    def collect(self) -> Iterator[list[Held]]:
+        collected = _Collected(self._by_table)
+        token = _collecting.set(collected)
+        try:
+            yield collected.rows
+        finally:
+            _collecting.reset(token)
+
+    def send(self, rows: list[Held]) -> None:
+        for held in rows:
+            try:
+                self.relay.send_held(
+                    held.outbox, held.row_id, held.kind, held.payload, changed=False
+                )
+            except Exception as exc:  # marking it failed: the hold expires, a relay sends it
+                log.warning(
+                    "outbox row left to the relay service=%s id=%s error=%r",
+                    held.outbox.service,
+                    held.row_id,
+                    error_text(exc),
+                )
 
 
 # --- what a message is: the runtime's two kinds ----------------------------------------

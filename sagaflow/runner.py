@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 import traceback
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 from sagaflow.choreography import CHAINED, Announcer
@@ -20,7 +21,7 @@ from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, InputNotKnown, error_text
 from sagaflow.events import Event, EventLog, Phase
 from sagaflow.faults import NO_FAULTS, FaultInjector
-from sagaflow.outbox import message_id, sender
+from sagaflow.outbox import AfterCommit, message_id, sender
 from sagaflow.status import WorkKind
 from sagaflow.workflow import Workflow
 
@@ -66,6 +67,9 @@ class Runner:
         # Orchestration: the chain carries the next piece of work, nothing is announced.
         # Choreography: each piece announces the next (sagaflow/choreography.py).
         self.announcer = announcer
+        # Sends the outbox rows a piece of work writes once it succeeded (None: the relay
+        # does, at its next look).
+        self.after_commit: AfterCommit | None = None
         self.outage_budget = outage_budget
         # Outages of the dependencies work needs, seen by any process (dependencies.py).
         self.outages = OutageBoard(events.redis)
@@ -96,7 +100,7 @@ class Runner:
             if fence:
                 raise AlreadyCompensated(f"{saga_id} turned back ({fence}): not applying {name}")
             self.faults.before(name, saga_id)
-            with self.announcer.step(wf, name, saga_id, ctx) as announcement:
+            with self.announcer.step(wf, name, saga_id, ctx) as announcement, self._held() as held:
                 result, detail = wf.step(name).action(self.deps, parsed)
         except AlreadyCompensated as exc:
             self.events.emit(self.event(wf, saga_id, name, Phase.REFUSED, detail=str(exc)))
@@ -116,6 +120,7 @@ class Runner:
                 )
             raise
         self.faults.after(name, saga_id)
+        self._send(held)
         out = wf.parse(result).model_dump(mode="json")
         phase = Phase.SKIPPED if detail is None else Phase.SUCCEEDED
         finished = self.event(wf, saga_id, name, phase, detail=detail or "skipped", ctx=out)
@@ -152,18 +157,31 @@ class Runner:
         )
         try:
             self.faults.before(name, saga_id)
-            with self.announcer.compensation(wf, name, saga_id, plan or [name]) as announcement:
+            with (
+                self.announcer.compensation(wf, name, saga_id, plan or [name]) as announcement,
+                self._held() as held,
+            ):
                 outcome = wf.undoing(name).compensation.undo(self.deps, saga_id)
         except Exception as exc:
             self.events.emit(self.event(wf, saga_id, name, Phase.RETRYING, error=error_text(exc)))
             raise
         self.faults.after(name, saga_id)
+        self._send(held)
         self.events.finish(
             self.event(wf, saga_id, name, Phase.SUCCEEDED, detail=outcome), f"{name} succeeded"
         )
         log.info("compensation done saga_id=%s step=%s outcome=%r", saga_id, name, outcome)
         self.announcer.send(announcement)
         return outcome
+
+    def _held(self):
+        """Collects the outbox rows the work writes (AfterCommit), if this process sends
+        its own."""
+        return self.after_commit.collect() if self.after_commit else nullcontext([])
+
+    def _send(self, held: list) -> None:
+        if held:
+            self.after_commit.send(held)
 
     # --- routing failures -------------------------------------------------------------
 

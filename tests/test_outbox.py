@@ -17,7 +17,7 @@ from app.db import Database
 from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
 from sagaflow.choreography import MODES
-from sagaflow.outbox import Outbox, Relay, Wakeup, enqueue, message_id
+from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, enqueue, message_id
 from tests.stack import Stack, available_backends
 from tests.support import PostgresDatabases, RedisServer, http, postgres_admin_url, wait_for
 
@@ -52,6 +52,34 @@ class Recorder:
             self.fail_on.discard(mid)
             raise ConnectionError("broker unreachable")
         self.sent.append(mid)
+
+
+def test_work_sends_the_rows_it_committed_and_leaves_the_rest_to_the_relay(orders_db):
+    recorder = Recorder()
+    outbox = Outbox("orders", orders_db, OrdersOutbox, lease_seconds=60)
+    writer = AfterCommit(Relay([outbox], recorder.send, lambda *a: None, backoff=lambda n: 0))
+    relay = Relay([Outbox("orders", orders_db, OrdersOutbox)], recorder.send, lambda *a: None)
+
+    with writer.collect() as held:
+        [committed] = _write(orders_db, "order-1", 1)
+        with pytest.raises(RuntimeError), orders_db.write() as session:
+            enqueue(session, OrdersOutbox, "order-2", "stream", {"n": 0})
+            raise RuntimeError("the work's transaction fails after writing its row")
+    assert [h.row_id for h in held] == [committed]  # the rolled-back row is not there
+    assert relay.run_once() == 0  # held by its writer: no relay takes it meanwhile
+    writer.send(held)
+    assert recorder.sent == [message_id("orders", committed)]
+    assert outbox.pending() == 0  # marked sent by the writer: nothing left for a relay
+
+    with writer.collect() as held:
+        [failed] = _write(orders_db, "order-3", 1)
+    recorder.fail_on = {message_id("orders", failed)}
+    writer.send(held)  # the broker refuses it: the relay's, due again after its backoff
+    assert relay.run_once() == 1
+    assert recorder.sent[-1] == message_id("orders", failed)
+
+    _write(orders_db, "order-4", 1)  # written outside any work: the relay's from the start
+    assert relay.run_once() == 1
 
 
 def test_a_key_s_messages_leave_in_order_even_when_one_fails(orders_db):
@@ -182,7 +210,13 @@ def stack(request, primary_backend, tmp_path_factory):
 def test_an_api_killed_between_the_commit_and_the_broker_loses_nothing(stack):
     shop = stack.shop
     worker = stack.worker()
-    api = stack.api(SAGA_FAULTS="start_saga:crash:1", SAGA_FAULTS_ENABLED="1", WEB_WORKERS="1")
+    # The API holds its start message for OUTBOX_LEASE_SECONDS; a relay takes it over after.
+    api = stack.api(
+        SAGA_FAULTS="start_saga:crash:1",
+        SAGA_FAULTS_ENABLED="1",
+        WEB_WORKERS="1",
+        OUTBOX_LEASE_SECONDS="3",
+    )
     try:
         user = shop.new_user(balance=1_000)
         product = shop.product(stock=10, price=100)

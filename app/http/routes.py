@@ -175,8 +175,13 @@ def place_order():
         SagaLog.create(session, ORDER, ctx)
         # The saga's start is a row of the same transaction (the outbox): committed with
         # the order, or not at all. Nothing is lost between the commit and the broker.
+        # Held by this process, which sends it right after the commit: the relays leave it
+        # alone for the hold's lease (and take it over if this process dies first).
         kind, payload = start_message(ORDER.name, ctx.model_dump(mode="json"))
-        started["message"] = enqueue(session, Outbox, saga_id_of(order_id), kind, payload)
+        row_id = enqueue(
+            session, Outbox, saga_id_of(order_id), kind, payload, held_by=_orders_outbox()
+        )
+        started["message"] = (row_id, kind, payload)
 
     order, created = rt.orders.place(user_id, items, body.issued_coupon_id, key, start_saga)
     answer = {
@@ -196,12 +201,14 @@ def place_order():
     return response, 202
 
 
-def _send_now(row_id: int) -> bool:
+def _send_now(message: tuple[int, str, dict]) -> bool:
     """The fast path: send the saga's start right after the commit, so a healthy system
     does not wait for the relay's next look. If the broker is down, the relay sends it
     when it returns."""
+    row_id, kind, payload = message
     try:
-        return current_app.extensions["relay"].send_now(_orders_outbox(), [row_id])
+        relay = current_app.extensions["relay"]
+        return relay.send_held(_orders_outbox(), row_id, kind, payload, changed=False)
     except Exception as exc:
         current_app.logger.warning("saga start left to the relay: %r", str(exc))
         return False
