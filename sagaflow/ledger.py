@@ -48,16 +48,17 @@ def ledger_table(base) -> type:
     return SagaLedger
 
 
-def _retry_on_duplicate(db, work: Callable):
-    """Run `work(session)` in a transaction; if a concurrent duplicate won the key, re-run
-    once so this call sees the winner's row."""
+def _retry_on_duplicate(db, work: Callable, again: Callable | None = None):
+    """Run `work(session)` in a transaction; if a concurrent duplicate won the key (or the
+    key was already there), run `again` (default: `work`) once, so this call sees the
+    winner's row."""
     try:
         with db.write() as session:
             return work(session)
     except IntegrityError:
         rolled_back()
         with db.write() as session:
-            return work(session)
+            return (again or work)(session)
     except BaseException:
         rolled_back()
         raise
@@ -66,13 +67,9 @@ def _retry_on_duplicate(db, work: Callable):
 def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]) -> dict:
     """Apply `apply(session)` once for (saga_id, step) and return what it applied."""
 
-    def work(session):
-        entry = session.get(ledger, (saga_id, step), with_for_update=True)
-        if entry is not None:
-            if entry.status == APPLIED:
-                return json.loads(entry.payload)
-            raise AlreadyCompensated(f"{step} of {saga_id} was already {entry.status.lower()}")
-        # Claim the key first: a concurrent duplicate blocks here, then fails on the key.
+    def claim_and_apply(session):
+        # Claiming the key first: a concurrent duplicate blocks here until this commits,
+        # then fails on the key. A key already there fails at once.
         entry = ledger(saga_id=saga_id, step=step, status=APPLIED, payload="{}")
         session.add(entry)
         session.flush()
@@ -81,7 +78,18 @@ def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]
         announce(session)
         return applied
 
-    return _retry_on_duplicate(db, work)
+    def seen_before(session):
+        # A redelivery, a DLQ retry, or the loser of a race: what is recorded decides.
+        entry = session.get(ledger, (saga_id, step), with_for_update=True)
+        if entry is not None:
+            if entry.status == APPLIED:
+                return json.loads(entry.payload)
+            raise AlreadyCompensated(f"{step} of {saga_id} was already {entry.status.lower()}")
+        return claim_and_apply(session)  # the business change itself hit a unique key
+
+    # The first delivery is by far the most common: it needs no read of the ledger (one
+    # round trip less per step). Whatever else finds the key taken.
+    return _retry_on_duplicate(db, claim_and_apply, seen_before)
 
 
 def compensate_once(db, ledger, saga_id: str, step: str, undo: Callable[[Any, dict], None]) -> str:

@@ -222,10 +222,15 @@ class IssuedCouponService:
         """The discount this user's coupon gives. Whether it is still unused is decided when
         use_coupon takes it, so two orders racing for one coupon cannot both get it."""
         with self.db.read() as session:
-            issued = session.get(IssuedCoupon, issued_coupon_id)
-            if issued is None or issued.user_id != user_id:
-                raise CouponUnavailable(f"coupon {issued_coupon_id} is not held by user {user_id}")
-            return session.get(Coupon, issued.coupon_id).discount
+            discount = session.scalar(
+                select(Coupon.discount)
+                .join(IssuedCoupon, IssuedCoupon.coupon_id == Coupon.id)
+                .where(IssuedCoupon.id == issued_coupon_id, IssuedCoupon.user_id == user_id)
+            )
+        if discount is None:
+            # Another user's coupon and one that does not exist get the same answer.
+            raise CouponUnavailable(f"issued coupon {issued_coupon_id} is not one of yours")
+        return discount
 
     def use_coupon(self, saga_id: str, order_id: int, issued_coupon_id: int, user_id: int) -> dict:
         """Mark the user's coupon USED by this order. Undone by restore_coupon."""
