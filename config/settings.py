@@ -108,8 +108,9 @@ class Settings:
     # how many sends before a message is parked in the DLQ.
     outbox_poll_interval: float = 0.2
     # With nothing owed, the relay looks only when a writer whose fast path failed nudges
-    # it, or this often (a nudge lost with Redis, a writer that died after its commit).
-    outbox_idle_poll_seconds: float = 10.0
+    # it, or this often (a nudge lost with Redis, a writer that died after its commit: its
+    # hold lasts the lease, so looking much more often than that finds nothing sooner).
+    outbox_idle_poll_seconds: float = 30.0
     outbox_lease_seconds: float = 30.0
     outbox_max_attempts: int = 10
 

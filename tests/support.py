@@ -44,7 +44,7 @@ FAST_TIMINGS = {
     "SAGA_STALL_SECONDS": "30",
     "SAGA_STALL_CHECK_SECONDS": "1",
     # A writer killed between its commit and its send nudges nobody: the relay finds the
-    # row on its idle poll, 10 s by default.
+    # row on its idle poll, 30 s by default.
     "OUTBOX_IDLE_POLL_SECONDS": "1",
     # Several stacks of the suite share one PostgreSQL (100 connections, maybe used by other
     # programs too): each process keeps one connection per database, bursts borrow more.
