@@ -148,7 +148,8 @@ class Shop:
         return self.rt.dataplatform.count(order_id)
 
     def streamed(self, order_id: int) -> int:
-        """Entries of the order on the data platform's stream (the relay puts them there)."""
+        """Entries of the order on the data platform's stream (put there by publish_order,
+        or the relay)."""
         return sum(
             1
             for _, fields in self.rt.redis.xrange("dataplatform.orders")

@@ -2,7 +2,8 @@
 
 Step: publish_order (after the order succeeded: retried, never compensated). The record
 and its stream event are written in one transaction (the event into the service's outbox);
-the outbox relay puts the event on the Redis stream `dataplatform.orders`, at least once:
+the step itself puts the event on the Redis stream `dataplatform.orders` right after its
+commit (sagaflow.outbox.AfterCommit), or the outbox relay does if it could not; at least once:
 consumers dedupe on the entry's `message_id` (or on `order_id`, which every event carries).
 """
 
