@@ -121,17 +121,18 @@ def faults_from(settings: Settings, client) -> FaultInjector:
     if not settings.faults_enabled:
         return NO_FAULTS
     log.warning("fault injection is ON: %r (or the live spec in Redis)", settings.faults_spec)
+    known = fault_names()
 
     def read_live() -> str | None:
         spec = client.get(LIVE_KEY)
         return None if spec is None else spec.decode()
 
     return LiveFaultInjector(
-        parse_faults(settings.faults_spec, fault_names()),
+        parse_faults(settings.faults_spec, known),
         client.incr,
         overrun=settings.step_soft_time_limit + 1,
         read_live=read_live,
-        known=fault_names(),
+        known=known,
     )
 
 

@@ -307,15 +307,6 @@ class Relay:
         outbox.release(held)
         return len(done)
 
-    def send_now(self, outbox: Outbox, row_ids: list[int]) -> bool:
-        """The writer's fast path, right after its commit: True if everything was sent;
-        otherwise the relay is nudged to take over."""
-        rows = outbox.claim(ids=row_ids)
-        sent = self.relay(outbox, rows) == len(row_ids)
-        if not sent and self.wakeup:
-            self.wakeup.nudge()
-        return sent
-
     def send_held(
         self, outbox: Outbox, row_id: int, kind: str, payload: dict, changed: bool = True
     ) -> bool:

@@ -136,7 +136,7 @@ def test_an_idle_relay_waits_for_a_nudge_and_comes_at_once(orders_db, redis_clie
             backoff=lambda n: 0,
             wakeup=wakeup,
         )
-        assert writer.send_now(writer.outboxes[0], [row]) is False
+        assert writer.send_held(writer.outboxes[0], row, "stream", {"n": 0}, False) is False
         wait_for(lambda: mid in recorder.sent, 10, what="the nudged relay to send the row")
     finally:
         stop.set()
