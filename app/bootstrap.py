@@ -13,15 +13,10 @@ import socket
 import redis
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
+from app import services as service_modules
 from app.db import Database, open_database
-from app.order_saga import HOOKS, WORKFLOWS
-from app.services import balances, coupons, dataplatform, orders, products
-from app.services.balances import BalanceService
-from app.services.coupons import CouponService, IssuedCouponService, IssueRequestService
-from app.services.dataplatform import DataPlatformService
-from app.services.orders import OrderService
-from app.services.products import ProductService
-from config.settings import SERVICES, Settings
+from app.order_saga import HOOKS, SERVICES, WORKFLOWS
+from config.settings import Settings, SettingsError
 from sagaflow import EventLog, Projector, Runner, SagaLog
 from sagaflow.choreography import CHOREOGRAPHY, Choreography
 from sagaflow.dlq.store import DeadLetterStore
@@ -31,8 +26,27 @@ from sagaflow.metrics import MetricsRecorder
 from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, sender
 
 log = logging.getLogger(__name__)
-# The order saga's log lives in the order service's database: the order workflow's home.
-HOME = "orders"
+
+
+def _home() -> str:
+    # Each workflow names its home (the service whose database keeps its saga log). The
+    # saga log, its projector and its lock are one per process for now, so the workflows
+    # must agree on it.
+    homes = {wf.home for wf in WORKFLOWS.values()}
+    if len(homes) != 1:
+        raise SettingsError(f"the workflows must share one home service, not {sorted(homes)}")
+    return homes.pop()
+
+
+HOME = _home()
+
+
+def check_served(served: tuple[str, ...]) -> None:
+    unknown = [s for s in served if s not in SERVICES]
+    if unknown:
+        raise SettingsError(
+            f"SERVICES names {', '.join(unknown)}: the services are {', '.join(SERVICES)}"
+        )
 
 
 class NotServed(RuntimeError):
@@ -43,9 +57,7 @@ class Services:
     """The services one process serves, each on its own database, plus Redis."""
 
     def __init__(self, settings: Settings, served: tuple[str, ...]):
-        unknown = sorted(set(served) - set(SERVICES))
-        if unknown:
-            raise ValueError(f"unknown services: {', '.join(unknown)}")
+        check_served(served)
         self.settings, self.served = settings, tuple(served)
         self.redis = redis.Redis.from_url(settings.require_redis(), health_check_interval=30)
         # Every URL is checked before any engine is built: a missing one is named at once.
@@ -54,16 +66,13 @@ class Services:
             name: open_database(name, url, settings.db_pool_size, settings.db_max_overflow)
             for name, url in urls.items()
         }
-        db = self.databases.get
-        self._services = {
-            "orders": db("orders") and OrderService(db("orders")),
-            "products": db("products") and ProductService(db("products")),
-            "balances": db("balances") and BalanceService(db("balances")),
-            "coupons": db("coupons") and CouponService(db("coupons")),
-            "issued_coupons": db("coupons") and IssuedCouponService(db("coupons")),
-            "issue_requests": db("coupons") and IssueRequestService(db("coupons")),
-            "dataplatform": db("dataplatform") and DataPlatformService(db("dataplatform")),
-        }
+        # Every service's interfaces by name; those of a service not served here are None,
+        # so that reaching one says what went wrong rather than AttributeError.
+        self._services = {}
+        for service in SERVICES:
+            db = self.databases.get(service)
+            for name, interface in service_modules.module(service).INTERFACES.items():
+                self._services[name] = db and interface(db)
 
     def __getattr__(self, name: str):
         services = self.__dict__.get("_services", {})
@@ -165,13 +174,7 @@ def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -
 
 # Each service's outbox table in its own database. Orders sends saga starts, the data
 # platform its stream events; in choreography every service sends its steps' events.
-OUTBOXES = {
-    "orders": orders.Outbox,
-    "products": products.Outbox,
-    "balances": balances.Outbox,
-    "coupons": coupons.Outbox,
-    "dataplatform": dataplatform.Outbox,
-}
+OUTBOXES = {service: service_modules.module(service).Outbox for service in SERVICES}
 
 
 def build_outboxes(services: Services, settings: Settings) -> list[Outbox]:

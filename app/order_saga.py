@@ -17,6 +17,7 @@ from app.order_context import OrderContext, order_id_of
 from app.services.orders import OrderPaymentService, OrderService
 from compensations import undo
 from sagaflow import Compensation, Event, Hooks, Phase, Step, TransientError, Workflow
+from sagaflow.workflow import services_of
 from tasks import steps
 
 # Only what may succeed on a second try. Business errors are never here. (The Celery
@@ -57,6 +58,9 @@ ORDER = Workflow(
 )  # fmt: skip
 
 WORKFLOWS = {ORDER.name: ORDER}
+# Every service the shop runs: read by settings, bootstrap, the schema, the workers, `make
+# run`, the bench and the tests, so that a step on a new service is declared only here.
+SERVICES = services_of(WORKFLOWS.values())
 
 
 def mirror_order_status(session, instance, old: str, new: str) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from app.services import balances, coupons, dataplatform, orders, products
-from config.settings import REPO_ROOT, SERVICES, Settings
+from app.order_saga import SERVICES, WORKFLOWS
+from app.services import module
+from config.settings import REPO_ROOT, Settings
 from sagaflow.log import SagaBase
 
+HOMES = {wf.home for wf in WORKFLOWS.values()}
+# Each service's tables; a workflow's home also keeps the saga runtime's log.
 METADATA = {
-    # The order workflow's home: the saga runtime's log lives beside the orders.
-    "orders": [orders.Base.metadata, SagaBase.metadata],
-    "products": products.Base.metadata,
-    "balances": balances.Base.metadata,
-    "coupons": coupons.Base.metadata,
-    "dataplatform": dataplatform.Base.metadata,
+    service: [module(service).Base.metadata, *([SagaBase.metadata] if service in HOMES else [])]
+    for service in SERVICES
 }
 
 

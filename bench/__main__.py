@@ -23,6 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.order_saga import SERVICES
 from bench import ceiling, cost, monolith, peers, raw_chain, report, scenarios
 from bench.memory import PeakRss, hwm_mb
 from bench.stack import (
@@ -41,7 +42,7 @@ from bench.stack import (
     database_env,
     migrate,
 )
-from config.settings import REPO_ROOT, SAGA_MODES, SERVICES, Settings
+from config.settings import REPO_ROOT, SAGA_MODES, Settings
 
 PROFILES = {
     # Proves the code runs end to end (a few dozen orders); its numbers mean nothing.

@@ -16,9 +16,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from app.order_saga import SERVICES
 from bench.client import percentiles
 from bench.stack import RedisServer, database_env, migrate
-from config.settings import SERVICES
 
 STATUSES = ["COMPLETED"] * 80 + ["FAILED"] * 15 + ["NEEDS_ATTENTION"] * 3 + ["PENDING"] * 2
 STEPS = ["create_order", "decrease_stock", "use_balance", "use_coupon", "publish_order"]

@@ -39,10 +39,10 @@ from dbos import DBOS, DBOSConfig, SetWorkflowID
 from app.bootstrap import Services
 from app.errors import BusinessError
 from app.order_context import OrderContext, saga_id_of
-from app.order_saga import ORDER, RETRYABLE
+from app.order_saga import ORDER, RETRYABLE, SERVICES
 from app.services.dataplatform import STREAM, OrderRecord
 from app.services.orders import COMPLETED, FAILED, OrderPaymentService, OrderService
-from config.settings import SERVICES, Settings
+from config.settings import Settings
 
 SETTINGS = Settings.from_env()
 APP_NAME = "bench-order"

@@ -45,12 +45,13 @@ from sqlalchemy import insert, update
 
 from app.db import Database
 from app.errors import CouponUnavailable, InsufficientBalance, OutOfStock
+from app.order_saga import SERVICES
 from app.services.balances import Balance
 from app.services.coupons import UNUSED, USED, IssuedCoupon
 from app.services.dataplatform import STREAM, OrderRecord
 from app.services.orders import PENDING, Order, OrderItem
 from app.services.products import Product
-from config.settings import SERVICES, Settings
+from config.settings import Settings
 from sagaflow.celery_app import delivery_conf
 
 SETTINGS = Settings.from_env()

@@ -22,7 +22,8 @@ import redis
 from celery import Celery, chain
 from celery.signals import worker_process_init
 
-from config.settings import SERVICES, Settings
+from app.order_saga import SERVICES
+from config.settings import Settings
 from sagaflow.celery_app import delivery_conf
 
 SETTINGS = Settings.from_env()

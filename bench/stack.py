@@ -12,10 +12,11 @@ import time
 import uuid
 from pathlib import Path
 
-from config.settings import REPO_ROOT, SERVICES
+from app.order_saga import SERVICES
+from config.settings import REPO_ROOT
 
 # The Procfile's `worker` line, less the node name (ours is unique) and the log level flag.
-WORKER_QUEUES = "orders,products,balances,coupons,dataplatform"
+WORKER_QUEUES = ",".join(SERVICES)
 WORKER_CONCURRENCY = 2
 WORKER_POOL = "prefork"
 # The Procfile's `web` line: config/gunicorn.py at its defaults (WEB_WORKERS, WEB_THREADS).

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("orders", "products", "balances", "coupons", "dataplatform")
+DATABASE_URL_SUFFIX = "_DATABASE_URL"
 SAGA_MODES = ("orchestration", "choreography")  # sagaflow.choreography.MODES
 
 log = logging.getLogger(__name__)
@@ -191,17 +191,14 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        # Every <SERVICE>_DATABASE_URL set: the services are the workflows' (bootstrap
+        # checks SERVICES against them), not a list kept here.
         urls = {
-            name: env[f"{name.upper()}_DATABASE_URL"]
-            for name in SERVICES
-            if env.get(f"{name.upper()}_DATABASE_URL")
+            key.removesuffix(DATABASE_URL_SUFFIX).lower(): value
+            for key, value in env.items()
+            if key.endswith(DATABASE_URL_SUFFIX) and len(key) > len(DATABASE_URL_SUFFIX) and value
         }
         services = tuple(s.strip() for s in env.get("SERVICES", "").split(",") if s.strip())
-        unknown = sorted(set(services) - set(SERVICES))
-        if unknown:
-            raise SettingsError(
-                f"SERVICES names {', '.join(unknown)}: the services are {', '.join(SERVICES)}"
-            )
         defaults = cls()
 
         def number(key: str, default, kind=float):

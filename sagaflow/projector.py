@@ -252,7 +252,7 @@ class Projector:
             instance = SagaInstance(
                 saga_id=saga_id,
                 workflow=wf.name,
-                business_key=saga_id.removeprefix(f"{wf.name}-"),
+                business_key=wf.business_key(saga_id),
                 status=SagaStatus.PENDING,
                 turned_back=0,
                 context="{}",

@@ -23,7 +23,7 @@ from sagaflow.events import Event, EventLog, Phase
 from sagaflow.faults import NO_FAULTS, FaultInjector
 from sagaflow.outbox import AfterCommit, message_id, sender
 from sagaflow.status import WorkKind
-from sagaflow.workflow import Workflow
+from sagaflow.workflow import Workflow, workflow_of
 
 log = logging.getLogger("sagaflow")
 BUSINESS, PARKED = "business", "parked"  # failure markers
@@ -405,7 +405,8 @@ class Runner:
         """An outbox message its relay gave up on (class 3): the DLQ sends it from there."""
         row_id, key, kind, payload, _attempts = row
         mid = message_id(service, row_id)
-        workflow = payload.get("workflow") or key.split("-", 1)[0]
+        owner = workflow_of(self.workflows, key)
+        workflow = payload.get("workflow") or (owner.name if owner else "")
         entry = self.dead_letters.push(
             saga_id=key,
             workflow=workflow,

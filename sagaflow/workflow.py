@@ -24,7 +24,7 @@ and returns what it undid.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,12 @@ class Workflow:
     def queues(self) -> list[str]:
         return list(dict.fromkeys(s.queue for s in self.steps))
 
+    @property
+    def services(self) -> list[str]:
+        """Every service this workflow needs, in order: its home (the saga log) first,
+        then each step's (a step's queue is its service's)."""
+        return list(dict.fromkeys([self.home, *self.queues]))
+
     def step(self, name: str) -> Step:
         for step in self.steps:
             if step.name == name:
@@ -182,8 +188,33 @@ class Workflow:
 
     # --- saga ids ------------------------------------------------------------------------
 
+    # The one place a saga id is made and read: "<workflow>-<business key>".
+
     def saga_id(self, ctx: Any) -> str:
-        return f"{self.name}-{self.key(ctx)}"
+        return self.saga_id_for(self.key(ctx))
+
+    def saga_id_for(self, business_key: Any) -> str:
+        return f"{self.name}-{business_key}"
+
+    def owns(self, saga_id: str) -> bool:
+        return saga_id.startswith(f"{self.name}-")
+
+    def business_key(self, saga_id: str) -> str:
+        return saga_id.removeprefix(f"{self.name}-")
 
     def parse(self, data: dict | BaseModel) -> BaseModel:
         return data if isinstance(data, self.context) else self.context.model_validate(data)
+
+
+def services_of(workflows: Iterable[Workflow]) -> tuple[str, ...]:
+    """The services a set of workflows needs, each once, in declaration order: the one
+    list settings, schema, workers and tests read, so adding a step on a new service is
+    the step and its service, nothing else."""
+    return tuple(dict.fromkeys(name for wf in workflows for name in wf.services))
+
+
+def workflow_of(workflows: Mapping[str, Workflow], saga_id: str) -> Workflow | None:
+    """The workflow a saga id belongs to. The longest name wins, so that `refund` and
+    `refund-request` can live side by side."""
+    owners = [wf for wf in workflows.values() if wf.owns(saga_id)]
+    return max(owners, key=lambda wf: len(wf.name)) if owners else None

@@ -34,13 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from app import API_SERVICES  # noqa: E402
 from app.auth import ADMIN, CUSTOMER, Keyring  # noqa: E402
-from config.settings import SERVICES  # noqa: E402
+from app.order_saga import SERVICES  # noqa: E402
 
 SUBNET, DRIVER = "10.77.0", "10.77.0.1"
 INFRA = {"redis": 2, "db": 3, "api": 4}
 HOSTS = {**INFRA, **{service: 10 + i for i, service in enumerate(SERVICES)}}
-API_SERVICES = ("orders", "products", "balances", "coupons")
 PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), None)
 
 

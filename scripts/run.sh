@@ -103,7 +103,9 @@ if [[ -z ${REDIS_URL:-} ]]; then
 fi
 
 # Where everything is, set explicitly: no process falls back to a default of its own.
-for service in orders products balances coupons dataplatform; do
+# The services are the workflows' (app/order_saga.py), not a list kept here.
+services=$(python -m app.services) || { echo "could not list the services" >&2; exit 1; }
+for service in $services; do
     var="$(printf '%s' "$service" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
     if [[ -z ${!var:-} ]]; then
         export "$var=sqlite:///$VAR_DIR/$service.db"

@@ -1,8 +1,9 @@
 """The shop's Celery application: the order saga's tasks (sagaflow), the coupon issue task,
 and the worker's role.
 
-A worker serves the services whose queues it consumes (`-Q products`): it builds only their
-database engines, and refuses to start if one of their URLs is missing.
+A worker serves the services whose queues it consumes (`-Q products`; without -Q, every
+service's): it builds only their database engines, and refuses to start if one of their
+URLs is missing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 from celery import Celery
 from celery.signals import celeryd_init
 
-from app.order_saga import RETRYABLE, WORKFLOWS
-from config.settings import SERVICES, Settings
+from app.order_saga import RETRYABLE, SERVICES, WORKFLOWS
+from config.settings import Settings
 from sagaflow.celery_app import CeleryDispatcher, delivery_conf, install
 from sagaflow.workflow import RetryPolicy
 
@@ -91,8 +92,9 @@ def create_celery(settings: Settings) -> Celery:
         unknown = sorted(set(queues) - set(SERVICES))
         problem = None
         if not queues:
-            problem = f"give the queues to consume: -Q {','.join(SERVICES)} (or some of them)"
-        elif unknown:
+            # No -Q: Celery consumes every queue in task_queues, one per service.
+            queues = SERVICES
+        if unknown:
             problem = f"unknown queues {', '.join(unknown)}: the services are {', '.join(SERVICES)}"
         else:
             missing = [q for q in queues if not settings.database_urls.get(q)]

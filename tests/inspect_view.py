@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.bootstrap import Services, build_saga_log, dlq_backoff
 from app.order_context import saga_id_of
-from config.settings import SERVICES
+from app.order_saga import SERVICES
 from sagaflow.dlq.store import DeadLetterStore
 
 

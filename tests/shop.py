@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.order_context import saga_id_of
-from app.services import balances, coupons, dataplatform, orders, products
+from app.schema import METADATA
+from app.services import balances, coupons, products
 from sagaflow.ledger import APPLIED
-from sagaflow.log import SagaBase
 from tests.support import wait_for
 
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
@@ -163,16 +163,9 @@ class Shop:
     def snapshot(self) -> dict:
         """Every row of every service's database, to prove a request changed nothing."""
         tables = {}
-        for name, metadata in (
-            ("orders", orders.Base.metadata),
-            ("orders", SagaBase.metadata),
-            ("products", products.Base.metadata),
-            ("balances", balances.Base.metadata),
-            ("coupons", coupons.Base.metadata),
-            ("dataplatform", dataplatform.Base.metadata),
-        ):
+        for name, metadatas in METADATA.items():
             with self.rt.databases[name].read() as session:
-                for table in metadata.sorted_tables:
+                for table in (t for metadata in metadatas for t in metadata.sorted_tables):
                     columns = table.c
                     if table.name == "sagaflow_outbox":
                         # Which messages exist, not how far their delivery has got: an

@@ -8,7 +8,8 @@ import itertools
 import os
 from pathlib import Path
 
-from config.settings import SERVICES, Settings
+from app.order_saga import SERVICES
+from config.settings import Settings
 from tests.inspect_view import Inspector
 from tests.shop import Shop
 from tests.support import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.bootstrap import check_served
 from app.order_saga import ORDER
 from config.settings import Settings
 from sagaflow.errors import InjectedBusinessError, TransientError
@@ -33,8 +34,16 @@ def test_services_must_be_known():
         "products",
         "balances",
     )
+    # The services are the workflows' (app.order_saga.SERVICES): bootstrap checks them.
     with pytest.raises(ValueError, match="SERVICES names warehouse"):
-        Settings.from_env({"SERVICES": "products,warehouse"})
+        check_served(Settings.from_env({"SERVICES": "products,warehouse"}).services)
+
+
+def test_every_database_url_set_is_read_without_a_list_of_services():
+    settings = Settings.from_env(
+        {"PRODUCTS_DATABASE_URL": "sqlite:///p.db", "SHIPPING_DATABASE_URL": "sqlite:///s.db"}
+    )
+    assert settings.database_urls == {"products": "sqlite:///p.db", "shipping": "sqlite:///s.db"}
 
 
 def test_visibility_timeout_shorter_than_a_retry_delay_is_refused():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import REPO_ROOT, SERVICES
+from app.order_saga import SERVICES
+from config.settings import REPO_ROOT
 from tests.inspect_view import eid
 from tests.stack import Stack
 

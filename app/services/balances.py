@@ -97,3 +97,8 @@ class BalanceService:
             )
 
         return compensate_once(self.db, Ledger, saga_id, "use_balance", undo)
+
+
+# What other code reaches as `services.<name>` (app/bootstrap.py), each built on this
+# service's database.
+INTERFACES = {"balances": BalanceService}

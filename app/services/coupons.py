@@ -268,3 +268,12 @@ class IssuedCouponService:
             )
 
         return compensate_once(self.db, Ledger, saga_id, "use_coupon", undo)
+
+
+# What other code reaches as `services.<name>` (app/bootstrap.py), each built on this
+# service's database.
+INTERFACES = {
+    "coupons": CouponService,
+    "issued_coupons": IssuedCouponService,
+    "issue_requests": IssueRequestService,
+}

@@ -78,3 +78,8 @@ class DataPlatformService:
             return len(
                 session.scalars(select(OrderRecord).where(OrderRecord.order_id == order_id)).all()
             )
+
+
+# What other code reaches as `services.<name>` (app/bootstrap.py), each built on this
+# service's database.
+INTERFACES = {"dataplatform": DataPlatformService}

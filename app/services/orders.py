@@ -263,3 +263,8 @@ class OrderPaymentService:
             session.add(OrderPayment(order_id=order_id, amount=amount, status=status))
         else:
             payment.status, payment.updated_at = status, utcnow()
+
+
+# What other code reaches as `services.<name>` (app/bootstrap.py), each built on this
+# service's database.
+INTERFACES = {"orders": OrderService}

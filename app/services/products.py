@@ -108,3 +108,8 @@ class ProductService:
                 )
 
         return compensate_once(self.db, Ledger, saga_id, "decrease_stock", undo)
+
+
+# What other code reaches as `services.<name>` (app/bootstrap.py), each built on this
+# service's database.
+INTERFACES = {"products": ProductService}

@@ -1,0 +1,89 @@
+"""What a workflow declaration gives the rest of the system, in-process: the one list of
+services (read by settings, bootstrap, schema, workers, `make run`, bench and tests), the
+saga id made and read in one place, and the workflow found from a saga id."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pydantic import BaseModel
+
+from app import services as service_modules
+from app.order_saga import ORDER, SERVICES, WORKFLOWS
+from app.schema import METADATA
+from sagaflow import Compensation, Step, Workflow
+from sagaflow.log import SagaBase
+from sagaflow.workflow import services_of, workflow_of
+
+
+class Ctx(BaseModel):
+    id: int
+
+
+def _noop(services, ctx):
+    return ctx, "done"
+
+
+def _undo(services, saga_id):
+    return "undone"
+
+
+def _workflow(name: str, *services: str, home: str = "orders") -> Workflow:
+    steps = [
+        Step(f"{name}_{s}", s, _noop, Compensation(f"undo_{name}_{s}", _undo)) for s in services
+    ]
+    return Workflow(name=name, context=Ctx, key=lambda c: c.id, home=home, steps=steps)
+
+
+def test_the_shops_services_are_derived_from_its_workflow():
+    assert SERVICES == ("orders", "products", "balances", "coupons", "dataplatform")
+    assert ORDER.services[0] == ORDER.home and set(ORDER.services) == {ORDER.home, *ORDER.queues}
+
+
+def test_every_service_has_its_module_and_the_home_keeps_the_saga_log():
+    for service in SERVICES:
+        found = service_modules.module(service)
+        assert found.Outbox.__tablename__ == "sagaflow_outbox"
+        assert found.INTERFACES, f"{service} offers nothing to the steps"
+        assert found.Base.metadata in METADATA[service]
+    assert [s for s, metadatas in METADATA.items() if SagaBase.metadata in metadatas] == [
+        ORDER.home
+    ]
+
+
+def test_a_step_on_a_new_service_adds_it_to_the_list_and_names_its_missing_module():
+    shipping = dataclasses.replace(
+        ORDER,
+        steps=[
+            *ORDER.steps[:-1],
+            Step("reserve_shipping", "shipping", _noop, Compensation("release_shipping", _undo)),
+            ORDER.steps[-1],
+        ],
+    )
+    assert services_of([shipping]) == (*SERVICES[:-1], "shipping", "dataplatform")
+    with pytest.raises(ValueError, match=r"app/services/shipping\.py is missing"):
+        service_modules.module("shipping")
+
+
+def test_services_are_listed_once_home_first_in_declaration_order():
+    a = _workflow("a", "products", "balances", home="orders")
+    b = _workflow("b", "balances", "wallet", home="orders")
+    assert services_of([a, b]) == ("orders", "products", "balances", "wallet")
+
+
+def test_the_saga_id_is_made_and_read_in_one_place():
+    wf = WORKFLOWS["order"]
+    saga_id = wf.saga_id_for(42)
+    assert saga_id == "order-42"
+    assert wf.owns(saga_id) and wf.business_key(saga_id) == "42"
+
+
+def test_a_workflow_whose_name_has_a_dash_is_found_from_its_saga_ids():
+    refund = _workflow("refund", "balances")
+    request = _workflow("refund-request", "balances")
+    workflows = {wf.name: wf for wf in (refund, request)}
+    assert workflow_of(workflows, request.saga_id(Ctx(id=3))) is request
+    assert workflow_of(workflows, refund.saga_id(Ctx(id=3))) is refund
+    assert request.business_key("refund-request-3") == "3"
+    assert workflow_of(workflows, "order-3") is None
