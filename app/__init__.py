@@ -21,6 +21,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.http.errors import register_error_handlers
     from app.http.metrics import bp as metrics_bp
     from app.http.routes import bp
+    from app.order_saga import WORKFLOWS
+    from sagaflow.starts import Starts
     from tasks.celery_app import create_celery
 
     settings = settings or Settings.from_env()
@@ -36,8 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["runner"] = runner
     app.extensions["services"] = runner.deps
     app.extensions["saga_log"] = build_saga_log(runner.deps)
-    app.extensions["relay"] = build_relay(runner, settings)
-    app.extensions["faults"] = runner.faults
+    # The front door of saga starts: POST /orders writes and sends through it.
+    app.extensions["starts"] = Starts(WORKFLOWS, build_relay(runner, settings), runner.faults)
     register_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)

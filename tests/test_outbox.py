@@ -14,10 +14,14 @@ from alembic import command
 from sqlalchemy import select
 
 from app.db import Database
+from app.order_context import OrderContext
+from app.order_saga import ORDER, WORKFLOWS
 from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
+from sagaflow import SagaLog, Workflow
 from sagaflow.choreography import MODES
 from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, enqueue, message_id
+from sagaflow.starts import Starts
 from tests.stack import Stack, available_backends
 from tests.support import PostgresDatabases, RedisServer, http, postgres_admin_url, wait_for
 
@@ -46,12 +50,14 @@ def _write(db, key: str, n: int) -> list[int]:
 class Recorder:
     def __init__(self, fail_on=()):
         self.sent, self.fail_on = [], set(fail_on)
+        self.sent_messages = []
 
     def send(self, kind, payload, mid):
         if mid in self.fail_on:
             self.fail_on.discard(mid)
             raise ConnectionError("broker unreachable")
         self.sent.append(mid)
+        self.sent_messages.append((kind, payload, mid))
 
 
 def test_work_sends_the_rows_it_committed_and_leaves_the_rest_to_the_relay(orders_db):
@@ -80,6 +86,49 @@ def test_work_sends_the_rows_it_committed_and_leaves_the_rest_to_the_relay(order
 
     _write(orders_db, "order-4", 1)  # written outside any work: the relay's from the start
     assert relay.run_once() == 1
+
+
+def _order_ctx(order_id: int) -> OrderContext:
+    line = {"product_id": 1, "quantity": 2, "unit_price": 50}
+    return OrderContext(order_id=order_id, user_id=7, items=[line], total=100, discount=0, paid=100)
+
+
+def test_a_saga_start_commits_with_its_record_and_is_sent_once_after(orders_db):
+    recorder = Recorder()
+    outbox = Outbox("orders", orders_db, OrdersOutbox, lease_seconds=60)
+    relay = Relay([outbox], recorder.send, lambda *a: None, backoff=lambda n: 0)
+    starts = Starts(WORKFLOWS, relay)
+    log = SagaLog(orders_db, WORKFLOWS)
+
+    rolled_back = starts.start(ORDER)
+    with pytest.raises(RuntimeError, match="order fails"), orders_db.write() as session:
+        rolled_back.write(session, _order_ctx(1))
+        raise RuntimeError("the order fails after its saga was written")
+    with pytest.raises(RuntimeError, match="without a committed write"):
+        rolled_back.send()  # it never existed: nothing may start
+    assert log.timeline("order-1") is None and outbox.pending() == 0
+
+    start = starts.start(ORDER)
+    with orders_db.write() as session:
+        assert start.write(session, _order_ctx(2)) == "order-2"
+    assert relay.run_once() == 0  # held by the writer: no relay sends it meanwhile
+    assert start.send()
+    [(kind, payload, mid)] = recorder.sent_messages
+    assert (kind, payload["workflow"], payload["ctx"]["order_id"]) == ("start", "order", 2)
+    assert outbox.pending() == 0
+    assert log.timeline("order-2")["status"] == "PENDING"
+
+
+def test_a_start_names_what_this_process_cannot_start(orders_db):
+    serving_nothing = Starts(WORKFLOWS, Relay([], Recorder().send, lambda *a: None))
+    with pytest.raises(ValueError, match="does not serve 'orders', the home of workflow"):
+        serving_nothing.start(ORDER)
+    other = Workflow(
+        name="refund", context=OrderContext, key=lambda c: c.order_id, home="orders",
+        steps=ORDER.steps[:1],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'refund' is not one this process runs"):
+        serving_nothing.start(other)
 
 
 def test_a_key_s_messages_leave_in_order_even_when_one_fails(orders_db):

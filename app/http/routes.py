@@ -15,9 +15,7 @@ from app.http.errors import error_response
 from app.http.limits import COUPON_REQUESTS, ORDERS, limited
 from app.order_context import OrderContext, saga_id_of
 from app.order_saga import ORDER
-from app.services.orders import MAX_TOTAL, Outbox
-from sagaflow import SagaLog
-from sagaflow.outbox import enqueue, start_message
+from app.services.orders import MAX_TOTAL
 
 bp = Blueprint("api", __name__)
 ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
@@ -160,28 +158,23 @@ def place_order():
     if total > MAX_TOTAL:
         raise InvalidRequest(f"the order's total would exceed {MAX_TOTAL}")
     discount = min(discount, total)
-    started = {}
+    start = current_app.extensions["starts"].start(ORDER)
 
     def start_saga(session, order_id: int) -> None:
-        ctx = OrderContext(
-            order_id=order_id,
-            user_id=user_id,
-            items=lines,
-            issued_coupon_id=body.issued_coupon_id,
-            total=total,
-            discount=discount,
-            paid=total - discount,
+        # In the order's own transaction: the order and its saga commit together or not
+        # at all (sagaflow/starts.py).
+        start.write(
+            session,
+            OrderContext(
+                order_id=order_id,
+                user_id=user_id,
+                items=lines,
+                issued_coupon_id=body.issued_coupon_id,
+                total=total,
+                discount=discount,
+                paid=total - discount,
+            ),
         )
-        SagaLog.create(session, ORDER, ctx)
-        # The saga's start is a row of the same transaction (the outbox): committed with
-        # the order, or not at all. Nothing is lost between the commit and the broker.
-        # Held by this process, which sends it right after the commit: the relays leave it
-        # alone for the hold's lease (and take it over if this process dies first).
-        kind, payload = start_message(ORDER.name, ctx.model_dump(mode="json"))
-        row_id = enqueue(
-            session, Outbox, saga_id_of(order_id), kind, payload, held_by=_orders_outbox()
-        )
-        started["message"] = (row_id, kind, payload)
 
     order, created = rt.orders.place(user_id, items, body.issued_coupon_id, key, start_saga)
     answer = {
@@ -189,33 +182,14 @@ def place_order():
         "status": order["status"],
         "links": {"self": f"/orders/{order['order_id']}"},
     }
-    if created:
-        current_app.extensions["faults"].after("start_saga", saga_id_of(order["order_id"]))
-        if not _send_now(started["message"]):
-            answer["start"] = (
-                "queued: the broker cannot be reached now; the order starts when it returns"
-            )
+    if created and not start.send():
+        answer["start"] = (
+            "queued: the broker cannot be reached now; the order starts when it returns"
+        )
     response = jsonify(answer)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
-
-
-def _send_now(message: tuple[int, str, dict]) -> bool:
-    """The fast path: send the saga's start right after the commit, so a healthy system
-    does not wait for the relay's next look. If the broker is down, the relay sends it
-    when it returns."""
-    row_id, kind, payload = message
-    try:
-        relay = current_app.extensions["relay"]
-        return relay.send_held(_orders_outbox(), row_id, kind, payload, changed=False)
-    except Exception as exc:
-        current_app.logger.warning("saga start left to the relay: %r", str(exc))
-        return False
-
-
-def _orders_outbox():
-    return next(o for o in current_app.extensions["relay"].outboxes if o.service == "orders")
 
 
 def _quote(items: list[dict], issued_coupon_id: int | None, user_id: int):
