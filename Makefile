@@ -6,7 +6,7 @@ PROCS ?=
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv redis browser run test demo drill lint bench clean
+.PHONY: help venv redis browser run test test-fast demo drill lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -26,6 +26,12 @@ run: ## run every Procfile process (PROCS="web worker" for some); own Redis unle
 
 test: venv redis browser ## run the test suite (it starts its own Redis and workers)
 	$(PY) -m pytest
+
+# The rule modules, named so that collection does not import the end-to-end ones.
+RULES = $(shell grep -l '^pytestmark = pytest.mark.rules' tests/test_*.py)
+
+test-fast: venv ## the rules layer only: in-process, Redis in memory, no subprocess (seconds)
+	$(PY) -m pytest -q -m rules -k "not redisserver" -p no:cacheprovider $(RULES)
 
 demo: ## place three demo orders against a running `make run`
 	@scripts/demo.sh

@@ -5,6 +5,11 @@ drains the work and applies the events to the saga log.
 
 No broker and no worker: what this cannot show (delivery, redelivery after a crash, time
 limits) is what the end-to-end tests are for.
+
+`memory_redis()` is a Redis in the test's own memory (fakeredis, with Lua): the event
+log, the fence, the DLQ store and the metrics run their own scripts on it unchanged, so a
+team tests its workflow's failure routing with no server at all. The shop's suite runs
+the same rules on a real redis-server too, which keeps the fake honest.
 """
 
 from __future__ import annotations
@@ -115,3 +120,15 @@ class SyncDispatcher:
             )
             if not ok:
                 return
+
+
+def memory_redis():
+    """A fresh in-memory Redis client (fakeredis, its Lua scripting on): nothing shared
+    with any other client or test."""
+    try:
+        import fakeredis
+    except ImportError as exc:  # an optional, test-only dependency
+        raise RuntimeError(
+            "memory_redis() needs fakeredis[lua]: pip install 'fakeredis[lua]'"
+        ) from exc
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())

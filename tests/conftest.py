@@ -7,10 +7,12 @@ import itertools
 import os
 
 import pytest
+import redis as redis_lib
 
+from sagaflow.testing import memory_redis
 from tests.shop import Shop
 from tests.stack import Stack, available_backends
-from tests.support import SLOW, postgres_admin_url, stop_leftovers
+from tests.support import SLOW, RedisServer, postgres_admin_url, stop_leftovers
 
 _user_ids = itertools.count(1000)
 
@@ -110,3 +112,25 @@ def rt(primary_stack):
 @pytest.fixture
 def shop(client, rt, primary_stack) -> Shop:
     return Shop(client, rt, _user_ids, primary_stack.credentials)
+
+
+# --- the rules layer: Redis in memory, and the same rules on a real server -------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("rules-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["inmemory", "redisserver"])
+def redis(request):
+    """Every rule runs on the in-memory Redis a team's own tests would use (`make
+    test-fast`, no process), and on a real redis-server: the fake must not hide anything."""
+    if request.param == "inmemory":
+        client = memory_redis()
+    else:
+        client = redis_lib.Redis.from_url(request.getfixturevalue("redis_server").url)
+    yield client
+    client.close()

@@ -13,12 +13,15 @@ from sqlalchemy import select, update
 
 from sagaflow import SagaLog, SagaStatus
 from sagaflow.choreography import CHOREOGRAPHY, react
-from tests.test_runtime_rules import TOPUP, Sent, TopUp, WalletOutbox, World, redis_url  # noqa: F401
+from tests.test_runtime_rules import TOPUP, Sent, TopUp, WalletOutbox, World
+
+# The rules layer: in-process, no subprocess (`make test-fast`).
+pytestmark = pytest.mark.rules
 
 
 @pytest.fixture
-def world(tmp_path, redis_url):  # noqa: F811
-    return World(tmp_path, redis_url, mode=CHOREOGRAPHY)
+def world(tmp_path, redis):
+    return World(tmp_path, redis, mode=CHOREOGRAPHY)
 
 
 def events(world) -> list:

@@ -17,6 +17,9 @@ from sagaflow.faults import (
     set_live_faults,
 )
 
+# The rules layer: in-process, no subprocess (`make test-fast`).
+pytestmark = pytest.mark.rules
+
 KNOWN = ORDER.step_names + ORDER.compensation_names
 
 

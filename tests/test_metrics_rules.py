@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sagaflow.events import Event, Phase
 from sagaflow.metrics import BUCKETS, KEY, MetricsRecorder, SagaCollector, _field
-from tests.test_runtime_rules import World, redis_url  # noqa: F401
+from tests.test_runtime_rules import World
+
+# The rules layer: in-process, no subprocess (`make test-fast`).
+pytestmark = pytest.mark.rules
 
 
 class Clock:
@@ -41,8 +46,8 @@ def histogram(world: World) -> dict:
     }
 
 
-def test_many_batches_reach_redis_together_and_add_up(tmp_path, redis_url):  # noqa: F811
-    world = World(tmp_path, redis_url)
+def test_many_batches_reach_redis_together_and_add_up(tmp_path, redis):
+    world = World(tmp_path, redis)
     clock = Clock()
     recorder = MetricsRecorder(world.redis, flush_every=1.0, clock=clock)
 
@@ -64,8 +69,8 @@ def test_many_batches_reach_redis_together_and_add_up(tmp_path, redis_url):  # n
     assert abs(seen[("sum", None)] - (25 * 0.02 + 25 * 0.3)) < 1e-6
 
 
-def test_cumulative_buckets_an_older_version_stored_still_count(tmp_path, redis_url):  # noqa: F811
-    world = World(tmp_path, redis_url)
+def test_cumulative_buckets_an_older_version_stored_still_count(tmp_path, redis):
+    world = World(tmp_path, redis)
     labels = {"workflow": "topup", "step": "credit", "kind": "step", "outcome": "ok"}
     name = "sagaflow_step_duration_seconds"
     for bound in [*BUCKETS[2:], "+Inf"]:  # one old observation of 0.02 s, cumulative

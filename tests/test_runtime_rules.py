@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import redis as redis_lib
 from pydantic import BaseModel
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,7 +38,9 @@ from sagaflow.log import SagaBase
 from sagaflow.orchestrator import StallCheck
 from sagaflow.outbox import Outbox, Relay, outbox_table, sender
 from sagaflow.testing import SyncDispatcher
-from tests.support import RedisServer
+
+# The rules layer: in-process, no subprocess (`make test-fast`).
+pytestmark = pytest.mark.rules
 
 # --- the tests' own little world: a wallet service and a notifier ----------------------
 
@@ -119,12 +120,12 @@ class World:
     """The wallet database (which also holds the saga log), Redis, the runner and the
     orchestrator's projector, wired the way a process would wire them."""
 
-    def __init__(self, tmp_path, redis_url: str, faults: str = "", mode: str = "orchestration"):
+    def __init__(self, tmp_path, redis, faults: str = "", mode: str = "orchestration"):
         url = f"sqlite:///{tmp_path / 'wallet.db'}"
         self.db = Database(url, create=True)
         WalletBase.metadata.create_all(self.db.engine)
         SagaBase.metadata.create_all(self.db.engine)
-        self.redis = redis_lib.Redis.from_url(redis_url)
+        self.redis = redis  # a redis-server's client, or sagaflow.testing.memory_redis()
         self.redis.flushdb()
         self.workflows = {"topup": TOPUP}
         self.statuses: list[tuple[str, str]] = []
@@ -178,13 +179,6 @@ class World:
         return {s["name"]: s for s in self.log.timeline(saga_id)["steps"]}
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("rules-redis")).start()
-    yield server.url
-    server.stop()
-
-
 @pytest.fixture(params=MODES)
 def mode(request) -> str:
     """Every rule holds in both modes: a chain sent up front, or each step announcing the
@@ -193,8 +187,8 @@ def mode(request) -> str:
 
 
 @pytest.fixture
-def world(tmp_path, redis_url, mode):
-    return World(tmp_path, redis_url, mode=mode)
+def world(tmp_path, redis, mode):
+    return World(tmp_path, redis, mode=mode)
 
 
 # --- the rules ------------------------------------------------------------------------
@@ -242,8 +236,8 @@ def test_a_business_error_turns_back_and_voids_the_failed_step(world):
     assert world.balance() == 0
 
 
-def test_a_step_after_the_pivot_is_retried_then_parked_never_undone(tmp_path, redis_url, mode):
-    world = World(tmp_path, redis_url, faults="notify:transient", mode=mode)
+def test_a_step_after_the_pivot_is_retried_then_parked_never_undone(tmp_path, redis, mode):
+    world = World(tmp_path, redis, faults="notify:transient", mode=mode)
     saga = world.start(amount=300)
 
     timeline = world.log.timeline(saga)
@@ -256,8 +250,8 @@ def test_a_step_after_the_pivot_is_retried_then_parked_never_undone(tmp_path, re
     assert world.balance() == 300
 
 
-def test_parked_work_sent_again_by_the_dlq_finishes_and_closes_its_entry(tmp_path, redis_url, mode):
-    world = World(tmp_path, redis_url, faults="notify:transient:3", mode=mode)
+def test_parked_work_sent_again_by_the_dlq_finishes_and_closes_its_entry(tmp_path, redis, mode):
+    world = World(tmp_path, redis, faults="notify:transient:3", mode=mode)
     saga = world.start(amount=300)
     [entry] = world.store.entries(saga_id=saga)
 
@@ -270,8 +264,8 @@ def test_parked_work_sent_again_by_the_dlq_finishes_and_closes_its_entry(tmp_pat
     assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
 
 
-def test_a_failing_compensation_is_parked_and_the_saga_needs_attention(tmp_path, redis_url, mode):
-    world = World(tmp_path, redis_url, faults="notify:business,debit:transient", mode=mode)
+def test_a_failing_compensation_is_parked_and_the_saga_needs_attention(tmp_path, redis, mode):
+    world = World(tmp_path, redis, faults="notify:business,debit:transient", mode=mode)
     saga = world.start(amount=300)  # notify refuses: after the pivot, so no undo...
     assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
 

@@ -18,6 +18,9 @@ from app.schema import alembic_config
 from app.services.orders import Order
 from sagaflow import Event, Phase, Projector, SagaLog
 
+# The rules layer: in-process, no subprocess (`make test-fast`).
+pytestmark = pytest.mark.rules
+
 IDLE = 300.0
 _ids = itertools.count(1)
 

@@ -16,6 +16,9 @@ from sagaflow import Compensation, Step, Workflow
 from sagaflow.log import SagaBase
 from sagaflow.workflow import services_of, workflow_of
 
+# The rules layer: in-process, no subprocess (`make test-fast`).
+pytestmark = pytest.mark.rules
+
 
 class Ctx(BaseModel):
     id: int
