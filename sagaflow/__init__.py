@@ -10,7 +10,14 @@ worker, alerts and CLI, the stall check, and fault injection.
     from sagaflow import Compensation, Step, Workflow
 """
 
-from sagaflow.errors import AlreadyCompensated, StepTimeout, TransientError
+from sagaflow.errors import (
+    AlreadyCompensated,
+    DeclarationError,
+    NotApplicable,
+    SagaError,
+    StepTimeout,
+    TransientError,
+)
 from sagaflow.events import Event, EventLog, Phase
 from sagaflow.ledger import apply_once, compensate_once, ledger_table
 from sagaflow.log import SagaLog
@@ -22,13 +29,16 @@ from sagaflow.workflow import Compensation, RetryPolicy, Step, Workflow
 __all__ = [
     "AlreadyCompensated",
     "Compensation",
+    "DeclarationError",
     "Event",
     "EventLog",
     "Hooks",
+    "NotApplicable",
     "Phase",
     "Projector",
     "RetryPolicy",
     "Runner",
+    "SagaError",
     "SagaLog",
     "SagaStatus",
     "Step",

@@ -15,40 +15,66 @@ def error_text(exc: BaseException | str) -> str:
 
 
 class SagaError(Exception):
-    """Base of every error the runtime raises on purpose."""
+    """Root of every error the runtime raises on purpose. `code` names each kind in one
+    word, for logs, the DLQ's records and the CLI's --json; a workflow's own business
+    errors stay its own (Workflow.business_errors)."""
+
+    code = "saga_error"
+
+
+class DeclarationError(SagaError, ValueError):
+    """A workflow, a fault spec or a wiring that cannot work: said at declaration or start,
+    never in the middle of a saga."""
+
+    code = "declaration"
+
+
+class NotApplicable(SagaError, ValueError):
+    """An operator's or the DLQ's action that does not apply to this entry or saga (it is
+    resolved, it is not a forward step, its input is not known): nothing was changed."""
+
+    code = "not_applicable"
 
 
 class AlreadyCompensated(SagaError):
     """A late or duplicate step arrived after its compensation ran (or after the saga turned
     back): it must not apply, and nothing else needs to happen."""
 
+    code = "already_compensated"
 
-class TransientError(Exception):
+
+class TransientError(SagaError):
     """An infrastructure hiccup that may succeed on a second try: retried with backoff."""
+
+    code = "transient"
 
 
 class StepTimeout(TransientError):
     """A step overran its time budget."""
 
+    code = "step_timeout"
 
-class InjectedBusinessError(Exception):
+
+class InjectedBusinessError(SagaError):
     """Raised by fault injection to drill the compensation path; every workflow treats it
     as a business error."""
 
+    code = "injected_business"
 
-class InputNotKnown(SagaError, ValueError):
+
+class InputNotKnown(NotApplicable):
     """Parked work whose input has not been copied from the saga log yet: wait, do not
-    page (sagaflow/dlq/worker.py). A ValueError too, which the CLI reports in one line."""
+    page (sagaflow/dlq/worker.py)."""
+
+    code = "input_not_known"
 
 
 class DependencyUnreachable(SagaError):
     """The work could not reach what it needs (its database, Redis, the broker): not its
     own failure, so it waits without spending an attempt (sagaflow/dependencies.py)."""
 
+    code = "dependency_unreachable"
+
     def __init__(self, dependency: str, error: BaseException):
         super().__init__(f"{dependency} cannot be reached: {error_text(error)}")
         self.dependency, self.error = dependency, error
-
-
-class UnknownSaga(SagaError):
-    pass

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sagaflow.errors import InjectedBusinessError, StepTimeout, TransientError
+from sagaflow.errors import DeclarationError, InjectedBusinessError, StepTimeout, TransientError
 
 KINDS = ("business", "timeout", "transient", "crash")
 LIVE_KEY = "sagaflow:faults:live"
@@ -32,22 +32,22 @@ class Fault:
 
 
 def parse_faults(spec: str, known: Iterable[str]) -> dict[str, Fault]:
-    """Parse `name:kind[:times],...`; raises ValueError naming the bad part."""
+    """Parse `name:kind[:times],...`; raises DeclarationError (a ValueError) naming the bad part."""
     known = set(known)
     faults: dict[str, Fault] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         fields = part.split(":")
         if len(fields) not in (2, 3):
-            raise ValueError(f"SAGA_FAULTS entry {part!r} is not name:kind[:times]")
+            raise DeclarationError(f"SAGA_FAULTS entry {part!r} is not name:kind[:times]")
         name, kind = fields[0], fields[1]
         if name not in known:
-            raise ValueError(f"SAGA_FAULTS names unknown step {name!r}")
+            raise DeclarationError(f"SAGA_FAULTS names unknown step {name!r}")
         if kind not in KINDS:
-            raise ValueError(f"SAGA_FAULTS kind {kind!r} is not one of {', '.join(KINDS)}")
+            raise DeclarationError(f"SAGA_FAULTS kind {kind!r} is not one of {', '.join(KINDS)}")
         times = None
         if len(fields) == 3:
             if not (fields[2].isascii() and fields[2].isdigit()) or int(fields[2]) < 1:
-                raise ValueError(f"SAGA_FAULTS times {fields[2]!r} is not a positive integer")
+                raise DeclarationError(f"SAGA_FAULTS times {fields[2]!r} is not a positive integer")
             times = int(fields[2])
         faults[name] = Fault(name, kind, times)
     return faults
@@ -125,7 +125,7 @@ class LiveFaultInjector(FaultInjector):
 
 def set_live_faults(client, spec: str, known: Iterable[str]) -> None:
     """Store a spec every fault-enabled process follows from its next step on ("" for
-    none); raises ValueError, storing nothing, if the spec is malformed."""
+    none); raises DeclarationError, storing nothing, if the spec is malformed."""
     parse_faults(spec, known)
     client.set(LIVE_KEY, spec)
 

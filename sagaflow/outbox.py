@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
-from sagaflow.errors import error_text
+from sagaflow.errors import DeclarationError, error_text
 from sagaflow.outage import OutageReporter
 
 log = logging.getLogger("sagaflow.outbox")
@@ -469,6 +469,6 @@ def sender(runner) -> Sender:
         elif kind == EVENT:
             react(runner, payload, mid)
         else:
-            raise ValueError(f"no sender for outbox messages of kind {kind!r}")
+            raise DeclarationError(f"no sender for outbox messages of kind {kind!r}")
 
     return send

@@ -18,7 +18,13 @@ from typing import Any, Protocol
 from sagaflow.choreography import CHAINED, Announcer
 from sagaflow.dependencies import OutageBoard, unreachable
 from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.errors import AlreadyCompensated, InjectedBusinessError, InputNotKnown, error_text
+from sagaflow.errors import (
+    AlreadyCompensated,
+    InjectedBusinessError,
+    InputNotKnown,
+    NotApplicable,
+    error_text,
+)
 from sagaflow.events import Event, EventLog, Phase
 from sagaflow.faults import NO_FAULTS, FaultInjector
 from sagaflow.outbox import AfterCommit, message_id, sender
@@ -425,9 +431,9 @@ class Runner:
         """An operator stops retrying a stuck forward step and undoes the saga instead."""
         wf = self.workflows[entry["workflow"]]
         if wf.kind_of(entry["name"]) != WorkKind.STEP:
-            raise ValueError(f"{entry['id']} is not a forward step before the pivot")
+            raise NotApplicable(f"{entry['id']} is not a forward step before the pivot")
         if not self.dead_letters.give_up(entry["id"], f"given up by {who}: compensating"):
-            raise ValueError(f"{entry['id']} is already resolved (it may have succeeded)")
+            raise NotApplicable(f"{entry['id']} is already resolved (it may have succeeded)")
         return self.turn_back(
             wf, entry["saga_id"], entry["name"], f"{entry['name']} abandoned by {who}"
         )

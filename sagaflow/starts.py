@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from sagaflow.errors import error_text
+from sagaflow.errors import DeclarationError, error_text
 from sagaflow.faults import NO_FAULTS, FaultInjector
 from sagaflow.log import SagaLog
 from sagaflow.outbox import Outbox, Relay, enqueue, start_message
@@ -91,10 +91,10 @@ class Starts:
 
     def start(self, workflow: Workflow) -> PendingStart:
         if self.workflows.get(workflow.name) is not workflow:
-            raise ValueError(f"workflow {workflow.name!r} is not one this process runs")
+            raise DeclarationError(f"workflow {workflow.name!r} is not one this process runs")
         outbox = self._outboxes.get(workflow.home)
         if outbox is None:
-            raise ValueError(
+            raise DeclarationError(
                 f"this process does not serve {workflow.home!r}, the home of workflow "
                 f"{workflow.name!r}: it cannot start its sagas"
             )

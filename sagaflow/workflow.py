@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from sagaflow.errors import DeclarationError
 from sagaflow.status import WorkKind
 
 Action = Callable[[Any], tuple[Any, str | None]]
@@ -98,15 +99,17 @@ class Workflow:
         object.__setattr__(self, "steps", tuple(self.steps))
         names = [s.name for s in self.steps] + [c.name for c in self.compensations]
         if len(names) != len(set(names)):
-            raise ValueError(f"workflow {self.name}: step and compensation names must be unique")
+            raise DeclarationError(
+                f"workflow {self.name}: step and compensation names must be unique"
+            )
         if not any(s.compensation for s in self.steps):
-            raise ValueError(f"workflow {self.name}: at least one step needs a compensation")
+            raise DeclarationError(f"workflow {self.name}: at least one step needs a compensation")
         seen_final = False
         for step in self.steps:
             if step.compensation is None:
                 seen_final = True
             elif seen_final:
-                raise ValueError(
+                raise DeclarationError(
                     f"workflow {self.name}: {step.name} has a compensation after a step that"
                     " has none; steps after the pivot cannot be undone"
                 )

@@ -90,3 +90,25 @@ def test_a_workflow_whose_name_has_a_dash_is_found_from_its_saga_ids():
     assert workflow_of(workflows, refund.saga_id(Ctx(id=3))) is refund
     assert request.business_key("refund-request-3") == "3"
     assert workflow_of(workflows, "order-3") is None
+
+
+def test_every_runtime_error_is_a_saga_error_with_a_code_of_its_own():
+    from sagaflow import errors
+    from sagaflow.dlq.actions import Refused
+
+    kinds = [k for k in vars(errors).values() if isinstance(k, type) and issubclass(k, Exception)]
+    kinds.append(Refused)
+    assert all(issubclass(k, errors.SagaError) for k in kinds)
+    codes = [k.code for k in kinds]
+    assert len(codes) == len(set(codes)), codes
+    assert issubclass(errors.StepTimeout, errors.TransientError)
+
+
+def test_a_declaration_that_cannot_work_is_refused_when_declared():
+    from sagaflow.errors import DeclarationError
+
+    with pytest.raises(DeclarationError, match="names must be unique"):
+        _workflow("twice", "wallet", "wallet")
+    no_undo = Step("only", "wallet", _noop)
+    with pytest.raises(DeclarationError, match="at least one step needs a compensation"):
+        Workflow(name="x", context=Ctx, key=lambda c: c.id, home="wallet", steps=[no_undo])

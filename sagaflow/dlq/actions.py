@@ -11,12 +11,15 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from sagaflow.dlq.store import DUE, RESOLVED, RETRYING
+from sagaflow.errors import NotApplicable
 from sagaflow.log import OperatorAction
 from sagaflow.status import WorkKind
 
 
-class Refused(ValueError):
+class Refused(NotApplicable):
     """The action does not apply to this entry (exit 1, a 409 in the console)."""
+
+    code = "refused"
 
 
 # What `requeue` did with one entry (its result's "result").
