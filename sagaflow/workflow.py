@@ -17,9 +17,10 @@ with the compensation that undoes it, the queue (service) it runs on and its ret
 The pivot is the last step with a compensation: once it applied, the saga is COMPLETED,
 and the steps after it are retried until they succeed, never compensated.
 
-A step's action takes the context and returns (context, detail): the context the next
-step gets, and one line for the timeline (None: skipped). A compensation takes the saga id
-and returns what it undid.
+A step's action takes the services of the process it runs in (`services.<name>`, what
+the owner's composition root built) and the context, and returns (context, detail): the
+context the next step gets, and one line for the timeline (None: skipped). A compensation
+takes the services and the saga id and returns what it undid.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from pydantic import BaseModel
 from sagaflow.errors import DeclarationError
 from sagaflow.status import WorkKind
 
-Action = Callable[[Any], tuple[Any, str | None]]
-Undo = Callable[[str], str]
+# `services`: whatever the workflow's owner hands the runner (the shop: app.bootstrap's
+# Services), reached by attribute; typed Any because each owner has its own.
+Action = Callable[[Any, Any], tuple[Any, str | None]]
+Undo = Callable[[Any, str], str]
 
 
 @dataclass(frozen=True)
