@@ -13,7 +13,7 @@ API_SERVICES = ("orders", "products", "balances", "coupons")
 
 def create_app(settings: Settings | None = None) -> Flask:
     from app.auth import TokenVerifier
-    from app.bootstrap import build_relay, build_runner, build_saga_log
+    from app.bootstrap import build_runtime
     from app.console import bp as console_bp
     from app.http import access, limits
     from app.http.body import MAX_BODY_BYTES
@@ -21,8 +21,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.http.errors import register_error_handlers
     from app.http.metrics import bp as metrics_bp
     from app.http.routes import bp
-    from app.order_saga import WORKFLOWS
-    from sagaflow.starts import Starts
     from tasks.celery_app import create_celery
 
     settings = settings or Settings.from_env()
@@ -33,13 +31,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.url_map.converters["id"] = IdConverter
     celery = create_celery(settings)
-    runner = build_runner(settings, celery.dispatcher, settings.services or API_SERVICES)
+    runtime = build_runtime(settings, celery.dispatcher, settings.services or API_SERVICES)
+    runner = runtime.runner
     app.extensions["celery"] = celery
     app.extensions["runner"] = runner
     app.extensions["services"] = runner.deps
-    app.extensions["saga_log"] = build_saga_log(runner.deps)
+    app.extensions["saga_log"] = runtime.saga_log
     # The front door of saga starts: POST /orders writes and sends through it.
-    app.extensions["starts"] = Starts(WORKFLOWS, build_relay(runner, settings), runner.faults)
+    app.extensions["starts"] = runtime.starts
     register_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)

@@ -8,7 +8,6 @@ without PRODUCTS_DATABASE_URL.
 from __future__ import annotations
 
 import logging
-import socket
 
 import redis
 from tenacity import Retrying, stop_after_delay, wait_exponential
@@ -17,28 +16,17 @@ from app import services as service_modules
 from app.db import Database, open_database
 from app.order_saga import HOOKS, SERVICES, WORKFLOWS
 from config.settings import Settings, SettingsError
-from sagaflow import EventLog, Projector, Runner, SagaLog
-from sagaflow.choreography import CHOREOGRAPHY, Choreography
-from sagaflow.dlq.store import DeadLetterStore
+from sagaflow import Runner, SagaLog
 from sagaflow.errors import error_text
 from sagaflow.faults import LIVE_KEY, NO_FAULTS, FaultInjector, LiveFaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder
-from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, sender
+from sagaflow.runtime import Runtime, home_of
 
 log = logging.getLogger(__name__)
 
 
-def _home() -> str:
-    # Each workflow names its home (the service whose database keeps its saga log). The
-    # saga log, its projector and its lock are one per process for now, so the workflows
-    # must agree on it.
-    homes = {wf.home for wf in WORKFLOWS.values()}
-    if len(homes) != 1:
-        raise SettingsError(f"the workflows must share one home service, not {sorted(homes)}")
-    return homes.pop()
-
-
-HOME = _home()
+# The service whose database keeps the saga log: the workflows' home (Workflow.home).
+HOME = home_of(WORKFLOWS)
 
 
 def check_served(served: tuple[str, ...]) -> None:
@@ -112,13 +100,6 @@ def warm_up(services: Services, within: float) -> None:
             log.warning("%s does not answer yet (%s); tasks wait for it", what, error_text(exc))
 
 
-def dlq_backoff(settings: Settings):
-    def backoff(attempts: int) -> float:
-        return min(settings.dlq_backoff_max, settings.dlq_backoff * (2**attempts))
-
-    return backoff
-
-
 def fault_names() -> list[str]:
     """What SAGA_FAULTS may name: every step and compensation, and the API's saga start."""
     known = [n for wf in WORKFLOWS.values() for n in wf.step_names + wf.compensation_names]
@@ -145,31 +126,28 @@ def faults_from(settings: Settings, client) -> FaultInjector:
     )
 
 
-def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -> Runner:
-    """The Runner of a process that serves `served` (none: it only routes and parks). In
-    choreography, the work of each service it serves announces the next through that
-    service's outbox."""
+def build_runtime(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -> Runtime:
+    """The sagaflow runtime of a process that serves `served` (none: it only routes and
+    parks): its databases and Redis, the shop's workflows, hooks and outboxes."""
     services = Services(settings, served)
-    client = services.redis
-    runner = Runner(
+    return Runtime(
         WORKFLOWS,
-        services,
-        EventLog(client),
-        DeadLetterStore(client, dlq_backoff(settings)),
-        dispatcher,
-        faults_from(settings, client),
-        worker=f"{socket.gethostname()}:{','.join(served) or '-'}",
-        outage_budget=settings.outage_budget_seconds,
+        databases=services.databases,
+        outboxes=OUTBOXES,
+        redis=services.redis,
+        services=services,
+        dispatcher=dispatcher,
+        settings=settings,
+        hooks=HOOKS,
+        faults=faults_from(settings, services.redis),
+        metrics=MetricsRecorder(services.redis),
+        name=",".join(served),
     )
-    outboxes = build_outboxes(services, settings)
-    if outboxes:
-        relay = relay_for(runner, outboxes, settings)
-        # The work sends what it writes to its service's outbox (the data platform's
-        # stream event) itself, right after it succeeded: the relay is the fallback.
-        runner.after_commit = AfterCommit(relay)
-        if settings.saga_mode == CHOREOGRAPHY:
-            runner.announcer = Choreography({o.service: o for o in outboxes}, relay)
-    return runner
+
+
+def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -> Runner:
+    """What a worker's tasks run (sagaflow.celery_app.install builds one per pool child)."""
+    return build_runtime(settings, dispatcher, served).runner
 
 
 # Each service's outbox table in its own database. Orders sends saga starts, the data
@@ -177,34 +155,7 @@ def build_runner(settings: Settings, dispatcher, served: tuple[str, ...] = ()) -
 OUTBOXES = {service: service_modules.module(service).Outbox for service in SERVICES}
 
 
-def build_outboxes(services: Services, settings: Settings) -> list[Outbox]:
-    return [
-        Outbox(name, services.databases[name], table, settings.outbox_lease_seconds)
-        for name, table in OUTBOXES.items()
-        if name in services.databases
-    ]
-
-
-def build_relay(runner: Runner, settings: Settings) -> Relay:
-    return relay_for(runner, build_outboxes(runner.deps, settings), settings)
-
-
-def relay_for(runner: Runner, outboxes: list[Outbox], settings: Settings) -> Relay:
-    return Relay(
-        outboxes,
-        sender(runner),
-        lambda outbox, row, error: runner.park_message(outbox.service, row, error),
-        max_attempts=settings.outbox_max_attempts,
-        poll=settings.outbox_poll_interval,
-        wakeup=Wakeup(runner.events.redis),
-        idle_poll=settings.outbox_idle_poll_seconds,
-    )
-
-
 def build_saga_log(services: Services) -> SagaLog:
+    """The saga log alone, for a process that reads it and runs nothing (the CLI)."""
     return SagaLog(services.databases[HOME], WORKFLOWS)
 
-
-def build_projector(services: Services) -> Projector:
-    recorder = MetricsRecorder(services.redis)
-    return Projector(services.databases[HOME], services.redis, WORKFLOWS, HOOKS, recorder)

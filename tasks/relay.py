@@ -9,7 +9,7 @@ Several relays may run: they claim rows, never send one twice (sagaflow/outbox.p
 
 from __future__ import annotations
 
-from app.bootstrap import OUTBOXES, build_relay, build_runner
+from app.bootstrap import OUTBOXES, build_runtime
 from app.process import run_until_stopped
 from config.settings import Settings
 from tasks.celery_app import create_celery
@@ -17,8 +17,7 @@ from tasks.celery_app import create_celery
 
 def build(settings: Settings):
     served = settings.services or tuple(s for s in OUTBOXES if settings.database_urls.get(s))
-    runner = build_runner(settings, create_celery(settings).dispatcher, served)
-    return build_relay(runner, settings)
+    return build_runtime(settings, create_celery(settings).dispatcher, served).relay()
 
 
 def main() -> None:

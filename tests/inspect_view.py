@@ -3,10 +3,11 @@ saga log, opened with all five database URLs (as no real process of the shop is)
 
 from __future__ import annotations
 
-from app.bootstrap import Services, build_saga_log, dlq_backoff
+from app.bootstrap import Services, build_saga_log
 from app.order_context import saga_id_of
 from app.order_saga import SERVICES
 from sagaflow.dlq.store import DeadLetterStore
+from sagaflow.runtime import dlq_backoff
 
 
 def eid(order_id: int, name: str) -> str:

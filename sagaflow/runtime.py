@@ -1,0 +1,183 @@
+"""The front door: one object per process, built from the workflows, their hooks, one
+database per service the process serves, Redis and the settings. It wires the runtime the
+same way for every process, and hands each process what it runs:
+
+    runtime = Runtime(
+        WORKFLOWS, hooks=HOOKS, databases={"wallet": wallet_db}, outboxes={"wallet": Outbox},
+        redis=redis_client, services=my_services, dispatcher=celery_app.dispatcher,
+    )
+    runtime.starts.start(TOPUP)      # an API handler: start a saga (sagaflow/starts.py)
+    runtime.runner                   # a worker: what its tasks run (celery_app.install)
+    runtime.orchestrator().run(stop) # the saga log's keeper and the stall check
+    runtime.relay().run(stop)        # what the outboxes hold, sent
+
+`databases` are the handles of the services this process serves: anything with
+`write()` and `read()` context managers yielding SQLAlchemy sessions. `outboxes` names
+each service's outbox table (sagaflow.outbox.outbox_table); `services` is what steps
+receive as their first argument. The home of the workflows (where the saga log lives)
+is read from their declarations.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+from sagaflow.choreography import CHOREOGRAPHY, Choreography
+from sagaflow.dlq.store import DeadLetterStore
+from sagaflow.errors import DeclarationError
+from sagaflow.events import EventLog
+from sagaflow.faults import NO_FAULTS, FaultInjector
+from sagaflow.log import SagaLog
+from sagaflow.orchestrator import Orchestrator, StallCheck
+from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, sender
+from sagaflow.projector import Hooks, Projector
+from sagaflow.runner import Runner
+from sagaflow.starts import Starts
+from sagaflow.workflow import Workflow
+
+
+class RuntimeSettings(Protocol):
+    """What the runtime reads from a settings object (the shop's config.settings.Settings
+    has these, and so does sagaflow.runtime.Settings)."""
+
+    saga_mode: str
+    saga_stall_seconds: float
+    saga_stall_check_seconds: float
+    outage_budget_seconds: float
+    outbox_lease_seconds: float
+    outbox_max_attempts: int
+    outbox_poll_interval: float
+    outbox_idle_poll_seconds: float
+    dlq_backoff: float
+    dlq_backoff_max: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The runtime's settings with their defaults, for a team without its own object."""
+
+    saga_mode: str = "orchestration"
+    saga_stall_seconds: float = 300.0
+    saga_stall_check_seconds: float = 30.0
+    outage_budget_seconds: float = 1800.0
+    outbox_lease_seconds: float = 30.0
+    outbox_max_attempts: int = 10
+    outbox_poll_interval: float = 0.2
+    outbox_idle_poll_seconds: float = 30.0
+    dlq_backoff: float = 5.0
+    dlq_backoff_max: float = 300.0
+
+
+def dlq_backoff(settings: RuntimeSettings):
+    """How long the DLQ waits before its next try of an entry, by the attempts so far."""
+
+    def backoff(attempts: int) -> float:
+        return min(settings.dlq_backoff_max, settings.dlq_backoff * (2**attempts))
+
+    return backoff
+
+
+def home_of(workflows: Mapping[str, Workflow]) -> str:
+    """The service whose database keeps the saga log. One per process for now: the
+    event stream, the projector and its lock are one per Redis."""
+    homes = {wf.home for wf in workflows.values()}
+    if len(homes) != 1:
+        raise DeclarationError(f"the workflows must share one home service, not {sorted(homes)}")
+    return homes.pop()
+
+
+class Runtime:
+    def __init__(
+        self,
+        workflows: Mapping[str, Workflow],
+        *,
+        databases: Mapping[str, Any],
+        outboxes: Mapping[str, type],
+        redis,
+        services: Any,
+        dispatcher,
+        settings: RuntimeSettings | None = None,
+        hooks: Mapping[str, Hooks] | None = None,
+        faults: FaultInjector = NO_FAULTS,
+        metrics=None,
+        name: str = "",
+    ):
+        self.workflows = dict(workflows)
+        self.home = home_of(self.workflows)
+        self.databases, self.redis = dict(databases), redis
+        self.settings = settings or Settings()
+        self.hooks = dict(hooks or {})
+        self.metrics = metrics  # a sagaflow.metrics.MetricsRecorder for the projector, or None
+        self.outboxes = [
+            Outbox(service, db, outboxes[service], self.settings.outbox_lease_seconds)
+            for service, db in self.databases.items()
+            if service in outboxes
+        ]
+        self.runner = Runner(
+            self.workflows,
+            services,
+            EventLog(redis),
+            DeadLetterStore(redis, dlq_backoff(self.settings)),
+            dispatcher,
+            faults,
+            worker=f"{socket.gethostname()}:{name or ','.join(self.databases) or '-'}",
+            outage_budget=self.settings.outage_budget_seconds,
+        )
+        if self.outboxes:
+            # The work sends what it writes to its service's outbox itself, right after it
+            # succeeded: the relay is the fallback. In choreography, each service's work
+            # announces the next through that outbox.
+            fast_path = self.relay()
+            self.runner.after_commit = AfterCommit(fast_path)
+            if self.settings.saga_mode == CHOREOGRAPHY:
+                self.runner.announcer = Choreography(
+                    {o.service: o for o in self.outboxes}, fast_path
+                )
+
+    def _home_db(self):
+        db = self.databases.get(self.home)
+        if db is None:
+            raise DeclarationError(
+                f"this process does not serve {self.home!r}, the home of the saga log"
+            )
+        return db
+
+    def relay(self) -> Relay:
+        """A relay over the outboxes of the services this process serves. A new one each
+        call: the relay process's loop keeps its own state (what it owes)."""
+        return Relay(
+            self.outboxes,
+            sender(self.runner),
+            lambda outbox, row, error: self.runner.park_message(outbox.service, row, error),
+            max_attempts=self.settings.outbox_max_attempts,
+            poll=self.settings.outbox_poll_interval,
+            wakeup=Wakeup(self.redis),
+            idle_poll=self.settings.outbox_idle_poll_seconds,
+        )
+
+    @cached_property
+    def starts(self) -> Starts:
+        """Where an API handler starts sagas (sagaflow/starts.py)."""
+        return Starts(self.workflows, self.relay(), self.runner.faults)
+
+    @cached_property
+    def saga_log(self) -> SagaLog:
+        return SagaLog(self._home_db(), self.workflows)
+
+    def projector(self) -> Projector:
+        return Projector(self._home_db(), self.redis, self.workflows, self.hooks, self.metrics)
+
+    def orchestrator(self) -> Orchestrator:
+        """The saga log's keeper (the projector) and the stall check, in one loop."""
+        home = next((o for o in self.outboxes if o.service == self.home), None)
+        stall = StallCheck(
+            self.saga_log,
+            self.runner,
+            self.settings.saga_stall_seconds,
+            home.unsent_keys if home else None,
+        )
+        return Orchestrator(self.projector(), stall, self.settings.saga_stall_check_seconds)
