@@ -13,10 +13,10 @@ import redis
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from app import services as service_modules
-from app.db import Database, open_database
 from app.order_saga import HOOKS, SERVICES, WORKFLOWS
 from config.settings import Settings, SettingsError
 from sagaflow import Runner, SagaLog
+from sagaflow.db import Database, open_database
 from sagaflow.errors import error_text
 from sagaflow.faults import LIVE_KEY, NO_FAULTS, FaultInjector, LiveFaultInjector, parse_faults
 from sagaflow.metrics import MetricsRecorder

@@ -43,7 +43,6 @@ from celery import Celery, chain
 from celery.signals import worker_process_init
 from sqlalchemy import insert, update
 
-from app.db import Database
 from app.errors import CouponUnavailable, InsufficientBalance, OutOfStock
 from app.order_saga import SERVICES
 from app.services.balances import Balance
@@ -53,6 +52,7 @@ from app.services.orders import PENDING, Order, OrderItem
 from app.services.products import Product
 from config.settings import Settings
 from sagaflow.celery_app import delivery_conf
+from sagaflow.db import Database
 
 SETTINGS = Settings.from_env()
 QUEUES = SERVICES  # orders, products, balances, coupons, dataplatform: the saga's order

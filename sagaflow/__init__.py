@@ -8,7 +8,12 @@ chains, the fence that stops a saga that turned back, the dead-letter queue with
 worker, alerts and CLI, the stall check, and fault injection.
 
     from sagaflow import Compensation, Step, Workflow
+
+Installed on its own from `packaging/sagaflow` (`pip install ./packaging/sagaflow`, extras
+`slack`, `metrics`, `cli`, `testing`); the shop in this repository is one user of it.
 """
+
+__version__ = "0.1.0"
 
 from sagaflow.errors import (
     AlreadyCompensated,

@@ -70,6 +70,10 @@ class Settings:
     outbox_idle_poll_seconds: float = 30.0
     dlq_backoff: float = 5.0
     dlq_backoff_max: float = 300.0
+    # Read by the Celery adapter (sagaflow.celery_app.install): the DLQ's attempts after a
+    # step's own, and the longest retry delay (what an outage's wait is measured against).
+    dlq_max_attempts: int = 5
+    step_retry_backoff_max: int = 30
 
 
 def dlq_backoff(settings: RuntimeSettings):

@@ -53,6 +53,13 @@ class RetryPolicy:
     time_limit: float | None = None
 
 
+# A whole policy, for a team without settings of its own: four retries with full jitter
+# (1, 2, 4, 8 s at most), a soft limit of 10 s inside the step and a hard one of 20 s.
+DEFAULT_RETRY = RetryPolicy(
+    max_retries=4, backoff=1, backoff_max=30, jitter=True, soft_time_limit=10.0, time_limit=20.0
+)
+
+
 def _event_name(name: str, suffix: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + suffix
 

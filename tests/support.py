@@ -440,6 +440,7 @@ class ServiceProcess:
 
     name = "process"
     ready_marker = b""
+    cwd: Path = REPO_ROOT
     # How long it may take to say it is ready: a Python process importing the app (and a
     # prefork worker forking its pool) on a loaded 2-core machine.
     ready_seconds = 90.0
@@ -462,7 +463,7 @@ class ServiceProcess:
             self.proc = track(
                 subprocess.Popen(
                     self.argv(),
-                    cwd=REPO_ROOT,
+                    cwd=self.cwd,
                     env=self.env,
                     stdout=self._log,
                     stderr=subprocess.STDOUT,

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.db import Database
 from sagaflow import DeclarationError, SagaStatus
+from sagaflow.db import Database
 from sagaflow.log import SagaBase
 from sagaflow.runtime import Runtime, Settings
 from sagaflow.testing import SyncDispatcher

@@ -13,13 +13,13 @@ import redis as redis_lib
 from alembic import command
 from sqlalchemy import select
 
-from app.db import Database
 from app.order_context import OrderContext
 from app.order_saga import ORDER, WORKFLOWS
 from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
 from sagaflow import SagaLog, Workflow
 from sagaflow.choreography import MODES
+from sagaflow.db import Database
 from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, enqueue, message_id
 from sagaflow.starts import Starts
 from tests.stack import Stack, available_backends

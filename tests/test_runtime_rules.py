@@ -14,7 +14,6 @@ from pydantic import BaseModel
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.db import Database
 from sagaflow import (
     Compensation,
     EventLog,
@@ -32,6 +31,7 @@ from sagaflow import (
     ledger_table,
 )
 from sagaflow.choreography import CHOREOGRAPHY, MODES, Choreography
+from sagaflow.db import Database
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.faults import FaultInjector, parse_faults
 from sagaflow.log import SagaBase

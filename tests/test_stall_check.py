@@ -11,12 +11,12 @@ import time
 import pytest
 from alembic import command
 
-from app.db import Database
 from app.order_context import OrderContext
 from app.order_saga import HOOKS, ORDER, WORKFLOWS
 from app.schema import alembic_config
 from app.services.orders import Order
 from sagaflow import Event, Phase, Projector, SagaLog
+from sagaflow.db import Database
 
 # The rules layer: in-process, no subprocess (`make test-fast`).
 pytestmark = pytest.mark.rules

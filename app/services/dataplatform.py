@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, Integer, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.db import Database
+from sagaflow.db import Database
 from sagaflow.ledger import utcnow
 from sagaflow.outbox import enqueue, outbox_table, stream_message
 

@@ -26,8 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from app.db import Database
 from app.errors import Conflict, NotFound
+from sagaflow.db import Database
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 from sagaflow.outbox import outbox_table
 

@@ -10,8 +10,8 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, DateTime, Integer, String, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.db import Database
 from app.errors import NotFound, OutOfStock, UnknownProduct
+from sagaflow.db import Database
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 from sagaflow.outbox import outbox_table
 

@@ -4,9 +4,10 @@ SQLite needs care under several worker processes: WAL lets readers run beside a 
 and write transactions start with BEGIN IMMEDIATE so two writers queue on the busy
 timeout instead of failing when a read lock cannot be upgraded.
 
-Only migrations (app/schema.py) create a database. A process pointed at a SQLite file
-that is not there fails on first use instead of quietly creating an empty one (which
-would split the truth between two files).
+Only migrations (the owner's: the shop's app/schema.py) create a database, or a caller
+that asks (`create=True`). A process pointed at a SQLite file that is not there fails on
+first use instead of quietly creating an empty one (which would split the truth between
+two files).
 """
 
 from __future__ import annotations
