@@ -13,7 +13,7 @@ import redis
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from app import services as service_modules
-from app.order_saga import HOOKS, SERVICES, WORKFLOWS
+from app.workflows import HOOKS, SERVICES, WORKFLOWS
 from config.settings import Settings, SettingsError
 from sagaflow import Runner, SagaLog
 from sagaflow.db import Database, open_database
@@ -158,4 +158,3 @@ OUTBOXES = {service: service_modules.module(service).Outbox for service in SERVI
 def build_saga_log(services: Services) -> SagaLog:
     """The saga log alone, for a process that reads it and runs nothing (the CLI)."""
     return SagaLog(services.databases[HOME], WORKFLOWS)
-

@@ -48,3 +48,12 @@ class CouponUnavailable(BusinessError):
 class UnknownProduct(BusinessError):
     code = "unknown_product"
     http_status = 404
+
+
+class CannotUndo(DomainError):
+    """A compensation that cannot apply now: what it would take back is gone (the stock
+    returned by a refund was sold again, the balance it credited was spent). Not a
+    business error: it is retried, then waits in the DLQ for a human."""
+
+    code = "cannot_undo"
+    http_status = 409

@@ -3,33 +3,19 @@ order service reacts to the saga (its hooks). Everything that needs the order of
 reads ORDER: the Celery tasks and chains, the compensations, the timeline, the DLQ, the
 fault names and the README's table.
 
-Adding or removing a step is one entry here plus its service code.
+Adding or removing a step is one entry here plus its service code. The shop's workflows
+(this one and the refund) are listed together in app/workflows.py.
 """
 
 from __future__ import annotations
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import OperationalError
-
 from app.errors import BusinessError
 from app.order_context import OrderContext, order_id_of
+from app.retryable import RETRYABLE
 from app.services.orders import OrderPaymentService, OrderService
 from compensations import undo
-from sagaflow import Compensation, Event, Hooks, Phase, Step, TransientError, Workflow
-from sagaflow.workflow import services_of
+from sagaflow import Compensation, Event, Hooks, Phase, Step, Workflow
 from tasks import steps
-
-# Only what may succeed on a second try. Business errors are never here. (The Celery
-# adapter adds its own soft time limit.)
-RETRYABLE = (
-    TransientError,
-    OperationalError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 
 ORDER = Workflow(
     name="order",
@@ -57,11 +43,6 @@ ORDER = Workflow(
     retryable=RETRYABLE,
 )  # fmt: skip
 
-WORKFLOWS = {ORDER.name: ORDER}
-# Every service the shop runs: read by settings, bootstrap, the schema, the workers, `make
-# run`, the bench and the tests, so that a step on a new service is declared only here.
-SERVICES = services_of(WORKFLOWS.values())
-
 
 def mirror_order_status(session, instance, old: str, new: str) -> None:
     """The order's status is its saga's, with why it stopped."""
@@ -81,4 +62,4 @@ def record_payment(session, instance, event: Event) -> None:
         OrderPaymentService.record(session, order_id, 0, "REFUNDED")
 
 
-HOOKS = {ORDER.name: Hooks(on_status=[mirror_order_status], on_step=[record_payment])}
+ORDER_HOOKS = Hooks(on_status=[mirror_order_status], on_step=[record_payment])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from app.order_saga import SERVICES, WORKFLOWS
 from app.services import module
+from app.workflows import SERVICES, WORKFLOWS
 from config.settings import REPO_ROOT, Settings
 from sagaflow.log import SagaBase
 

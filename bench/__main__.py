@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from bench import ceiling, cost, monolith, peers, raw_chain, report, scenarios
 from bench.memory import PeakRss, hwm_mb
 from bench.stack import (

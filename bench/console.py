@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from bench.client import percentiles
 from bench.stack import RedisServer, database_env, migrate
 

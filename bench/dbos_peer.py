@@ -39,9 +39,11 @@ from dbos import DBOS, DBOSConfig, SetWorkflowID
 from app.bootstrap import Services
 from app.errors import BusinessError
 from app.order_context import OrderContext, saga_id_of
-from app.order_saga import ORDER, RETRYABLE, SERVICES
+from app.order_saga import ORDER
+from app.retryable import RETRYABLE
 from app.services.dataplatform import STREAM, OrderRecord
 from app.services.orders import COMPLETED, FAILED, OrderPaymentService, OrderService
+from app.workflows import SERVICES
 from config.settings import Settings
 
 SETTINGS = Settings.from_env()

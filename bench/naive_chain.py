@@ -44,12 +44,12 @@ from celery.signals import worker_process_init
 from sqlalchemy import insert, update
 
 from app.errors import CouponUnavailable, InsufficientBalance, OutOfStock
-from app.order_saga import SERVICES
 from app.services.balances import Balance
 from app.services.coupons import UNUSED, USED, IssuedCoupon
 from app.services.dataplatform import STREAM, OrderRecord
 from app.services.orders import PENDING, Order, OrderItem
 from app.services.products import Product
+from app.workflows import SERVICES
 from config.settings import Settings
 from sagaflow.celery_app import delivery_conf
 from sagaflow.db import Database

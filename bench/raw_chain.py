@@ -22,7 +22,7 @@ import redis
 from celery import Celery, chain
 from celery.signals import worker_process_init
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from config.settings import Settings
 from sagaflow.celery_app import delivery_conf
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from config.settings import REPO_ROOT
 
 # The Procfile's `worker` line, less the node name (ours is unique) and the log level flag.

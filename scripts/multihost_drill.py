@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from app import API_SERVICES  # noqa: E402
 from app.auth import ADMIN, CUSTOMER, Keyring  # noqa: E402
-from app.order_saga import SERVICES  # noqa: E402
+from app.workflows import SERVICES  # noqa: E402
 
 SUBNET, DRIVER = "10.77.0", "10.77.0.1"
 INFRA = {"redis": 2, "db": 3, "api": 4}

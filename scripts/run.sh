@@ -103,7 +103,7 @@ if [[ -z ${REDIS_URL:-} ]]; then
 fi
 
 # Where everything is, set explicitly: no process falls back to a default of its own.
-# The services are the workflows' (app/order_saga.py), not a list kept here.
+# The services are the workflows' (app/workflows.py), not a list kept here.
 services=$(python -m app.services) || { echo "could not list the services" >&2; exit 1; }
 for service in $services; do
     var="$(printf '%s' "$service" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"

@@ -14,7 +14,8 @@ import sys
 from celery import Celery
 from celery.signals import celeryd_init
 
-from app.order_saga import RETRYABLE, SERVICES, WORKFLOWS
+from app.retryable import RETRYABLE
+from app.workflows import SERVICES, WORKFLOWS
 from config.settings import Settings
 from sagaflow.celery_app import CeleryDispatcher, delivery_conf, install
 from sagaflow.workflow import RetryPolicy

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.bootstrap import Services, build_saga_log
 from app.order_context import saga_id_of
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.runtime import dlq_backoff
 

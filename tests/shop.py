@@ -120,6 +120,26 @@ class Shop:
 
         return wait_for(reached, timeout, what=f"order {order_id} to reach {statuses}")
 
+    def refund(self, order_id: int, user_id: int, status: int = 202):
+        """The customer asks for a refund of its order; the answer (and its headers)."""
+        response = self.client.post(
+            f"/orders/{order_id}/refund", headers=self.credentials.customer(user_id)
+        )
+        return self.ok(response, status), response.headers
+
+    def wait_refund(self, order_id: int, statuses=FINAL, timeout: float = 60) -> dict:
+        """Wait for the order's refund saga to reach one of `statuses` with nothing of it
+        still moving; the order, with its `refund`."""
+
+        def reached():
+            order = self.get_order(order_id)
+            refund = order["refund"]
+            if refund is None or refund["status"] not in statuses or not settled(refund):
+                return None
+            return order
+
+        return wait_for(reached, timeout, what=f"refund of order {order_id} to reach {statuses}")
+
     def stock(self, product_id: int) -> int:
         return self.ok(self.client.get(f"/products/{product_id}"))["stock"]
 

@@ -8,7 +8,7 @@ import itertools
 import os
 from pathlib import Path
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from config.settings import Settings
 from tests.inspect_view import Inspector
 from tests.shop import Shop

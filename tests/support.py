@@ -21,7 +21,7 @@ import psycopg
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app.auth import ADMIN, CUSTOMER, OPERATOR, Keyring
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from config.settings import REPO_ROOT
 
 # Short limits and delays so failure tests finish in seconds; the relations the settings

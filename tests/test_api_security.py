@@ -139,6 +139,12 @@ ACCESS = {
     ),
     ("GET", "/orders"): ("/orders", None, _row(401, 200, 200, 200, 200)),
     ("GET", "/orders/<id:order_id>"): ("/orders/{order}", None, _row(401, 200, 404, 200, 200)),
+    # Only the customer, on its own order; that order is still PENDING here (no worker).
+    ("POST", "/orders/<id:order_id>/refund"): (
+        "/orders/{order}/refund",
+        None,
+        _row(401, 409, 404, 403, 403),
+    ),
     ("GET", "/healthz"): ("/healthz", None, _row(200, 200, 200, 200, 200)),
     ("GET", "/metrics"): ("/metrics", None, _row(401, 403, 403, 403, 200)),
 }

@@ -37,7 +37,7 @@ def test_services_must_be_known():
         "products",
         "balances",
     )
-    # The services are the workflows' (app.order_saga.SERVICES): bootstrap checks them.
+    # The services are the workflows' (app.workflows.SERVICES): bootstrap checks them.
     with pytest.raises(ValueError, match="SERVICES names warehouse"):
         check_served(Settings.from_env({"SERVICES": "products,warehouse"}).services)
 

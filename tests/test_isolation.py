@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from config.settings import REPO_ROOT
 from tests.inspect_view import eid
 from tests.stack import Stack

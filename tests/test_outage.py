@@ -12,7 +12,7 @@ import redis.exceptions
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from sagaflow.outage import OutageReporter, cause
 from tests.support import (
     FAST_TIMINGS,

@@ -20,7 +20,7 @@ import time
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.order_saga import SERVICES
+from app.workflows import SERVICES
 from sagaflow.dlq.store import NEEDS_HUMAN
 from tests.slack_server import SlackServer
 from tests.stack import Stack, available_backends

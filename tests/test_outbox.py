@@ -14,9 +14,10 @@ from alembic import command
 from sqlalchemy import select
 
 from app.order_context import OrderContext
-from app.order_saga import ORDER, WORKFLOWS
+from app.order_saga import ORDER
 from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
+from app.workflows import WORKFLOWS
 from sagaflow import SagaLog, Workflow
 from sagaflow.choreography import MODES
 from sagaflow.db import Database

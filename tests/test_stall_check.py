@@ -12,9 +12,10 @@ import pytest
 from alembic import command
 
 from app.order_context import OrderContext
-from app.order_saga import HOOKS, ORDER, WORKFLOWS
+from app.order_saga import ORDER
 from app.schema import alembic_config
 from app.services.orders import Order
+from app.workflows import HOOKS, WORKFLOWS
 from sagaflow import Event, Phase, Projector, SagaLog
 from sagaflow.db import Database
 

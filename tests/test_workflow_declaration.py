@@ -10,8 +10,9 @@ import pytest
 from pydantic import BaseModel
 
 from app import services as service_modules
-from app.order_saga import ORDER, SERVICES, WORKFLOWS
+from app.order_saga import ORDER
 from app.schema import METADATA
+from app.workflows import SERVICES, WORKFLOWS
 from sagaflow import Compensation, Step, Workflow
 from sagaflow.log import SagaBase
 from sagaflow.workflow import services_of, workflow_of

@@ -24,8 +24,8 @@ from werkzeug.exceptions import BadRequest, NotFound
 from app.auth import OPERATOR, InvalidCredential
 from app.console.explain import bars, explain
 from app.http.access import CONSOLE_COOKIE, CSRF_COOKIE, caller, console, public
-from app.order_context import order_id_of, saga_id_of
 from app.services.orders import ORDER_STATUSES, Order
+from app.workflows import WORKFLOWS, order_id_of
 from sagaflow.dlq.actions import OperatorActions, Refused
 from sagaflow.dlq.store import STATUSES
 
@@ -119,16 +119,19 @@ def logout():
 
 
 def _search(query: str) -> tuple[int | None, int | None]:
-    """`42` or `order-42` is an order id; `user:7` a user id."""
+    """`42`, or a saga id such as `order-42` or `refund-42`, is an order id; `user:7` a
+    user id."""
     query = query.strip()
     if not query:
         return None, None
     if query.startswith("user:") and query[5:].isascii() and query[5:].isdigit():
         return None, int(query[5:])
-    bare = query.removeprefix("order-")
-    if bare.isascii() and bare.isdigit() and len(bare) <= 10:
-        return int(bare), None
-    raise BadRequest("search by an order id (42 or order-42) or a user id (user:7)")
+    if query.isascii() and query.isdigit() and len(query) <= 10:
+        return int(query), None
+    of_saga = order_id_of(query) if len(query) <= 40 else None
+    if of_saga is not None and of_saga < 10**10:
+        return of_saga, None
+    raise BadRequest("search by an order id (42, order-42 or refund-42) or a user id (user:7)")
 
 
 @bp.get("/")
@@ -188,18 +191,35 @@ def order(order_id: int):
         shown = services.orders.get(order_id)
     except Exception as exc:  # NotFound from the domain
         raise NotFound(f"order {order_id} does not exist") from exc
-    saga_id = saga_id_of(order_id)
-    timeline = current_app.extensions["saga_log"].timeline(saga_id)
-    entries = current_app.extensions["runner"].dead_letters.entries(saga_id=saga_id)
-    settings = current_app.extensions["runner"].deps.settings
+    runner, saga_log, actions = (
+        current_app.extensions["runner"],
+        current_app.extensions["saga_log"],
+        _actions(),
+    )
+    # Every saga of this order (the order's own, its refund), each keyed by the order id.
+    sagas, entries, history = [], [], []
+    for workflow in WORKFLOWS.values():
+        saga_id = workflow.saga_id_for(order_id)
+        timeline = saga_log.timeline(saga_id)
+        if timeline is None:
+            continue
+        parked = runner.dead_letters.entries(saga_id=saga_id)
+        max_attempts = runner.deps.settings.dlq_max_attempts
+        sagas.append(
+            {
+                "timeline": timeline,
+                "rows": bars(timeline),
+                "explanation": explain(timeline, parked, max_attempts),
+            }
+        )
+        entries += parked
+        history += actions.history(saga_id)
     return render_template(
         "console/order.html",
         order=shown,
-        timeline=timeline,
-        rows=bars(timeline) if timeline else [],
-        explanation=explain(timeline, entries, settings.dlq_max_attempts) if timeline else None,
+        sagas=sagas,
         entries=entries,
-        history=_actions().history(saga_id),
+        history=sorted(history, key=lambda h: h["at"]),
         who=caller().actor,
     )
 
@@ -218,7 +238,7 @@ def dlq():
         "console/dlq.html",
         entries=list(reversed(entries)),  # the newest first
         status=status,
-        order_of=lambda e: order_id_of(e["saga_id"]) if e["workflow"] == "order" else None,
+        order_of=lambda e: order_id_of(e["saga_id"]),
         who=caller().actor,
     )
 

@@ -15,7 +15,10 @@ from app.http.errors import error_response
 from app.http.limits import COUPON_REQUESTS, ORDERS, limited
 from app.order_context import OrderContext, saga_id_of
 from app.order_saga import ORDER
+from app.refund_context import refund_of
+from app.refund_saga import REFUND
 from app.services.orders import MAX_TOTAL
+from sagaflow.ledger import utcnow
 
 bp = Blueprint("api", __name__)
 ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
@@ -217,10 +220,50 @@ def list_orders():
 @allow(*ANYONE_SIGNED_IN)
 def get_order(order_id: int):
     order = _own(_rt().orders.get(order_id), f"order {order_id} does not exist")
-    timeline = current_app.extensions["saga_log"].timeline(saga_id_of(order_id))
+    saga_log = current_app.extensions["saga_log"]
+    timeline = saga_log.timeline(saga_id_of(order_id))
     order["saga_id"] = saga_id_of(order_id)
     order["steps"] = timeline["steps"] if timeline else []
+    refund = saga_log.timeline(REFUND.saga_id_for(order_id))
+    order["refund"] = (
+        None
+        if refund is None
+        else {
+            "saga_id": refund["saga_id"],
+            "status": refund["status"],
+            "failed_step": refund["failed_step"],
+            "failure_reason": refund["failure_reason"],
+            "steps": refund["steps"],
+        }
+    )
     return jsonify(order)
+
+
+@bp.post("/orders/<id:order_id>/refund")
+@allow(CUSTOMER)
+@limited(ORDERS)
+def refund_order(order_id: int):
+    """A customer's refund of their own COMPLETED order: the refund saga (app/refund_saga.py).
+    Asking again while it runs, or once refunded, answers the same (nothing new starts)."""
+    _own(_rt().orders.get(order_id), f"order {order_id} does not exist")
+    start = current_app.extensions["starts"].start(REFUND)
+    order, created = _rt().orders.request_refund(
+        order_id, lambda session, completed: start.write(session, refund_of(completed, utcnow()))
+    )
+    answer = {
+        "order_id": order_id,
+        "status": order["status"],
+        "refund": {"saga_id": REFUND.saga_id_for(order_id)},
+        "links": {"self": f"/orders/{order_id}"},
+    }
+    if created and not start.send():
+        answer["start"] = (
+            "queued: the broker cannot be reached now; the refund starts when it returns"
+        )
+    response = jsonify(answer)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
 
 
 @bp.get("/healthz")

@@ -70,9 +70,18 @@ class OrderItem(Strict):
 
 
 class OrderQuery(Strict):
-    status: Literal["PENDING", "COMPLETED", "COMPENSATING", "FAILED", "NEEDS_ATTENTION"] | None = (
-        None
-    )
+    status: (
+        Literal[
+            "PENDING",
+            "COMPLETED",
+            "COMPENSATING",
+            "FAILED",
+            "NEEDS_ATTENTION",
+            "REFUNDING",
+            "REFUNDED",
+        ]
+        | None
+    ) = None
     # A query string is text: ASCII digits only, converted here.
     limit: Annotated[str, Field(pattern=r"^[0-9]{1,3}$")] = "50"
 

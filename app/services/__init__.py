@@ -7,7 +7,7 @@ workflow's steps name (`Step(..., "products", ...)`). Each module declares
 - `INTERFACES`: what the code reaches as `services.<attribute>`, each class built on the
   service's database.
 
-Nothing lists the services by hand: `app.order_saga.SERVICES` derives them from the
+Nothing lists the services by hand: `app.workflows.SERVICES` derives them from the
 workflows, and bootstrap, the schema, the workers and the tests find each module here by
 its name. `python -m app.services` prints them (scripts/run.sh reads it).
 """

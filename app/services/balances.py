@@ -1,6 +1,7 @@
 """Balance service: a user's prepaid balance.
 
-Step: use_balance. Compensation: refund_balance.
+Order saga: step use_balance, compensation refund_balance.
+Refund saga: step refund_payment, compensation reclaim_payment.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from sqlalchemy import BigInteger, CheckConstraint, DateTime, Integer, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.errors import InsufficientBalance, InvalidRequest, NotFound
+from app.errors import CannotUndo, InsufficientBalance, InvalidRequest, NotFound
 from sagaflow.db import Database
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 from sagaflow.outbox import outbox_table
@@ -97,6 +98,43 @@ class BalanceService:
             )
 
         return compensate_once(self.db, Ledger, saga_id, "use_balance", undo)
+
+    # --- the refund saga ------------------------------------------------------------
+
+    def refund_payment(self, saga_id: str, user_id: int, amount: int) -> dict:
+        """Credit back what a completed order paid. Like refund_balance, always goes in
+        (the column is 64-bit). Undone by reclaim_payment."""
+
+        def apply(session):
+            if amount > 0:
+                credited = session.execute(
+                    update(Balance)
+                    .where(Balance.user_id == user_id)
+                    .values(balance=Balance.balance + amount, updated_at=utcnow())
+                )
+                if credited.rowcount != 1:
+                    raise NotFound(f"user {user_id} has no balance account")
+            return {"user_id": user_id, "amount": amount}
+
+        return apply_once(self.db, Ledger, saga_id, "refund_payment", apply)
+
+    def reclaim_payment(self, saga_id: str) -> str:
+        """The refund turned back: take the credit out again, never below zero."""
+
+        def undo(session, applied):
+            if applied["amount"] <= 0:
+                return
+            taken = session.execute(
+                update(Balance)
+                .where(Balance.user_id == applied["user_id"], Balance.balance >= applied["amount"])
+                .values(balance=Balance.balance - applied["amount"], updated_at=utcnow())
+            )
+            if taken.rowcount != 1:
+                raise CannotUndo(
+                    f"user {applied['user_id']} has already spent the refund of {applied['amount']}"
+                )
+
+        return compensate_once(self.db, Ledger, saga_id, "refund_payment", undo)
 
 
 # What other code reaches as `services.<name>` (app/bootstrap.py), each built on this

@@ -1,7 +1,8 @@
 """Coupon service: coupon definitions, coupons issued to users, and first-come-first-served
 issue requests.
 
-Step: use_coupon. Compensation: restore_coupon.
+Order saga: step use_coupon, compensation restore_coupon.
+Refund saga: step return_coupon, compensation reuse_coupon.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.errors import CouponUnavailable, NotFound
+from app.errors import CannotUndo, CouponUnavailable, NotFound
 from sagaflow.db import Database
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 from sagaflow.outbox import outbox_table
@@ -268,6 +269,47 @@ class IssuedCouponService:
             )
 
         return compensate_once(self.db, Ledger, saga_id, "use_coupon", undo)
+
+    # --- the refund saga ------------------------------------------------------------
+
+    def return_coupon(self, saga_id: str, order_id: int, issued_coupon_id: int) -> dict:
+        """The coupon a refunded order used can be used again. Undone by reuse_coupon."""
+
+        def apply(session):
+            returned = session.execute(
+                update(IssuedCoupon)
+                .where(
+                    IssuedCoupon.id == issued_coupon_id,
+                    IssuedCoupon.status == USED,
+                    IssuedCoupon.order_id == order_id,
+                )
+                .values(status=UNUSED, order_id=None)
+            )
+            if returned.rowcount != 1:
+                raise CouponUnavailable(
+                    f"coupon {issued_coupon_id} is not the one order {order_id} used"
+                )
+            return {"issued_coupon_id": issued_coupon_id, "order_id": order_id}
+
+        return apply_once(self.db, Ledger, saga_id, "return_coupon", apply)
+
+    def reuse_coupon(self, saga_id: str) -> str:
+        """The refund turned back: the coupon is the order's again."""
+
+        def undo(session, applied):
+            taken = session.execute(
+                update(IssuedCoupon)
+                .where(
+                    IssuedCoupon.id == applied["issued_coupon_id"], IssuedCoupon.status == UNUSED
+                )
+                .values(status=USED, order_id=applied["order_id"])
+            )
+            if taken.rowcount != 1:
+                raise CannotUndo(
+                    f"coupon {applied['issued_coupon_id']} was used again since it came back"
+                )
+
+        return compensate_once(self.db, Ledger, saga_id, "return_coupon", undo)
 
 
 # What other code reaches as `services.<name>` (app/bootstrap.py), each built on this

@@ -1,10 +1,12 @@
-"""Data platform service: keeps a record of every completed order and streams it.
+"""Data platform service: keeps a record of every completed order and every refund, and
+streams each (orders on `dataplatform.orders`, refunds on `dataplatform.refunds`).
 
 Step: publish_order (after the order succeeded: retried, never compensated). The record
 and its stream event are written in one transaction (the event into the service's outbox);
 the step itself puts the event on the Redis stream `dataplatform.orders` right after its
 commit (sagaflow.outbox.AfterCommit), or the outbox relay does if it could not; at least once:
 consumers dedupe on the entry's `message_id` (or on `order_id`, which every event carries).
+Step publish_refund (the refund saga's, after its pivot) works the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sagaflow.ledger import utcnow
 from sagaflow.outbox import enqueue, outbox_table, stream_message
 
 STREAM = "dataplatform.orders"
+REFUND_STREAM = "dataplatform.refunds"
 
 
 class Base(DeclarativeBase):
@@ -36,6 +39,15 @@ class OrderRecord(Base):
     items: Mapped[str] = mapped_column(Text)
     # True once its event is in the outbox (the same transaction as the record).
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RefundRecord(Base):
+    __tablename__ = "refund_records"
+    order_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(Integer)
+    items: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -72,6 +84,34 @@ class DataPlatformService:
             }
             enqueue(session, Outbox, f"order-{order['order_id']}", *stream_message(STREAM, fields))
         return {"order_id": order["order_id"], "streamed": True, "duplicate": False}
+
+    def publish_refund(self, refund: dict) -> dict:
+        """Record a refunded order and its stream event, once (an order is refunded once)."""
+        order_id = refund["order_id"]
+        with self.db.write() as session:
+            if session.get(RefundRecord, order_id, with_for_update=True) is not None:
+                return {"order_id": order_id, "duplicate": True}
+            items = json.dumps(refund["items"])
+            session.add(
+                RefundRecord(
+                    order_id=order_id,
+                    user_id=refund["user_id"],
+                    amount=refund["amount"],
+                    items=items,
+                )
+            )
+            fields = {
+                "order_id": str(order_id),
+                "user_id": str(refund["user_id"]),
+                "amount": str(refund["amount"]),
+                "items": items,
+            }
+            enqueue(session, Outbox, f"refund-{order_id}", *stream_message(REFUND_STREAM, fields))
+        return {"order_id": order_id, "duplicate": False}
+
+    def refunds(self, order_id: int) -> int:
+        with self.db.read() as session:
+            return 0 if session.get(RefundRecord, order_id) is None else 1
 
     def count(self, order_id: int) -> int:
         with self.db.read() as session:

@@ -2,8 +2,12 @@
 (OrderPaymentService). The order saga's log lives in this database too (sagaflow's own
 tables: the order service is the workflow's home).
 
-Step: create_order (fix the quoted prices on the order). Compensation: cancel_order.
-An order's status mirrors its saga's, set by the saga's hooks (app/order_saga.py).
+Order saga: step create_order (fix the quoted prices on the order), compensation
+cancel_order. An order's status mirrors its saga's, set by the saga's hooks
+(app/order_saga.py), until a refund is asked for.
+Refund saga: the request marks the order REFUNDING with the saga's start; step
+mark_refunded (after the refund's pivot) makes it REFUNDED; a refund that turns back
+leaves it COMPLETED again (the refund saga's hook).
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ COMPLETED = "COMPLETED"
 COMPENSATING = "COMPENSATING"
 FAILED = "FAILED"
 NEEDS_ATTENTION = "NEEDS_ATTENTION"
-ORDER_STATUSES = (PENDING, COMPLETED, COMPENSATING, FAILED, NEEDS_ATTENTION)
+REFUNDING = "REFUNDING"
+REFUNDED = "REFUNDED"
+ORDER_STATUSES = (PENDING, COMPLETED, COMPENSATING, FAILED, NEEDS_ATTENTION, REFUNDING, REFUNDED)
+# Once a refund is asked for, the order's status is the refund's, not its own saga's.
+REFUND_STATUSES = (REFUNDING, REFUNDED)
 MAX_TOTAL = 2**31 - 1  # money columns are 32-bit integers on PostgreSQL
 
 
@@ -236,13 +244,81 @@ class OrderService:
                 for o in session.scalars(query)
             ]
 
+    # --- the refund saga ------------------------------------------------------------
+
+    def request_refund(
+        self, order_id: int, start_refund: Callable[[object, dict], None]
+    ) -> tuple[dict, bool]:
+        """Mark a COMPLETED order REFUNDING; `start_refund(session, order)` records the
+        refund saga in the same transaction. Returns (order, created); asking again while
+        it is refunding or once refunded returns it with created=False."""
+        try:
+            with self.db.write() as session:
+                order = session.get(Order, order_id, with_for_update=True)
+                if order is None:
+                    raise NotFound(f"order {order_id} does not exist")
+                if order.status in REFUND_STATUSES:
+                    return {"order_id": order.id, "status": order.status}, False
+                if order.status != COMPLETED:
+                    raise Conflict(
+                        f"order {order_id} is {order.status}: only a COMPLETED order can be"
+                        " refunded"
+                    )
+                order.status, order.updated_at = REFUNDING, utcnow()
+                start_refund(session, self._refund_view(order))
+        except IntegrityError:
+            # Its refund saga exists: a concurrent request won, or an earlier refund
+            # turned back (one refund per order; what is left is the support desk's).
+            status = self.statuses([order_id]).get(order_id)
+            if status in REFUND_STATUSES:
+                return {"order_id": order_id, "status": status}, False
+            raise Conflict(
+                f"a refund of order {order_id} was already tried and turned back; see its"
+                " timeline or ask support"
+            ) from None
+        return {"order_id": order_id, "status": REFUNDING}, True
+
+    @staticmethod
+    def _refund_view(order: Order) -> dict:
+        return {
+            "order_id": order.id,
+            "user_id": order.user_id,
+            "paid": order.paid or 0,
+            "issued_coupon_id": order.issued_coupon_id,
+            "items": [{"product_id": i.product_id, "quantity": i.quantity} for i in order.items],
+            "created_at": order.created_at,
+        }
+
+    def mark_refunded(self, saga_id: str, order_id: int) -> dict:
+        """mark_refunded: after the refund's pivot (the money is back), never undone."""
+
+        def apply(session):
+            order = session.get(Order, order_id, with_for_update=True)
+            order.status, order.updated_at = REFUNDED, utcnow()
+            payment = session.get(OrderPayment, order_id)
+            if payment is not None:
+                payment.status, payment.updated_at = "REFUNDED", utcnow()
+            return {"order_id": order_id}
+
+        return apply_once(self.db, Ledger, saga_id, "mark_refunded", apply)
+
+    @staticmethod
+    def refund_turned_back(session, order_id: int) -> None:
+        """The refund saga failed and undid what it did: the order is COMPLETED again."""
+        session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.status == REFUNDING)
+            .values(status=COMPLETED, updated_at=utcnow())
+        )
+
     # --- kept in step with the saga (its hooks, in the orchestrator's transaction) ------
 
     @staticmethod
     def mirror(session, order_id: int, status: str, failed_step, failure_reason) -> None:
         session.execute(
             update(Order)
-            .where(Order.id == order_id)
+            # A late word of the order saga (its publication retried) never hides a refund.
+            .where(Order.id == order_id, Order.status.not_in(REFUND_STATUSES))
             .values(
                 status=status,
                 failed_step=failed_step,

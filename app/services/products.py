@@ -1,6 +1,7 @@
 """Product service: the catalogue and its stock.
 
-Step: decrease_stock. Compensation: restore_stock.
+Order saga: step decrease_stock, compensation restore_stock.
+Refund saga: step return_stock, compensation take_back_stock.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, DateTime, Integer, String, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.errors import NotFound, OutOfStock, UnknownProduct
+from app.errors import CannotUndo, NotFound, OutOfStock, UnknownProduct
 from sagaflow.db import Database
 from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
 from sagaflow.outbox import outbox_table
@@ -108,6 +109,45 @@ class ProductService:
                 )
 
         return compensate_once(self.db, Ledger, saga_id, "decrease_stock", undo)
+
+    # --- the refund saga ------------------------------------------------------------
+
+    def return_stock(self, saga_id: str, items: list[dict]) -> dict:
+        """A refunded order's items go back on the shelf. Undone by take_back_stock."""
+
+        def apply(session):
+            for item in sorted(items, key=lambda i: i["product_id"]):
+                returned = session.execute(
+                    update(Product)
+                    .where(Product.id == item["product_id"])
+                    .values(stock=Product.stock + item["quantity"])
+                )
+                if returned.rowcount != 1:
+                    raise UnknownProduct(f"product {item['product_id']} does not exist")
+            return {
+                "items": [{"product_id": i["product_id"], "quantity": i["quantity"]} for i in items]
+            }
+
+        return apply_once(self.db, Ledger, saga_id, "return_stock", apply)
+
+    def take_back_stock(self, saga_id: str) -> str:
+        """The refund turned back: take out again exactly what return_stock put back."""
+
+        def undo(session, applied):
+            for item in sorted(applied["items"], key=lambda i: i["product_id"]):
+                taken = session.execute(
+                    update(Product)
+                    .where(Product.id == item["product_id"], Product.stock >= item["quantity"])
+                    .values(stock=Product.stock - item["quantity"])
+                )
+                if taken.rowcount != 1:
+                    # Sold again meanwhile: a human decides (the DLQ), never a negative stock.
+                    raise CannotUndo(
+                        f"product {item['product_id']} has fewer than {item['quantity']} left"
+                        " to take back"
+                    )
+
+        return compensate_once(self.db, Ledger, saga_id, "return_stock", undo)
 
 
 # What other code reaches as `services.<name>` (app/bootstrap.py), each built on this
