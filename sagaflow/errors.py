@@ -43,6 +43,14 @@ class AlreadyCompensated(SagaError):
     code = "already_compensated"
 
 
+class MigrationRefused(SagaError):
+    """sagaflow's migrations will not touch this database without a person: some of a
+    part's tables are there and some are not, the version row is not one row, or the
+    database is at a later version than this sagaflow knows. Nothing was changed."""
+
+    code = "migration_refused"
+
+
 class TransientError(SagaError):
     """An infrastructure hiccup that may succeed on a second try: retried with backoff."""
 
