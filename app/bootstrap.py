@@ -15,12 +15,21 @@ from tenacity import Retrying, stop_after_delay, wait_exponential
 from app import services as service_modules
 from app.workflows import HOOKS, SERVICES, WORKFLOWS
 from config.settings import Settings, SettingsError
-from sagaflow import Runner, SagaLog
-from sagaflow.db import Database, open_database
-from sagaflow.errors import error_text
-from sagaflow.faults import LIVE_KEY, NO_FAULTS, FaultInjector, LiveFaultInjector, parse_faults
+from sagaflow import (
+    LIVE_KEY,
+    NO_FAULTS,
+    Database,
+    FaultInjector,
+    LiveFaultInjector,
+    Runner,
+    Runtime,
+    SagaLog,
+    error_text,
+    home_of,
+    open_database,
+    parse_faults,
+)
 from sagaflow.metrics import MetricsRecorder
-from sagaflow.runtime import Runtime, home_of
 
 log = logging.getLogger(__name__)
 

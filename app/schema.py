@@ -8,7 +8,7 @@ from alembic.config import Config
 from app.services import module
 from app.workflows import SERVICES, WORKFLOWS
 from config.settings import REPO_ROOT, Settings
-from sagaflow.log import SagaBase
+from sagaflow import SagaBase
 
 HOMES = {wf.home for wf in WORKFLOWS.values()}
 # Each service's tables; a workflow's home also keeps the saga runtime's log.

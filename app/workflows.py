@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from app.order_saga import ORDER, ORDER_HOOKS
 from app.refund_saga import REFUND, REFUND_HOOKS
-from sagaflow.workflow import services_of, workflow_of
+from sagaflow import services_of, workflow_of
 
 WORKFLOWS = {ORDER.name: ORDER, REFUND.name: REFUND}
 HOOKS = {ORDER.name: ORDER_HOOKS, REFUND.name: REFUND_HOOKS}

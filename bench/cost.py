@@ -123,7 +123,7 @@ class Meter:
         self._own_commits: dict[str, int] = {}
 
     def count_own_commits(self, databases: dict) -> None:
-        """Count the commits of this process's engines (sagaflow.db.Database by name), so the
+        """Count the commits of this process's engines (sagaflow._db.Database by name), so the
         bench's setup and polling are not charged to the stack."""
         from sqlalchemy import event
 

@@ -20,7 +20,7 @@ from the request handler with `DBOS.start_workflow`, the workflow id the saga id
   business refusal.
 - DBOS's checkpoints go to its own system database, DBOS_SYSTEM_DATABASE_URL: a database
   of its own on the same PostgreSQL server, or a SQLite file beside the services' files.
-  On SQLite it gets the shop's own settings (sagaflow/db.py: WAL, synchronous=NORMAL), not
+  On SQLite it gets the shop's own settings (sagaflow/_db.py: WAL, synchronous=NORMAL), not
   DBOS's default rollback journal that syncs every commit. The bench migrates it before
   the web processes start (DBOS.migrate), so they do not race to create it.
 
@@ -142,7 +142,7 @@ EXECUTOR_THREADS = 8
 
 
 def system_engine(url: str):
-    """On SQLite, the shop's own settings (sagaflow/db.py) plus what DBOS's engine sets."""
+    """On SQLite, the shop's own settings (sagaflow/_db.py) plus what DBOS's engine sets."""
     if not url.startswith("sqlite"):
         return None  # DBOS builds its PostgreSQL engine itself
     from sqlalchemy import create_engine, event

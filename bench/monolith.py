@@ -3,7 +3,7 @@ one database, with row locks on everything it touches, answered synchronously.
 
 Served like the saga's API (gunicorn, same worker count) by `bench.monolith:create_app()`,
 reading MONOLITH_DATABASE_URL. Request bodies are validated with the saga API's own schema.
-Locks: SQLite takes the database's write lock up front (BEGIN IMMEDIATE, as sagaflow/db.py does);
+Locks: SQLite takes the database's write lock up front (BEGIN IMMEDIATE, as sagaflow/_db.py does);
 PostgreSQL locks the product, balance and issued-coupon rows with SELECT ... FOR UPDATE.
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from sagaflow.db import Database
+from sagaflow import Database
 
 metadata = MetaData()
 products = Table(
@@ -97,7 +97,7 @@ class Refused(Exception):
 
 
 def make_engine(url: str) -> Engine:
-    """The services' own engine setup (sagaflow/db.py): on SQLite, WAL and BEGIN IMMEDIATE."""
+    """The services' own engine setup (sagaflow/_db.py): on SQLite, WAL and BEGIN IMMEDIATE."""
     return Database(url, create=True).engine
 
 

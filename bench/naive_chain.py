@@ -51,8 +51,8 @@ from app.services.orders import PENDING, Order, OrderItem
 from app.services.products import Product
 from app.workflows import SERVICES
 from config.settings import Settings
+from sagaflow import Database
 from sagaflow.celery_app import delivery_conf
-from sagaflow.db import Database
 
 SETTINGS = Settings.from_env()
 QUEUES = SERVICES  # orders, products, balances, coupons, dataplatform: the saga's order

@@ -20,8 +20,7 @@ from app.services.coupons import ISSUED, PENDING, IssueRequest
 from app.services.orders import Order, OrderItem
 from bench.client import call, percentiles, submit_all
 from bench.cost import NO_WINDOW
-from sagaflow import StepStatus
-from sagaflow.log import SagaInstance, SagaStepRow
+from sagaflow import SagaInstance, SagaStepRow, StepStatus
 
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")
 STEP_DONE = (StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED, StepStatus.DEAD_LETTERED)

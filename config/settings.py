@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_SUFFIX = "_DATABASE_URL"
-SAGA_MODES = ("orchestration", "choreography")  # sagaflow.choreography.MODES
+SAGA_MODES = ("orchestration", "choreography")  # sagaflow._choreography.MODES
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Settings:
     saga_stall_seconds: float = 300.0
     saga_stall_check_seconds: float = 30.0
     # A dependency that cannot be reached (a service's database, Redis, the broker) is not
-    # the work's fault (sagaflow/dependencies.py): work waits for it with backoff, spending
+    # the work's fault (sagaflow/_dependencies.py): work waits for it with backoff, spending
     # none of its attempts, for at most this long before it goes to the DLQ; one alert
     # goes out per outage once it lasts this long, and one when it is over.
     outage_budget_seconds: float = 1800.0
@@ -104,7 +104,7 @@ class Settings:
     # runs (its --enable_events, on by default), so they cost nothing when nobody watches.
     task_events: bool = False
 
-    # The outbox relay (sagaflow/outbox.py): how often it looks, how long a claim holds,
+    # The outbox relay (sagaflow/_outbox.py): how often it looks, how long a claim holds,
     # how many sends before a message is parked in the DLQ.
     outbox_poll_interval: float = 0.2
     # With nothing owed, the relay looks only when a writer whose fast path failed nudges
@@ -114,7 +114,7 @@ class Settings:
     outbox_lease_seconds: float = 30.0
     outbox_max_attempts: int = 10
 
-    # How the saga runs (sagaflow/choreography.py): a chain sent up front by whoever starts
+    # How the saga runs (sagaflow/_choreography.py): a chain sent up front by whoever starts
     # it ("orchestration"), or each service announcing the next ("choreography").
     saga_mode: str = "orchestration"
 

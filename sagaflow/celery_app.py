@@ -25,16 +25,16 @@ from celery.signals import worker_process_init
 from celery.utils.time import get_exponential_backoff_interval
 from kombu import Queue
 
-from sagaflow.dependencies import unreachable
-from sagaflow.errors import (
+from sagaflow._dependencies import unreachable
+from sagaflow._errors import (
     AlreadyCompensated,
     DependencyUnreachable,
     InjectedBusinessError,
     error_text,
 )
-from sagaflow.runner import Runner
-from sagaflow.status import WorkKind
-from sagaflow.workflow import RetryPolicy, Workflow
+from sagaflow._runner import Runner
+from sagaflow._status import WorkKind
+from sagaflow._workflow import RetryPolicy, Workflow
 
 log = logging.getLogger("sagaflow.tasks")
 STEP_FAILED = "sagaflow.step_failed"
@@ -449,7 +449,7 @@ class CeleryDispatcher:
     whole chain are lost when chains are composed in several Celery versions).
 
     chained=False (choreography): only the first piece of work is sent, on its own with
-    its callback; each piece announces the next (sagaflow/choreography.py)."""
+    its callback; each piece announces the next (sagaflow/_choreography.py)."""
 
     def __init__(self, app: Celery, chained: bool = True):
         self.app, self.chained = app, chained

@@ -22,9 +22,9 @@ from prometheus_client.core import (
 )
 from sqlalchemy import func, select
 
-from sagaflow.events import Event, Phase
-from sagaflow.log import SagaInstance, epoch
-from sagaflow.status import SagaStatus
+from sagaflow._events import Event, Phase
+from sagaflow._log import SagaInstance, epoch
+from sagaflow._status import SagaStatus
 
 KEY = "sagaflow:metrics"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import deque
 from uuid import uuid4
 
-from sagaflow.errors import AlreadyCompensated
-from sagaflow.workflow import Workflow
+from sagaflow._errors import AlreadyCompensated
+from sagaflow._workflow import Workflow
 
 
 class SyncDispatcher:

@@ -17,8 +17,8 @@ from celery.signals import celeryd_init
 from app.retryable import RETRYABLE
 from app.workflows import SERVICES, WORKFLOWS
 from config.settings import Settings
+from sagaflow import RetryPolicy
 from sagaflow.celery_app import CeleryDispatcher, delivery_conf, install
-from sagaflow.workflow import RetryPolicy
 
 log = logging.getLogger("saga.worker")
 

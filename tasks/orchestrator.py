@@ -10,7 +10,7 @@ from __future__ import annotations
 from app.bootstrap import HOME, build_runtime
 from app.process import run_until_stopped
 from config.settings import Settings
-from sagaflow.orchestrator import Orchestrator
+from sagaflow import Orchestrator
 from tasks.celery_app import create_celery
 
 

@@ -4,7 +4,7 @@ It sends what the services it serves wrote to their outboxes (a saga's start, th
 platform's stream events, and in choreography every step's event) and marks it sent. It
 serves SERVICES (default: every service whose database URL is set), each from its own
 database, and Redis.
-Several relays may run: they claim rows, never send one twice (sagaflow/outbox.py).
+Several relays may run: they claim rows, never send one twice (sagaflow/_outbox.py).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from __future__ import annotations
 from app.bootstrap import Services, build_saga_log
 from app.order_context import saga_id_of
 from app.workflows import SERVICES
+from sagaflow._runtime import dlq_backoff
 from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.runtime import dlq_backoff
 
 
 def eid(order_id: int, name: str) -> str:

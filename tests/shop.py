@@ -7,7 +7,7 @@ from sqlalchemy import select
 from app.order_context import saga_id_of
 from app.schema import METADATA
 from app.services import balances, coupons, products
-from sagaflow.ledger import APPLIED
+from sagaflow._ledger import APPLIED
 from tests.support import wait_for
 
 FINAL = ("COMPLETED", "FAILED", "NEEDS_ATTENTION")

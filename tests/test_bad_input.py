@@ -15,7 +15,7 @@ import threading
 import pytest
 from sqlalchemy.engine import make_url
 
-from sagaflow.choreography import MODES
+from sagaflow._choreography import MODES
 from tests.shop import Shop
 from tests.support import free_port, http
 

@@ -11,7 +11,7 @@ from alembic import command
 from app.errors import InvalidRequest
 from app.schema import alembic_config
 from app.services.balances import MAX_BALANCE, BalanceService
-from sagaflow.db import Database
+from sagaflow._db import Database
 from tests.stack import available_backends
 from tests.support import PostgresDatabases, postgres_admin_url
 

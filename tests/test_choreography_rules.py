@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from sagaflow import SagaLog, SagaStatus
-from sagaflow.choreography import CHOREOGRAPHY, react
+from sagaflow._choreography import CHOREOGRAPHY, react
 from tests.test_runtime_rules import TOPUP, Sent, TopUp, WalletOutbox, World
 
 # The rules layer: in-process, no subprocess (`make test-fast`).
@@ -146,7 +146,7 @@ def test_an_event_that_arrives_after_its_saga_turned_back_is_refused(world):
 
 
 def test_a_stalled_start_is_found_the_same_way_in_choreography(world):
-    from sagaflow.orchestrator import StallCheck
+    from sagaflow._orchestrator import StallCheck
 
     ctx = TopUp(topup_id=42, user_id=7, amount=10)
     with world.db.write() as session:

@@ -8,8 +8,8 @@ import pytest
 from app.bootstrap import check_served
 from app.order_saga import ORDER
 from config.settings import Settings
-from sagaflow.errors import InjectedBusinessError, TransientError
-from sagaflow.faults import (
+from sagaflow._errors import InjectedBusinessError, TransientError
+from sagaflow._faults import (
     Fault,
     FaultInjector,
     LiveFaultInjector,

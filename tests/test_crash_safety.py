@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sagaflow.choreography import MODES
+from sagaflow._choreography import MODES
 from tests.stack import Stack
 from tests.support import wait_for
 

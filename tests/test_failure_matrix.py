@@ -2,7 +2,7 @@
 recovers, timeout that exhausts the retries, worker crash}, and every compensation x
 {error that recovers, error that exhausts, worker crash}; on SQLite and on PostgreSQL.
 
-Each case stores its faults as the live spec (sagaflow/faults.py) that the module's real
+Each case stores its faults as the live spec (sagaflow/_faults.py) that the module's real
 prefork worker follows from its next step on, places one order, and checks the end state,
 the saga log, the DLQ and the invariants (tests/shop.py: check_invariants). A crash case
 kills a pool child; the worker replaces it, as in production.
@@ -16,8 +16,8 @@ import pytest
 
 from app.bootstrap import fault_names
 from app.order_saga import ORDER
-from sagaflow.choreography import MODES
-from sagaflow.faults import clear_live_faults, set_live_faults
+from sagaflow._choreography import MODES
+from sagaflow._faults import clear_live_faults, set_live_faults
 from tests.stack import Stack, available_backends
 from tests.support import wait_for
 

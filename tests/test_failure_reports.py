@@ -23,11 +23,11 @@ from sqlalchemy.exc import OperationalError
 
 from config.settings import Settings
 from sagaflow import Phase, SagaLog, SagaStatus
-from sagaflow.dependencies import OutageBoard, unreachable
+from sagaflow._dependencies import OutageBoard, unreachable
+from sagaflow._events import INPUT
 from sagaflow.dlq.alerts import SlackAlerter
 from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING
 from sagaflow.dlq.worker import DeadLetterWorker, RedisOutagePage
-from sagaflow.events import INPUT
 from tests.slack_server import SlackServer
 from tests.support import free_port
 from tests.test_runtime_rules import TOPUP, TopUp, World, mode  # noqa: F401

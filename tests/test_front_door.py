@@ -1,4 +1,4 @@
-"""The front door (sagaflow.runtime.Runtime), in-process: one object built from the
+"""The front door (sagaflow._runtime.Runtime), in-process: one object built from the
 workflows, the databases, Redis and the settings gives an API handler its saga starts,
 a worker its runner, and the orchestrator its loop, wired as every process wires them."""
 
@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from sagaflow import DeclarationError, SagaStatus
-from sagaflow.db import Database
-from sagaflow.log import SagaBase
-from sagaflow.runtime import Runtime, Settings
+from sagaflow._db import Database
+from sagaflow._log import SagaBase
+from sagaflow._runtime import Runtime, Settings
 from sagaflow.testing import SyncDispatcher
 from tests.test_runtime_rules import TOPUP, TopUp, Wallet, WalletBase, WalletOutbox
 

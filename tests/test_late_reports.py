@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from sagaflow._choreography import MODES
 from sagaflow.celery_app import STEP_FAILED
-from sagaflow.choreography import MODES
 from tests.inspect_view import eid as entry_id
 from tests.slack_server import SlackServer
 from tests.stack import Stack

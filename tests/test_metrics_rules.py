@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from sagaflow.events import Event, Phase
+from sagaflow._events import Event, Phase
 from sagaflow.metrics import BUCKETS, KEY, MetricsRecorder, SagaCollector, _field
 from tests.test_runtime_rules import World
 

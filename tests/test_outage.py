@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
 from app.workflows import SERVICES
-from sagaflow.outage import OutageReporter, cause
+from sagaflow._outage import OutageReporter, cause
 from tests.support import (
     FAST_TIMINGS,
     DeadLetterWorkerProcess,

@@ -19,10 +19,10 @@ from app.schema import alembic_config
 from app.services.orders import Outbox as OrdersOutbox
 from app.workflows import WORKFLOWS
 from sagaflow import SagaLog, Workflow
-from sagaflow.choreography import MODES
-from sagaflow.db import Database
-from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, enqueue, message_id
-from sagaflow.starts import Starts
+from sagaflow._choreography import MODES
+from sagaflow._db import Database
+from sagaflow._outbox import AfterCommit, Outbox, Relay, Wakeup, enqueue, message_id
+from sagaflow._starts import Starts
 from tests.stack import Stack, available_backends
 from tests.support import PostgresDatabases, RedisServer, http, postgres_admin_url, wait_for
 
@@ -291,7 +291,7 @@ def test_an_api_killed_between_the_commit_and_the_broker_loses_nothing(stack):
 
 
 def test_a_start_message_sent_twice_starts_its_saga_once(stack):
-    from sagaflow.outbox import sender, start_message
+    from sagaflow._outbox import sender, start_message
 
     shop = stack.shop
     worker = stack.worker()

@@ -60,7 +60,7 @@ class QuickstartWorker(ServiceProcess):
 def test_the_package_holds_sagaflow_and_nothing_of_the_shop(fresh_venv, tmp_path):
     python = str(fresh_venv / "bin" / "python")
     found = _run(
-        [python, "-c", "import sagaflow, sagaflow.runtime; print(sagaflow.__version__)"], tmp_path
+        [python, "-c", "import sagaflow, sagaflow._runtime; print(sagaflow.__version__)"], tmp_path
     )
     assert found.returncode == 0, found.stderr
     assert (

@@ -14,8 +14,8 @@ from app.refund_context import COUPON_COMES_BACK_WITHIN, coupon_comes_back, refu
 from app.refund_saga import REFUND
 from app.services import balances, coupons, orders, products
 from app.workflows import SERVICES, WORKFLOWS, order_id_of
-from sagaflow.db import Database
-from sagaflow.log import SagaBase, SagaLog
+from sagaflow._db import Database
+from sagaflow._log import SagaBase, SagaLog
 
 pytestmark = pytest.mark.rules
 

@@ -11,8 +11,8 @@ import pytest
 
 from app.bootstrap import fault_names
 from app.refund_saga import REFUND
-from sagaflow.choreography import MODES
-from sagaflow.faults import clear_live_faults, set_live_faults
+from sagaflow._choreography import MODES
+from sagaflow._faults import clear_live_faults, set_live_faults
 from tests.stack import Stack
 from tests.support import wait_for
 

@@ -30,13 +30,13 @@ from sagaflow import (
     compensate_once,
     ledger_table,
 )
-from sagaflow.choreography import CHOREOGRAPHY, MODES, Choreography
-from sagaflow.db import Database
+from sagaflow._choreography import CHOREOGRAPHY, MODES, Choreography
+from sagaflow._db import Database
+from sagaflow._faults import FaultInjector, parse_faults
+from sagaflow._log import SagaBase
+from sagaflow._orchestrator import StallCheck
+from sagaflow._outbox import Outbox, Relay, outbox_table, sender
 from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.faults import FaultInjector, parse_faults
-from sagaflow.log import SagaBase
-from sagaflow.orchestrator import StallCheck
-from sagaflow.outbox import Outbox, Relay, outbox_table, sender
 from sagaflow.testing import SyncDispatcher
 
 # The rules layer: in-process, no subprocess (`make test-fast`).

@@ -20,15 +20,15 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.orm import DeclarativeBase
 
-from app.order_saga import SERVICES
 from app.schema import HOMES, alembic_config
+from app.workflows import SERVICES
 from config.settings import REPO_ROOT
 from sagaflow import ledger_table, migrations
-from sagaflow.errors import MigrationRefused
-from sagaflow.log import SagaBase
+from sagaflow._errors import MigrationRefused
+from sagaflow._log import SagaBase
+from sagaflow._outbox import outbox_table
 from sagaflow.migrations import HOME_PARTS, LATEST, SERVICE_PARTS, STEPS, m0004_outbox, upgrade
 from sagaflow.migrations.version import TABLE as VERSION_TABLE
-from sagaflow.outbox import outbox_table
 from tests.stack import available_backends
 from tests.support import PostgresDatabases, patient, postgres_admin_url
 

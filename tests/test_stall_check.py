@@ -17,7 +17,7 @@ from app.schema import alembic_config
 from app.services.orders import Order
 from app.workflows import HOOKS, WORKFLOWS
 from sagaflow import Event, Phase, Projector, SagaLog
-from sagaflow.db import Database
+from sagaflow._db import Database
 
 # The rules layer: in-process, no subprocess (`make test-fast`).
 pytestmark = pytest.mark.rules

@@ -5,6 +5,7 @@ saga id made and read in one place, and the workflow found from a saga id."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -14,8 +15,8 @@ from app.order_saga import ORDER
 from app.schema import METADATA
 from app.workflows import SERVICES, WORKFLOWS
 from sagaflow import Compensation, Step, Workflow
-from sagaflow.log import SagaBase
-from sagaflow.workflow import services_of, workflow_of
+from sagaflow._log import SagaBase
+from sagaflow._workflow import services_of, workflow_of
 
 # The rules layer: in-process, no subprocess (`make test-fast`).
 pytestmark = pytest.mark.rules
@@ -94,7 +95,7 @@ def test_a_workflow_whose_name_has_a_dash_is_found_from_its_saga_ids():
 
 
 def test_every_runtime_error_is_a_saga_error_with_a_code_of_its_own():
-    from sagaflow import errors
+    from sagaflow import _errors as errors
     from sagaflow.dlq.actions import Refused
 
     kinds = [k for k in vars(errors).values() if isinstance(k, type) and issubclass(k, Exception)]
@@ -106,10 +107,39 @@ def test_every_runtime_error_is_a_saga_error_with_a_code_of_its_own():
 
 
 def test_a_declaration_that_cannot_work_is_refused_when_declared():
-    from sagaflow.errors import DeclarationError
+    from sagaflow._errors import DeclarationError
 
     with pytest.raises(DeclarationError, match="names must be unique"):
         _workflow("twice", "wallet", "wallet")
     no_undo = Step("only", "wallet", _noop)
     with pytest.raises(DeclarationError, match="at least one step needs a compensation"):
         Workflow(name="x", context=Ctx, key=lambda c: c.id, home="wallet", steps=[no_undo])
+
+
+def test_the_shop_reaches_sagaflow_only_through_its_contract():
+    """`sagaflow.__all__` and the public modules are the contract; a `_` module is the
+    runtime's own. The shop's code (not its tests, which may look inside) never imports
+    one, and every name in `__all__` exists."""
+    import ast
+
+    import sagaflow
+
+    root = Path(__file__).resolve().parent.parent
+    private = []
+    for package in ("app", "tasks", "compensations", "dlq", "config", "bench", "scripts"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                private += [
+                    f"{path.relative_to(root)}: {name}"
+                    for name in names
+                    if name.startswith("sagaflow.") and "._" in name
+                ]
+    assert private == []
+    assert all(hasattr(sagaflow, name) for name in sagaflow.__all__)

@@ -99,7 +99,7 @@ def _service_of(exc: BaseException) -> str | None:
     them; the engine, connection or pool is found in the frames the error went through."""
     owners = {}
     for name, db in _databases().items():
-        # A SQLite database has a reader engine beside its writer (sagaflow/db.py).
+        # A SQLite database has a reader engine beside its writer (sagaflow/_db.py).
         for engine in {db.engine, getattr(db, "_reader", db.engine)}:
             owners[id(engine)] = owners[id(engine.pool)] = name
     tb = exc.__traceback__

@@ -18,7 +18,7 @@ from app.order_saga import ORDER
 from app.refund_context import refund_of
 from app.refund_saga import REFUND
 from app.services.orders import MAX_TOTAL
-from sagaflow.ledger import utcnow
+from sagaflow import utcnow
 
 bp = Blueprint("api", __name__)
 ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
@@ -165,7 +165,7 @@ def place_order():
 
     def start_saga(session, order_id: int) -> None:
         # In the order's own transaction: the order and its saga commit together or not
-        # at all (sagaflow/starts.py).
+        # at all (sagaflow/_starts.py).
         start.write(
             session,
             OrderContext(

@@ -13,9 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.errors import CannotUndo, InsufficientBalance, InvalidRequest, NotFound
-from sagaflow.db import Database
-from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
-from sagaflow.outbox import outbox_table
+from sagaflow import Database, apply_once, compensate_once, ledger_table, outbox_table, utcnow
 
 # What a top-up may bring a balance to. The column is 64-bit: a refund always goes in (a
 # compensation must never be refused), even when a top-up that landed between the payment

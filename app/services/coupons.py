@@ -23,9 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.errors import CannotUndo, CouponUnavailable, NotFound
-from sagaflow.db import Database
-from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
-from sagaflow.outbox import outbox_table
+from sagaflow import Database, apply_once, compensate_once, ledger_table, outbox_table, utcnow
 
 UNUSED, USED = "UNUSED", "USED"
 PENDING, ISSUED, REJECTED = "PENDING", "ISSUED", "REJECTED"

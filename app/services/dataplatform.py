@@ -4,7 +4,7 @@ streams each (orders on `dataplatform.orders`, refunds on `dataplatform.refunds`
 Step: publish_order (after the order succeeded: retried, never compensated). The record
 and its stream event are written in one transaction (the event into the service's outbox);
 the step itself puts the event on the Redis stream `dataplatform.orders` right after its
-commit (sagaflow.outbox.AfterCommit), or the outbox relay does if it could not; at least once:
+commit (sagaflow._outbox.AfterCommit), or the outbox relay does if it could not; at least once:
 consumers dedupe on the entry's `message_id` (or on `order_id`, which every event carries).
 Step publish_refund (the refund saga's, after its pivot) works the same way.
 """
@@ -17,9 +17,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, Integer, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sagaflow.db import Database
-from sagaflow.ledger import utcnow
-from sagaflow.outbox import enqueue, outbox_table, stream_message
+from sagaflow import Database, enqueue, outbox_table, stream_message, utcnow
 
 STREAM = "dataplatform.orders"
 REFUND_STREAM = "dataplatform.refunds"

@@ -31,9 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.errors import Conflict, NotFound
-from sagaflow.db import Database
-from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
-from sagaflow.outbox import outbox_table
+from sagaflow import Database, apply_once, compensate_once, ledger_table, outbox_table, utcnow
 
 PENDING = "PENDING"
 COMPLETED = "COMPLETED"

@@ -12,9 +12,7 @@ from sqlalchemy import CheckConstraint, DateTime, Integer, String, select, updat
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.errors import CannotUndo, NotFound, OutOfStock, UnknownProduct
-from sagaflow.db import Database
-from sagaflow.ledger import apply_once, compensate_once, ledger_table, utcnow
-from sagaflow.outbox import outbox_table
+from sagaflow import Database, apply_once, compensate_once, ledger_table, outbox_table, utcnow
 
 
 class Base(DeclarativeBase):

@@ -20,13 +20,21 @@ from pydantic import BaseModel
 from sqlalchemy import Integer
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sagaflow import Compensation, Step, Workflow, apply_once, compensate_once, ledger_table
+from sagaflow import (
+    DEFAULT_RETRY,
+    Compensation,
+    Database,
+    Runtime,
+    SagaBase,
+    Settings,
+    Step,
+    Workflow,
+    apply_once,
+    compensate_once,
+    ledger_table,
+    outbox_table,
+)
 from sagaflow.celery_app import CeleryDispatcher, delivery_conf, install
-from sagaflow.db import Database
-from sagaflow.log import SagaBase
-from sagaflow.outbox import outbox_table
-from sagaflow.runtime import Runtime, Settings
-from sagaflow.workflow import DEFAULT_RETRY
 
 
 # --- the wallet service: its tables, with the runtime's ledger and outbox beside them ---

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from sagaflow._errors import NotApplicable
+from sagaflow._log import OperatorAction
+from sagaflow._status import WorkKind
 from sagaflow.dlq.store import DUE, RESOLVED, RETRYING
-from sagaflow.errors import NotApplicable
-from sagaflow.log import OperatorAction
-from sagaflow.status import WorkKind
 
 
 class Refused(NotApplicable):

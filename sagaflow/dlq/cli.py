@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sagaflow._status import WorkKind
 from sagaflow.dlq.actions import FAILED, SENT, SKIPPED, Refused
 from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING, STATUSES
-from sagaflow.status import WorkKind
 
 OK, FAILED_AGAIN, USAGE, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 2, 3, 4
 # Piped or in a narrow terminal, keep tables wide enough that ids are never cut.

@@ -24,7 +24,7 @@ STATUSES = (RETRYING, NEEDS_HUMAN, RESOLVED)
 ENTRY, IDS, DUE = "dlq:entry:", "dlq:ids", "dlq:due"
 ALERTED = "dlq:alerted:"  # what an entry's last alert said, so an incident pages once
 ALERT_MEMORY = 7 * 86_400
-DONE = "sagaflow:done:"  # sagaflow/events.py: the work succeeded
+DONE = "sagaflow:done:"  # sagaflow/_events.py: the work succeeded
 
 # Create the entry, or fold a repeated hand-off of the same work into it; nothing when the
 # work has succeeded meanwhile (a late report of an attempt that was overtaken).

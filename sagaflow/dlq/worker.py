@@ -13,12 +13,12 @@ import logging
 import threading
 import time
 
-from sagaflow.dependencies import outage_text, recovered_text, unreachable
+from sagaflow._dependencies import outage_text, recovered_text, unreachable
+from sagaflow._errors import InputNotKnown
+from sagaflow._outage import OutageReporter, cause
 from sagaflow.dlq.alerts import AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
-from sagaflow.errors import InputNotKnown
 from sagaflow.metrics import count_alert
-from sagaflow.outage import OutageReporter, cause
 
 log = logging.getLogger("sagaflow.dlq")
 OUTAGE_CHECK_SECONDS = 2.0

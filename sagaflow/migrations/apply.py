@@ -11,7 +11,7 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection, Engine
 
-from sagaflow.errors import MigrationRefused
+from sagaflow._errors import MigrationRefused
 from sagaflow.migrations import steps, version
 from sagaflow.migrations.version import NOTHING, Recorded
 
@@ -48,7 +48,7 @@ def upgrade(database: str | Engine, parts: Iterable[str] = steps.SERVICE_PARTS) 
     as made by steps up to MADE_BY_APPLICATIONS_UP_TO.
 
     Everything happens in one transaction where the database allows DDL in one: always on
-    PostgreSQL; on SQLite when given a URL (sagaflow.db's engine begins explicitly), not
+    PostgreSQL; on SQLite when given a URL (sagaflow._db's engine begins explicitly), not
     through an Engine of the caller's that leaves pysqlite to begin.
     """
     wanted = _known(parts)
@@ -130,6 +130,6 @@ def _engine(database: str | Engine) -> tuple[Engine, bool]:
     """The engine, and whether it is ours to dispose of."""
     if isinstance(database, Engine):
         return database, False
-    from sagaflow.db import Database
+    from sagaflow._db import Database
 
     return Database(database, create=True).engine, True

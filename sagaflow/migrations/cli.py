@@ -12,8 +12,8 @@ import click
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from sagaflow._errors import MigrationRefused
 from sagaflow.dlq.cli import FAILED_AGAIN, UNREACHABLE, fail
-from sagaflow.errors import MigrationRefused
 from sagaflow.migrations import HOME_PARTS, SERVICE_PARTS, STEPS, upgrade
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from sagaflow.errors import MigrationRefused
+from sagaflow._errors import MigrationRefused
 
 TABLE = "sagaflow_schema_version"
 

@@ -20,13 +20,13 @@ from typing import Any
 
 from sqlalchemy import event
 
-from sagaflow.errors import DeclarationError, error_text
-from sagaflow.faults import NO_FAULTS, FaultInjector
-from sagaflow.log import SagaLog
-from sagaflow.outbox import Outbox, Relay, enqueue, start_message
-from sagaflow.workflow import Workflow
+from sagaflow._errors import DeclarationError, error_text
+from sagaflow._faults import NO_FAULTS, FaultInjector
+from sagaflow._log import SagaLog
+from sagaflow._outbox import Outbox, Relay, enqueue, start_message
+from sagaflow._workflow import Workflow
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sagaflow.starts")
 
 # The fault point between a start's commit and its send (SAGA_FAULTS=start_saga:crash).
 START_FAULT = "start_saga"

@@ -13,11 +13,11 @@ import logging
 import threading
 import time
 
-from sagaflow.log import SagaLog
-from sagaflow.outage import OutageReporter
-from sagaflow.projector import Projector
-from sagaflow.runner import Runner
-from sagaflow.status import StepStatus, WorkKind
+from sagaflow._log import SagaLog
+from sagaflow._outage import OutageReporter
+from sagaflow._projector import Projector
+from sagaflow._runner import Runner
+from sagaflow._status import StepStatus, WorkKind
 
 log = logging.getLogger("sagaflow.orchestrator")
 IDLE_BLOCK_MS = 1000

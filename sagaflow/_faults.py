@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sagaflow.errors import DeclarationError, InjectedBusinessError, StepTimeout, TransientError
+from sagaflow._errors import DeclarationError, InjectedBusinessError, StepTimeout, TransientError
 
 KINDS = ("business", "timeout", "transient", "crash")
 LIVE_KEY = "sagaflow:faults:live"

@@ -24,7 +24,7 @@ import redis.exceptions
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa_exc
 
-from sagaflow.errors import error_text
+from sagaflow._errors import error_text
 
 log = logging.getLogger("sagaflow.dependencies")
 
@@ -105,9 +105,7 @@ class OutageBoard:
 
     def rows(self) -> dict[str, dict]:
         raw = self.redis.hgetall(BOARD)
-        return {
-            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
-        }
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
 
     def update(self, dependency: str, **fields) -> None:
         raw = self.redis.hget(BOARD, dependency)

@@ -6,14 +6,14 @@ same way for every process, and hands each process what it runs:
         WORKFLOWS, hooks=HOOKS, databases={"wallet": wallet_db}, outboxes={"wallet": Outbox},
         redis=redis_client, services=my_services, dispatcher=celery_app.dispatcher,
     )
-    runtime.starts.start(TOPUP)      # an API handler: start a saga (sagaflow/starts.py)
+    runtime.starts.start(TOPUP)      # an API handler: start a saga (sagaflow/_starts.py)
     runtime.runner                   # a worker: what its tasks run (celery_app.install)
     runtime.orchestrator().run(stop) # the saga log's keeper and the stall check
     runtime.relay().run(stop)        # what the outboxes hold, sent
 
 `databases` are the handles of the services this process serves: anything with
 `write()` and `read()` context managers yielding SQLAlchemy sessions. `outboxes` names
-each service's outbox table (sagaflow.outbox.outbox_table); `services` is what steps
+each service's outbox table (sagaflow._outbox.outbox_table); `services` is what steps
 receive as their first argument. The home of the workflows (where the saga log lives)
 is read from their declarations.
 """
@@ -26,23 +26,23 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
-from sagaflow.choreography import CHOREOGRAPHY, Choreography
+from sagaflow._choreography import CHOREOGRAPHY, Choreography
+from sagaflow._errors import DeclarationError
+from sagaflow._events import EventLog
+from sagaflow._faults import NO_FAULTS, FaultInjector
+from sagaflow._log import SagaLog
+from sagaflow._orchestrator import Orchestrator, StallCheck
+from sagaflow._outbox import AfterCommit, Outbox, Relay, Wakeup, sender
+from sagaflow._projector import Hooks, Projector
+from sagaflow._runner import Runner
+from sagaflow._starts import Starts
+from sagaflow._workflow import Workflow
 from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.errors import DeclarationError
-from sagaflow.events import EventLog
-from sagaflow.faults import NO_FAULTS, FaultInjector
-from sagaflow.log import SagaLog
-from sagaflow.orchestrator import Orchestrator, StallCheck
-from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, sender
-from sagaflow.projector import Hooks, Projector
-from sagaflow.runner import Runner
-from sagaflow.starts import Starts
-from sagaflow.workflow import Workflow
 
 
 class RuntimeSettings(Protocol):
     """What the runtime reads from a settings object (the shop's config.settings.Settings
-    has these, and so does sagaflow.runtime.Settings)."""
+    has these, and so does sagaflow._runtime.Settings)."""
 
     saga_mode: str
     saga_stall_seconds: float
@@ -165,7 +165,7 @@ class Runtime:
 
     @cached_property
     def starts(self) -> Starts:
-        """Where an API handler starts sagas (sagaflow/starts.py)."""
+        """Where an API handler starts sagas (sagaflow/_starts.py)."""
         return Starts(self.workflows, self.relay(), self.runner.faults)
 
     @cached_property

@@ -25,11 +25,11 @@ from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
 from sqlalchemy import select
 
+from sagaflow._events import STREAM, Event, Phase
+from sagaflow._log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
+from sagaflow._status import DONE, SagaStatus, StepStatus, WorkKind
+from sagaflow._workflow import Workflow
 from sagaflow.dlq import store as dead_letters
-from sagaflow.events import STREAM, Event, Phase
-from sagaflow.log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
-from sagaflow.status import DONE, SagaStatus, StepStatus, WorkKind
-from sagaflow.workflow import Workflow
 
 GROUP, CONSUMER = "sagaflow-projector", "projector"
 LOCK, LOCK_SECONDS = "sagaflow:projector:lock", 15

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError
 
-from sagaflow.dependencies import unreachable
+from sagaflow._dependencies import unreachable
 
 # user:password@ in any URL an error message quotes: the password never reaches a log.
 _CREDENTIALS = re.compile(r"(://[^/@\s:]*):[^/@\s]*@")
@@ -59,7 +59,7 @@ class OutageReporter:
     - `down`: whether an outage is going on.
 
     `what` names the dependency in the messages ("Redis"); by default the name comes from
-    `classify` (sagaflow.dependencies.unreachable: "Redis", "the broker", "a database").
+    `classify` (sagaflow._dependencies.unreachable: "Redis", "the broker", "a database").
     `clock` is injectable for tests.
     """
 

@@ -1,7 +1,7 @@
 """Running one piece of saga work where its service lives, and routing its failure (the
 five failure classes). It knows nothing of Celery: a Dispatcher puts work on its queues.
 
-What each piece of work records goes to the event stream (sagaflow/events.py), never to a
+What each piece of work records goes to the event stream (sagaflow/_events.py), never to a
 database other than its own service's: the step's business change and its ledger row are
 one local transaction, and the events around it cost a Redis round trip each.
 """
@@ -15,21 +15,21 @@ import traceback
 from contextlib import nullcontext
 from typing import Any, Protocol
 
-from sagaflow.choreography import CHAINED, Announcer
-from sagaflow.dependencies import OutageBoard, unreachable
-from sagaflow.dlq.store import DeadLetterStore
-from sagaflow.errors import (
+from sagaflow._choreography import CHAINED, Announcer
+from sagaflow._dependencies import OutageBoard, unreachable
+from sagaflow._errors import (
     AlreadyCompensated,
     InjectedBusinessError,
     InputNotKnown,
     NotApplicable,
     error_text,
 )
-from sagaflow.events import Event, EventLog, Phase
-from sagaflow.faults import NO_FAULTS, FaultInjector
-from sagaflow.outbox import AfterCommit, message_id, sender
-from sagaflow.status import WorkKind
-from sagaflow.workflow import Workflow, workflow_of
+from sagaflow._events import Event, EventLog, Phase
+from sagaflow._faults import NO_FAULTS, FaultInjector
+from sagaflow._outbox import AfterCommit, message_id, sender
+from sagaflow._status import WorkKind
+from sagaflow._workflow import Workflow, workflow_of
+from sagaflow.dlq.store import DeadLetterStore
 
 log = logging.getLogger("sagaflow")
 BUSINESS, PARKED = "business", "parked"  # failure markers
@@ -71,7 +71,7 @@ class Runner:
         self.faults = faults
         self.worker = worker or socket.gethostname()
         # Orchestration: the chain carries the next piece of work, nothing is announced.
-        # Choreography: each piece announces the next (sagaflow/choreography.py).
+        # Choreography: each piece announces the next (sagaflow/_choreography.py).
         self.announcer = announcer
         # Sends the outbox rows a piece of work writes once it succeeded (None: the relay
         # does, at its next look).

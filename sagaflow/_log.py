@@ -1,7 +1,7 @@
 """The saga log: one row per saga instance and one per step or compensation, in the
 runtime's own tables (`sagaflow_*`) in the home service's database.
 
-Only the orchestrator writes it (from the workers' events, sagaflow/projector.py), except
+Only the orchestrator writes it (from the workers' events, sagaflow/_projector.py), except
 `create`, which the starter calls inside its own transaction so that the business record
 and its saga appear together. Everyone else reads it: the API's timeline, the CLI, the
 stall check.
@@ -26,9 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sagaflow.ledger import utcnow
-from sagaflow.status import DONE, OWED, SagaStatus, StepStatus, WorkKind
-from sagaflow.workflow import Workflow
+from sagaflow._ledger import utcnow
+from sagaflow._status import DONE, OWED, SagaStatus, StepStatus, WorkKind
+from sagaflow._workflow import Workflow
 
 COMPENSATION_POSITION = 100  # compensations sort after the forward steps
 
@@ -47,7 +47,7 @@ class SagaInstance(SagaBase):
     context: Mapped[str] = mapped_column(Text, default="{}")
     failed_step: Mapped[str | None] = mapped_column(String(40), nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # The id of the last stream entry applied to this saga (sagaflow/projector.py).
+    # The id of the last stream entry applied to this saga (sagaflow/_projector.py).
     last_event_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -35,8 +35,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
-from sagaflow.errors import DeclarationError, error_text
-from sagaflow.outage import OutageReporter
+from sagaflow._errors import DeclarationError, error_text
+from sagaflow._outage import OutageReporter
 
 log = logging.getLogger("sagaflow.outbox")
 
@@ -458,7 +458,7 @@ def sender(runner) -> Sender:
     """Sends the runtime's kinds of message, with what a Runner holds: the dispatcher
     (a chain) and Redis (a stream). The relay, the writers' fast path and the DLQ use it."""
 
-    from sagaflow.choreography import EVENT, react
+    from sagaflow._choreography import EVENT, react
 
     def send(kind: str, payload: dict, mid: str) -> None:
         if kind == START:

@@ -2,7 +2,7 @@
 
 Workers never write the saga log themselves (it lives in the home service's database,
 which a products worker cannot reach). Each piece of work appends events to one Redis
-stream; the orchestrator (sagaflow/projector.py) reads them in order and keeps the log.
+stream; the orchestrator (sagaflow/_projector.py) reads them in order and keeps the log.
 An append costs one Redis round trip and no Celery hop, so recording progress does not
 slow the chain.
 

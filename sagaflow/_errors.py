@@ -79,7 +79,7 @@ class InputNotKnown(NotApplicable):
 
 class DependencyUnreachable(SagaError):
     """The work could not reach what it needs (its database, Redis, the broker): not its
-    own failure, so it waits without spending an attempt (sagaflow/dependencies.py)."""
+    own failure, so it waits without spending an attempt (sagaflow/_dependencies.py)."""
 
     code = "dependency_unreachable"
 

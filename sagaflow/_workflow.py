@@ -31,8 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sagaflow.errors import DeclarationError
-from sagaflow.status import WorkKind
+from sagaflow._errors import DeclarationError
+from sagaflow._status import WorkKind
 
 # `services`: whatever the workflow's owner hands the runner (the shop: app.bootstrap's
 # Services), reached by attribute; typed Any because each owner has its own.

@@ -9,7 +9,7 @@ A step and its compensation share one row. Whichever arrives first decides:
 Concurrent duplicates collide on the primary key and the loser re-reads.
 
 In choreography the same transaction also writes the event that announces the work
-(sagaflow/choreography.py: `announce`), so a change and its event commit together.
+(sagaflow/_choreography.py: `announce`), so a change and its event commit together.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sqlalchemy import DateTime, String, Text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from sagaflow.choreography import announce, rolled_back
-from sagaflow.errors import AlreadyCompensated
+from sagaflow._choreography import announce, rolled_back
+from sagaflow._errors import AlreadyCompensated
 
 APPLIED, COMPENSATED, VOIDED = "APPLIED", "COMPENSATED", "VOIDED"
 NEVER_APPLIED = "nothing to undo: step never applied (voided)"

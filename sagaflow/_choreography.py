@@ -37,8 +37,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from sagaflow.outbox import Outbox, Relay, enqueue
-from sagaflow.workflow import Workflow
+from sagaflow._outbox import Outbox, Relay, enqueue
+from sagaflow._workflow import Workflow
 
 log = logging.getLogger("sagaflow.choreography")
 
