@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+from sagaflow.dlq.store import DUE, ENTRY, entry_id
+
 STREAM = "sagaflow:events"
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
 DONE = "sagaflow:done:"
@@ -169,8 +171,6 @@ class EventLog:
     def finish(self, event: Event, note: str) -> tuple[str | None, str]:
         """Record that the work succeeded; returns (the fence or None, what became of its
         DLQ entry: "resolved", "none", or "given_up" by an operator meanwhile)."""
-        from sagaflow.dlq.store import DUE, ENTRY, entry_id
-
         eid = entry_id(event.saga_id, event.name)
         fence, closed = self._finish(
             keys=[

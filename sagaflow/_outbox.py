@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
-from sagaflow._errors import DeclarationError, error_text
+from sagaflow._errors import error_text
 from sagaflow._outage import OutageReporter
 
 log = logging.getLogger("sagaflow.outbox")
@@ -452,23 +452,3 @@ def start_message(workflow: str, ctx: dict) -> tuple[str, dict]:
 def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict]:
     """Append an entry to a Redis stream (a service's published event)."""
     return STREAM, {"stream": stream, "fields": fields}
-
-
-def sender(runner) -> Sender:
-    """Sends the runtime's kinds of message, with what a Runner holds: the dispatcher
-    (a chain) and Redis (a stream). The relay, the writers' fast path and the DLQ use it."""
-
-    from sagaflow._choreography import EVENT, react
-
-    def send(kind: str, payload: dict, mid: str) -> None:
-        if kind == START:
-            wf = runner.workflows[payload["workflow"]]
-            runner.dispatcher.forward(wf, payload["ctx"], wf.step_names, message_id=mid)
-        elif kind == STREAM:
-            runner.events.redis.xadd(payload["stream"], {**payload["fields"], "message_id": mid})
-        elif kind == EVENT:
-            react(runner, payload, mid)
-        else:
-            raise DeclarationError(f"no sender for outbox messages of kind {kind!r}")
-
-    return send

@@ -26,7 +26,8 @@ from sagaflow._errors import (
 )
 from sagaflow._events import Event, EventLog, Phase
 from sagaflow._faults import NO_FAULTS, FaultInjector
-from sagaflow._outbox import AfterCommit, message_id, sender
+from sagaflow._outbox import AfterCommit, message_id
+from sagaflow._sending import sender
 from sagaflow._status import WorkKind
 from sagaflow._workflow import Workflow, workflow_of
 from sagaflow.dlq.store import DeadLetterStore

@@ -32,9 +32,10 @@ from sagaflow._events import EventLog
 from sagaflow._faults import NO_FAULTS, FaultInjector
 from sagaflow._log import SagaLog
 from sagaflow._orchestrator import Orchestrator, StallCheck
-from sagaflow._outbox import AfterCommit, Outbox, Relay, Wakeup, sender
+from sagaflow._outbox import AfterCommit, Outbox, Relay, Wakeup
 from sagaflow._projector import Hooks, Projector
 from sagaflow._runner import Runner
+from sagaflow._sending import sender
 from sagaflow._starts import Starts
 from sagaflow._workflow import Workflow
 from sagaflow.dlq.store import DeadLetterStore

@@ -14,6 +14,7 @@ import sys
 from celery import Celery
 from celery.signals import celeryd_init
 
+from app.bootstrap import build_runner, warm_up
 from app.retryable import RETRYABLE
 from app.workflows import SERVICES, WORKFLOWS
 from config.settings import Settings
@@ -42,8 +43,6 @@ def _queues(option) -> tuple[str, ...]:
 
 
 def create_celery(settings: Settings) -> Celery:
-    from app.bootstrap import build_runner, warm_up
-
     app = Celery("saga", broker=settings.redis_url or None, set_as_current=False)
     app.conf.update(
         delivery_conf(

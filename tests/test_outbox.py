@@ -291,7 +291,8 @@ def test_an_api_killed_between_the_commit_and_the_broker_loses_nothing(stack):
 
 
 def test_a_start_message_sent_twice_starts_its_saga_once(stack):
-    from sagaflow._outbox import sender, start_message
+    from sagaflow._outbox import start_message
+    from sagaflow._sending import sender
 
     shop = stack.shop
     worker = stack.worker()

@@ -35,7 +35,8 @@ from sagaflow._db import Database
 from sagaflow._faults import FaultInjector, parse_faults
 from sagaflow._log import SagaBase
 from sagaflow._orchestrator import StallCheck
-from sagaflow._outbox import Outbox, Relay, outbox_table, sender
+from sagaflow._outbox import Outbox, Relay, outbox_table
+from sagaflow._sending import sender
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.testing import SyncDispatcher
 
