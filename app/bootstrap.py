@@ -16,6 +16,7 @@ from app import services as service_modules
 from app.workflows import HOOKS, SERVICES, WORKFLOWS
 from config.settings import Settings, SettingsError
 from sagaflow import (
+    HOLD_KEY,
     LIVE_KEY,
     NO_FAULTS,
     Database,
@@ -132,6 +133,7 @@ def faults_from(settings: Settings, client) -> FaultInjector:
         overrun=settings.step_soft_time_limit + 1,
         read_live=read_live,
         known=known,
+        held=lambda: bool(client.exists(HOLD_KEY)),
     )
 
 

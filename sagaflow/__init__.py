@@ -31,7 +31,14 @@ from sagaflow._errors import (
     error_text,
 )
 from sagaflow._events import Event, EventLog, Phase
-from sagaflow._faults import LIVE_KEY, NO_FAULTS, FaultInjector, LiveFaultInjector, parse_faults
+from sagaflow._faults import (
+    HOLD_KEY,
+    LIVE_KEY,
+    NO_FAULTS,
+    FaultInjector,
+    LiveFaultInjector,
+    parse_faults,
+)
 from sagaflow._ledger import apply_once, compensate_once, ledger_table, utcnow
 from sagaflow._log import SagaBase, SagaInstance, SagaLog, SagaStepRow
 from sagaflow._orchestrator import Orchestrator
@@ -53,6 +60,7 @@ from sagaflow._workflow import (
 
 __all__ = [
     "DEFAULT_RETRY",
+    "HOLD_KEY",
     "LIVE_KEY",
     "NO_FAULTS",
     "AlreadyCompensated",

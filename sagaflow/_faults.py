@@ -7,6 +7,10 @@ Honoured only with SAGA_FAULTS_ENABLED=1 (the settings warn and drop it otherwis
 With fault injection on, a spec stored under LIVE_KEY in Redis replaces SAGA_FAULTS for as
 long as it is there, in every process at once, read at each step: a drill (or the failure
 matrix) changes the faults between orders without restarting a worker.
+
+`hold` keeps the work waiting, before it changes anything, for as long as HOLD_KEY is set
+in Redis (at most HOLD_LIMIT seconds): a test holds a step in flight, acts on its saga
+(an operator's cancel), then releases it, waiting on conditions rather than on a sleep.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from dataclasses import dataclass
 
 from sagaflow._errors import DeclarationError, InjectedBusinessError, StepTimeout, TransientError
 
-KINDS = ("business", "timeout", "transient", "crash")
+KINDS = ("business", "timeout", "transient", "crash", "hold")
 LIVE_KEY = "sagaflow:faults:live"
+HOLD_KEY, HOLD_LIMIT = "sagaflow:faults:hold", 60.0
 log = logging.getLogger("sagaflow.faults")
 
 
@@ -54,10 +59,17 @@ def parse_faults(spec: str, known: Iterable[str]) -> dict[str, Fault]:
 
 
 class FaultInjector:
-    def __init__(self, faults: dict[str, Fault], count: Callable[[str], int], overrun: float):
+    def __init__(
+        self,
+        faults: dict[str, Fault],
+        count: Callable[[str], int],
+        overrun: float,
+        held: Callable[[], bool] = lambda: False,
+    ):
         self.faults = faults
         self._count = count  # increments and returns a shared counter
         self._overrun = overrun
+        self._held = held  # is HOLD_KEY set (a `hold` fault waits while it is)
 
     def current(self) -> dict[str, Fault]:
         return self.faults
@@ -80,8 +92,13 @@ class FaultInjector:
 
     def before(self, name: str, saga_id: str) -> None:
         """Faults that strike before the work changes anything."""
-        fault = self._fires(name, saga_id, ("business", "transient", "timeout"))
+        fault = self._fires(name, saga_id, ("business", "transient", "timeout", "hold"))
         if fault is None:
+            return
+        if fault.kind == "hold":
+            deadline = time.monotonic() + HOLD_LIMIT
+            while self._held() and time.monotonic() < deadline:
+                time.sleep(0.05)
             return
         if fault.kind == "business":
             raise InjectedBusinessError(f"injected business error in {name}")
@@ -101,8 +118,10 @@ class FaultInjector:
 class LiveFaultInjector(FaultInjector):
     """The faults of SAGA_FAULTS, or of the spec at LIVE_KEY while one is stored there."""
 
-    def __init__(self, faults, count, overrun, read_live: Callable[[], str | None], known):
-        super().__init__(faults, count, overrun)
+    def __init__(
+        self, faults, count, overrun, read_live: Callable[[], str | None], known, held=None
+    ):
+        super().__init__(faults, count, overrun, held or (lambda: False))
         self._read_live = read_live
         self._known = tuple(known)
         self._parsed: tuple[str, dict[str, Fault]] = ("", {})
@@ -133,6 +152,15 @@ def set_live_faults(client, spec: str, known: Iterable[str]) -> None:
 def clear_live_faults(client) -> None:
     """Back to each process's SAGA_FAULTS."""
     client.delete(LIVE_KEY)
+
+
+def hold_work(client) -> None:
+    """From now on, work with a `hold` fault waits (until release_work)."""
+    client.set(HOLD_KEY, "1", ex=int(HOLD_LIMIT))
+
+
+def release_work(client) -> None:
+    client.delete(HOLD_KEY)
 
 
 NO_FAULTS = FaultInjector({}, lambda _key: 0, 0.0)

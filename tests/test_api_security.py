@@ -171,6 +171,15 @@ CONSOLE = {
         "/console/dlq/order-999:use_balance/requeue",
         _row(303, 403, 403, 403, 403),
     ),
+    # The owner's order is still PENDING here (no worker): its cancel's dry run shows.
+    ("GET", "/console/sagas/<saga_id>/cancel"): (
+        "/console/sagas/order-{order}/cancel",
+        _row(303, 403, 403, 403, 200),
+    ),
+    ("POST", "/console/sagas/<saga_id>/cancel"): (
+        "/console/sagas/order-{order}/cancel",
+        _row(303, 403, 403, 403, 403),
+    ),
 }
 
 

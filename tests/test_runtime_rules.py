@@ -320,3 +320,33 @@ def test_events_read_twice_after_a_crash_are_applied_once(world):
                 session, __import__("sagaflow").Event.from_fields(fields), entry_id.decode()
             )
     assert world.steps(saga)["credit"]["attempts"] == before
+
+
+def test_an_operator_cancels_a_saga_in_flight_at_its_next_step_boundary(world):
+    from sagaflow.dlq.actions import OperatorActions, Refused
+
+    actions = OperatorActions(world.store, world.runner, world.log, 5)
+    ctx = TopUp(topup_id=99, user_id=7, amount=300)
+    with world.db.write() as session:
+        saga = SagaLog.create(session, TOPUP, ctx)
+    world.runner.start(TOPUP, ctx)  # sent, not yet run: the saga is in flight
+
+    plan = actions.cancel_plan(saga)
+    assert (plan["turns_back_at"], plan["compensations"]) == ("credit", ["debit"])
+    with pytest.raises(Refused, match="a note"):
+        actions.cancel(saga, "ops@example", " ")
+    actions.cancel(saga, "ops@example", "customer asked")
+    world.settle()
+
+    timeline = world.log.timeline(saga)
+    assert timeline["status"] == SagaStatus.FAILED
+    assert timeline["failure_reason"] == "cancelled by ops@example: customer asked"
+    assert world.balance() == 0  # the fenced credit never applied
+    assert world.steps(saga)["notify"]["status"] in ("not_run", "pending")
+    with pytest.raises(Refused, match="already turning back"):
+        actions.cancel_plan(saga)
+    assert [h["action"] for h in actions.history(saga)] == ["cancel"]
+
+    done = world.start(amount=100)
+    with pytest.raises(Refused, match="COMPLETED"):
+        actions.cancel_plan(done)

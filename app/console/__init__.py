@@ -4,6 +4,7 @@
     /console/orders/<id>     one order's saga as a timeline, its failure class, what next,
                              its DLQ entries and what operators did to it
     /console/dlq             the DLQ: entries, their errors and attempts, and the actions
+    /console/sagas/<id>/cancel  cancel a saga still in flight: its dry run, then a note
 
 Every action (dry run, requeue, compensate, resolve) goes through a page that shows the
 dry-run plan and asks for confirmation; what is done is recorded (who, when, what) and
@@ -222,6 +223,39 @@ def order(order_id: int):
         history=sorted(history, key=lambda h: h["at"]),
         who=caller().actor,
     )
+
+
+# --- cancelling a saga in flight -----------------------------------------------------------
+
+
+def _saga_of_an_order(saga_id: str) -> int:
+    order_id = order_id_of(saga_id) if len(saga_id) <= 80 else None
+    if order_id is None:
+        raise NotFound(f"no saga {saga_id!r}")
+    return order_id
+
+
+@bp.get("/sagas/<saga_id>/cancel")
+@console(OPERATOR)
+def cancel_plan(saga_id: str):
+    order_id = _saga_of_an_order(saga_id)
+    try:
+        plan = _actions().cancel_plan(saga_id)
+    except Refused as exc:
+        return redirect(f"/console/orders/{order_id}?message={_said(f'refused: {exc}')}", 303)
+    return render_template("console/cancel.html", plan=plan, order_id=order_id, who=caller().actor)
+
+
+@bp.post("/sagas/<saga_id>/cancel")
+@console(OPERATOR)
+def cancel(saga_id: str):
+    order_id = _saga_of_an_order(saga_id)
+    try:
+        done = _actions().cancel(saga_id, caller().actor, request.form.get("note", ""))
+        message = f"cancelling {saga_id}: {', '.join(done['compensations'])}"
+    except Refused as exc:
+        message = f"refused: {exc}"
+    return redirect(f"/console/orders/{order_id}?message={_said(message)}", 303)
 
 
 # --- the DLQ ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What an operator can do to parked work, for the CLI and the console alike: read the plan
-(the dry run), send it again, give it up and undo the saga, resolve it by hand. Every
-action is recorded (who, when, what, and how it went) in the saga log's database, and
-shown with the saga."""
+(the dry run), send it again, give it up and undo the saga, resolve it by hand; and to a
+saga still moving: cancel it. Every action is recorded (who, when, what, and how it went)
+in the saga log's database, and shown with the saga."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from sagaflow._errors import NotApplicable
 from sagaflow._log import OperatorAction
-from sagaflow._status import WorkKind
+from sagaflow._status import DONE, WorkKind
 from sagaflow.dlq.store import DUE, RESOLVED, RETRYING
 
 
@@ -21,6 +21,9 @@ class Refused(NotApplicable):
 
     code = "refused"
 
+
+# A compensation's row in these states has not started: the saga is not turning back yet.
+PENDING_WORK = (None, "pending", "not_run")
 
 # What `requeue` did with one entry (its result's "result").
 SENT, FAILED, SKIPPED = "sent", "failed", "skipped"
@@ -172,6 +175,63 @@ class OperatorActions:
             entry, who, "compensate", "", f"compensating: {', '.join(launched) or 'nothing'}"
         )
         return launched
+
+    # --- cancelling a saga in flight -----------------------------------------------------
+
+    def cancel_plan(self, saga_id: str) -> dict:
+        """What `cancel` would do: where the saga turns back (the first step before the
+        pivot that has not succeeded: the one running, or the next to run) and what it
+        undoes, newest first. Refused once the saga completed or began turning back."""
+        timeline = self.saga_log.timeline(saga_id)
+        if timeline is None:
+            raise Refused(f"no saga {saga_id}")
+        wf = self.runner.workflows[timeline["workflow"]]
+        statuses = {s["name"]: s["status"] for s in timeline["steps"]}
+        if timeline["status"] == "COMPLETED":
+            raise Refused(
+                f"{saga_id} is COMPLETED: its pivot applied, so it cannot be cancelled; undo"
+                " it with a workflow of its own (the shop: a refund of the order)"
+            )
+        undoing = [n for n in wf.compensation_names if statuses.get(n) not in PENDING_WORK]
+        if timeline["status"] in ("COMPENSATING", "FAILED") or undoing:
+            raise Refused(f"{saga_id} is already turning back ({timeline['status']})")
+        before_pivot = [s.name for s in wf.steps if s.compensation]
+        boundary = next((n for n in before_pivot if statuses.get(n) not in DONE), None)
+        if boundary is None:
+            raise Refused(f"{saga_id} has applied its pivot: it is completing, not cancellable")
+        parked = [
+            e["id"]
+            for e in self.store.entries(saga_id=saga_id)
+            if e["name"] == boundary and e["status"] != RESOLVED
+        ]
+        return {
+            "saga_id": saga_id,
+            "workflow": wf.name,
+            "status": timeline["status"],
+            "turns_back_at": boundary,
+            "its_status": statuses.get(boundary, "pending"),
+            "compensations": wf.compensations_for(boundary),
+            "gives_up": parked,
+            "note": f"{boundary} is fenced: if it is running it finishes and is undone, or"
+            " it is voided and refuses to apply; nothing after it runs",
+        }
+
+    def cancel(self, saga_id: str, who: str, note: str) -> dict:
+        """Turn the saga back at its next step boundary and undo what applied."""
+        if not note.strip():
+            raise Refused("say why the saga is cancelled (a note)")
+        plan = self.cancel_plan(saga_id)
+        wf = self.runner.workflows[plan["workflow"]]
+        for eid in plan["gives_up"]:  # the boundary step is parked: it is given up too
+            self.store.give_up(eid, f"cancelled by {who}: compensating")
+        launched = self.runner.turn_back(
+            wf, saga_id, plan["turns_back_at"], f"cancelled by {who}: {note.strip()}"
+        )
+        if not launched:
+            raise Refused(f"{saga_id} is already turning back")
+        entry = {"saga_id": saga_id, "id": f"{saga_id}:{plan['turns_back_at']}"}
+        self.record(entry, who, "cancel", note, f"compensating: {', '.join(launched)}")
+        return {**plan, "compensations": launched}
 
     def resolve(self, entry: dict, who: str, note: str) -> None:
         if not note.strip():

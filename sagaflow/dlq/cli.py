@@ -4,6 +4,8 @@ Exit codes scripts can rely on: 0 done; 1 the work failed again or the action is
 2 bad usage; 3 no such entry; 4 Redis or a database could not be used. Errors, usage
 errors included, are one line on stderr.
 
+`cancel SAGA_ID` acts on a saga still in flight rather than on an entry (dry run first).
+
 The context the application gives it provides: `settings`, `store` (Redis only),
 `runner` (sends work to its queues), `saga_log` (the home database: `show`, the dry run
 and the record of what operators did), `actions` (sagaflow/dlq/actions.py), `who` (the
@@ -344,6 +346,34 @@ def build_cli(make_context, prog: str) -> click.Group:
                 "moves its saga, or fix it by hand",
                 err=True,
             )
+
+    @cli.command()
+    @click.argument("saga_id")
+    @click.option("--dry-run", is_flag=True, help="print where it turns back, change nothing")
+    @click.option("--note", default="", help="why it is cancelled (required unless --dry-run)")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def cancel(obj, saga_id, dry_run, note, as_json):
+        """Cancel a saga still in flight: it turns back at its next step boundary and
+        undoes what applied. Refused once it completed or began turning back."""
+        if obj.saga_log.timeline(saga_id) is None:
+            fail(f"no saga {saga_id}", NO_SUCH_ENTRY)
+        if not dry_run and not note.strip():
+            fail("say why with --note (or look first with --dry-run)", USAGE)
+        if dry_run:
+            plan = obj.actions.cancel_plan(saga_id)
+        else:
+            plan = obj.actions.cancel(saga_id, obj.who, note)
+        if as_json:
+            emit_json({**plan, "dry_run": dry_run})
+            return
+        verb = "would turn back" if dry_run else "turning back"
+        click.echo(
+            f"{saga_id} ({plan['status']}): {verb} at {plan['turns_back_at']} "
+            f"({plan['its_status']}); compensations: {', '.join(plan['compensations'])}"
+        )
+        if plan["gives_up"]:
+            click.echo(f"gives up the parked {', '.join(plan['gives_up'])}")
 
     @cli.command()
     @click.option("--yes", is_flag=True, help="do not ask for confirmation")
