@@ -44,7 +44,7 @@ def test_a_cancelled_saga_turns_back_at_the_step_it_is_on(stack):
         saga_id = f"order-{order_id}"
         wait_for(
             lambda: (
-                (stack.rt.saga_log.step(saga_id, "use_balance") or {}).get("status")
+                (stack.rt.saga_log.step(order_id, "use_balance") or {}).get("status")
                 == StepStatus.RUNNING
             ),
             60,
@@ -79,7 +79,7 @@ def test_a_cancelled_saga_turns_back_at_the_step_it_is_on(stack):
     assert (shop.stock(product), shop.balance(user)) == (10, 1_000)
     assert shop.issued_coupon(coupon)["status"] == "UNUSED"
     shop.check_invariants([order_id], product, 10, user, 1_000, coupon)
-    history = OperatorActions(None, None, stack.rt.saga_log, 0).history(saga_id)
+    history = OperatorActions(None, None, stack.rt.saga_log.log, 0).history(saga_id)
     [action] = [h for h in history if h["action"] == "cancel"]
     assert action["note"] == "customer called to cancel" and action["actor"]
 
