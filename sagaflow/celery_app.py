@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 from celery import Celery, Task, chain
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
@@ -46,7 +47,7 @@ def delivery_conf(
     queues: list[str],
     start_timeout: float = 60,
     task_events: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """How every message is delivered: acknowledged only after the work is done, given
     back if the worker dies, one at a time, JSON only, no result backend. Task events
     (for Flower) only if asked for: a monitor that wants them turns them on remotely."""
@@ -300,7 +301,9 @@ class SagaTask(Task):
         )
 
 
-def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -> dict:
+def _options(
+    step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple[Any, ...]
+) -> dict[str, Any]:
     def pick(field):
         value = getattr(step_retry, field)
         return getattr(defaults, field) if value is None else value
@@ -339,12 +342,12 @@ def _step_task(wf: Workflow, name: str):
     # `outage`: how long this work has waited for an unreachable dependency (SagaTask).
     def run(
         self,
-        ctx: dict,
+        ctx: dict[str, Any],
         saga_id: str = "",
         dlq_entry: str = "",
         message_id: str = "",
-        outage: dict | None = None,
-    ) -> dict:
+        outage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         with _outages_told_apart(self.service):
             return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
 
@@ -357,10 +360,10 @@ def _compensation_task(wf: Workflow, name: str):
     def run(
         self,
         saga_id: str,
-        plan: list | None = None,
+        plan: list[Any] | None = None,
         dlq_entry: str = "",
         message_id: str = "",
-        outage: dict | None = None,
+        outage: dict[str, Any] | None = None,
     ) -> str:
         attempt = self.request.retries + 1
         with _outages_told_apart(self.service):
@@ -371,7 +374,7 @@ def _compensation_task(wf: Workflow, name: str):
     return run
 
 
-def routes(workflows: list[Workflow]) -> dict:
+def routes(workflows: list[Workflow]) -> dict[str, Any]:
     found = {}
     for wf in workflows:
         for step in wf.steps:
@@ -428,7 +431,7 @@ def install(
     helper = {**_options(RetryPolicy(), defaults, retryable), "max_retries": None}
 
     @app.task(bind=True, shared=False, base=SagaTask, name=STEP_FAILED, **helper)
-    def step_failed(self, failure: dict, saga_id: str = "") -> str:
+    def step_failed(self, failure: dict[str, Any], saga_id: str = "") -> str:
         """link_error callback of every step and compensation: route its failure. Takes one
         argument so Celery sends it as a queued task rather than running it inline."""
         wf = self.sagas.workflows[failure["workflow"]]
@@ -454,7 +457,7 @@ class CeleryDispatcher:
     def __init__(self, app: Celery, chained: bool = True):
         self.app, self.chained = app, chained
 
-    def _send(self, signatures: list) -> None:
+    def _send(self, signatures: list[Any]) -> None:
         if self.chained:
             chain(*signatures).apply_async()
         else:
@@ -473,7 +476,7 @@ class CeleryDispatcher:
     def forward(
         self,
         wf: Workflow,
-        ctx: dict,
+        ctx: dict[str, Any],
         steps: list[str],
         dlq_entry: str = "",
         message_id: str = "",

@@ -36,6 +36,7 @@ import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from sagaflow.outbox import Outbox, Relay, enqueue
 from sagaflow.workflow import Workflow
@@ -53,7 +54,7 @@ class Announcement:
 
     outbox: Outbox
     key: str
-    payload: dict
+    payload: dict[str, Any]
     row_id: int | None = None
 
     def write(self, session) -> None:
@@ -80,7 +81,7 @@ def rolled_back() -> None:
         pending.row_id = None
 
 
-def reaction(wf: Workflow, payload: dict) -> tuple[str, str] | None:
+def reaction(wf: Workflow, payload: dict[str, Any]) -> tuple[str, str] | None:
     """Who reacts to an announcement: ("step", name), ("compensation", name), ("ask", the
     step again: its event was never finished) or None (the saga's last word)."""
     after = payload["after"]
@@ -93,7 +94,7 @@ def reaction(wf: Workflow, payload: dict) -> tuple[str, str] | None:
     return ("compensation", rest[0]) if rest else None
 
 
-def react(runner, payload: dict, message_id: str) -> None:
+def react(runner, payload: dict[str, Any], message_id: str) -> None:
     """Send the piece of work an announcement calls for (the relay's sender)."""
     wf = runner.workflows[payload["workflow"]]
     found = reaction(wf, payload)
@@ -121,7 +122,7 @@ class Announcer:
     announces = False
 
     @contextmanager
-    def step(self, wf: Workflow, name: str, saga_id: str, ctx: dict):
+    def step(self, wf: Workflow, name: str, saga_id: str, ctx: dict[str, Any]):
         yield None
 
     @contextmanager
@@ -156,7 +157,7 @@ class Choreography(Announcer):
             ) from None
 
     @contextmanager
-    def step(self, wf: Workflow, name: str, saga_id: str, ctx: dict):
+    def step(self, wf: Workflow, name: str, saga_id: str, ctx: dict[str, Any]):
         """Around a forward step: its event (None for the last step: nobody listens)."""
         if not wf.steps_after(name):
             yield None
@@ -219,7 +220,7 @@ class Choreography(Announcer):
             # The row is in the outbox: the relay sends it once the database answers.
             log.exception("could not send %s at once; the relay will", payload["event"])
 
-    def _earlier(self, announcement: Announcement, payload: dict) -> int | None:
+    def _earlier(self, announcement: Announcement, payload: dict[str, Any]) -> int | None:
         outbox, after = announcement.outbox, payload["after"]
         for row_id, earlier in outbox.unsent(announcement.key, EVENT):
             if earlier.get("after") == after and outbox.take_over(row_id, payload):

@@ -19,6 +19,7 @@ import json
 import logging
 import sqlite3
 import time
+from typing import Any
 
 import redis.exceptions
 from kombu.exceptions import OperationalError as BrokerError
@@ -103,11 +104,9 @@ class OutageBoard:
         except redis.exceptions.RedisError:
             pass
 
-    def rows(self) -> dict[str, dict]:
+    def rows(self) -> dict[str, dict[str, Any]]:
         raw = self.redis.hgetall(BOARD)
-        return {
-            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
-        }
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
 
     def update(self, dependency: str, **fields) -> None:
         raw = self.redis.hget(BOARD, dependency)
@@ -118,7 +117,7 @@ class OutageBoard:
         self.redis.hdel(BOARD, dependency)
 
 
-def outage_text(dependency: str, row: dict, budget: float, now: float) -> str:
+def outage_text(dependency: str, row: dict[str, Any], budget: float, now: float) -> str:
     since = time.strftime("%H:%M:%S", time.gmtime(row["since"]))
     lasted = now - row["since"]
     return (
@@ -131,7 +130,7 @@ def outage_text(dependency: str, row: dict, budget: float, now: float) -> str:
     )
 
 
-def recovered_text(dependency: str, row: dict) -> str:
+def recovered_text(dependency: str, row: dict[str, Any]) -> str:
     lasted = row.get("over", row["last_seen"]) - row["since"]
     return (
         f":white_check_mark: {dependency} answers again after {lasted / 60:.1f} min "

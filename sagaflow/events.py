@@ -25,6 +25,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 STREAM = "sagaflow:events"
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
@@ -56,7 +57,7 @@ class Event:
     error: str = ""
     detail: str = ""
     worker: str = ""
-    ctx: dict | None = None  # a step's resulting context (succeeded)
+    ctx: dict[str, Any] | None = None  # a step's resulting context (succeeded)
     compensations: list[str] = field(default_factory=list)  # turned_back
 
     def fields(self) -> dict[str, str]:
@@ -67,7 +68,7 @@ class Event:
         return {k: str(v) for k, v in data.items()}
 
     @classmethod
-    def from_fields(cls, raw: dict) -> Event:
+    def from_fields(cls, raw: dict[str, Any]) -> Event:
         get = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
@@ -146,7 +147,7 @@ class EventLog:
         self,
         event: Event,
         new_attempt: bool = False,
-        keep_input: dict | None = None,
+        keep_input: dict[str, Any] | None = None,
         drop_input: bool = False,
     ) -> str | None:
         """Append the event; the saga's fence (why it turned back), or None. A new attempt
@@ -222,6 +223,6 @@ class EventLog:
         seen = self.redis.get(key)
         return (seen.decode() if isinstance(seen, bytes) else seen) == task_id
 
-    def input(self, saga_id: str, name: str) -> dict | None:
+    def input(self, saga_id: str, name: str) -> dict[str, Any] | None:
         found = self.redis.get(f"{INPUT}{saga_id}:{name}")
         return json.loads(found) if found else None

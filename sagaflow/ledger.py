@@ -64,7 +64,9 @@ def _retry_on_duplicate(db, work: Callable, again: Callable | None = None):
         raise
 
 
-def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]) -> dict:
+def apply_once(
+    db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any]:
     """Apply `apply(session)` once for (saga_id, step) and return what it applied."""
 
     def claim_and_apply(session):
@@ -92,7 +94,9 @@ def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]
     return _retry_on_duplicate(db, claim_and_apply, seen_before)
 
 
-def compensate_once(db, ledger, saga_id: str, step: str, undo: Callable[[Any, dict], None]) -> str:
+def compensate_once(
+    db, ledger, saga_id: str, step: str, undo: Callable[[Any, dict[str, Any]], None]
+) -> str:
     """Undo (saga_id, step) once; if it never applied, void it so it never will."""
 
     def work(session):

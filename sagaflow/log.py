@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -99,7 +100,7 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat() if moment else None
 
 
-def step_view(row: SagaStepRow) -> dict:
+def step_view(row: SagaStepRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "kind": row.kind,
@@ -154,7 +155,7 @@ class SagaLog:
 
     # --- reading -------------------------------------------------------------------
 
-    def timeline(self, saga_id: str) -> dict | None:
+    def timeline(self, saga_id: str) -> dict[str, Any] | None:
         with self.db.read() as session:
             instance = session.get(SagaInstance, saga_id)
             if instance is None:
@@ -176,7 +177,7 @@ class SagaLog:
                 "updated_at": _iso(instance.updated_at),
             }
 
-    def step(self, saga_id: str, name: str) -> dict | None:
+    def step(self, saga_id: str, name: str) -> dict[str, Any] | None:
         with self.db.read() as session:
             row = session.get(SagaStepRow, (saga_id, name))
             return step_view(row) if row else None
@@ -236,7 +237,7 @@ class SagaLog:
                 )
                 .order_by(SagaStepRow.saga_id, SagaStepRow.position, SagaStepRow.name)
             ).all()
-            waiting: dict = {}
+            waiting: dict[str, Any] = {}
             for row in rows:
                 waiting.setdefault(row.saga_id, row)
             ids = [i for i, row in waiting.items() if row.status != StepStatus.DEAD_LETTERED]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -126,7 +127,7 @@ class SagaCollector:
         return []
 
     def collect(self):
-        stored: dict[str, list] = {}
+        stored: dict[str, list[Any]] = {}
         for raw_field, raw_value in self.redis.hgetall(KEY).items():
             name, labels = json.loads(raw_field)
             stored.setdefault(name, []).append((dict(labels), float(raw_value)))
@@ -152,7 +153,7 @@ class SagaCollector:
 
     def _histograms(self, stored):
         name = "sagaflow_step_duration_seconds"
-        series: dict[tuple, dict] = {}
+        series: dict[tuple[Any, ...], dict[str, Any]] = {}
 
         def one(labels):
             return series.setdefault(tuple(sorted(labels.items())), {"buckets": Counter()})

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
 from sqlalchemy.orm import Mapped, aliased, mapped_column
@@ -70,7 +71,7 @@ def outbox_table(base) -> type:
     return OutboxMessage
 
 
-def enqueue(session, table, key: str, kind: str, payload: dict, held_by=None) -> int:
+def enqueue(session, table, key: str, kind: str, payload: dict[str, Any], held_by=None) -> int:
     """Write a message in the caller's transaction; returns its row id. `held_by` (an
     Outbox) keeps the relays off it for a lease: its writer sends it after the commit.
     Inside saga work (`AfterCommit.collect`), a row of an outbox the process serves is
@@ -101,7 +102,7 @@ class Outbox:
         self.lease = lease_seconds
         self.me = f"{socket.gethostname()}:{id(self):x}"
 
-    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list:
+    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list[Any]:
         """Rows due now, the oldest unsent of their key, not claimed by a live relay (nor
         held by their writer)."""
         t, earlier = self.table, aliased(self.table)
@@ -136,7 +137,7 @@ class Outbox:
                 row.claimed_by, row.claimed_until = self.me, now + timedelta(seconds=self.lease)
             return [(r.id, r.key, r.kind, json.loads(r.payload), r.attempts) for r in rows]
 
-    def sent(self, row_ids: list[int], payload: dict | None = None) -> None:
+    def sent(self, row_ids: list[int], payload: dict[str, Any] | None = None) -> None:
         """Mark rows sent (and, with `payload`, say what the one row finally said)."""
         if not row_ids:
             return
@@ -156,7 +157,7 @@ class Outbox:
                 .values(claimed_by=None, claimed_until=None)
             )
 
-    def unsent(self, key: str, kind: str) -> list[tuple[int, dict]]:
+    def unsent(self, key: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
         with self.db.read() as session:
             rows = session.execute(
                 select(self.table.id, self.table.payload).where(
@@ -168,7 +169,7 @@ class Outbox:
             ).all()
             return [(row_id, json.loads(payload)) for row_id, payload in rows]
 
-    def take_over(self, row_id: int, payload: dict) -> bool:
+    def take_over(self, row_id: int, payload: dict[str, Any]) -> bool:
         """Hold an unsent row whoever held it (its writer died, or is slow: then both send
         it, under the one message id its consumer deduplicates)."""
         t = self.table
@@ -209,7 +210,12 @@ class Outbox:
             )
 
     def failed(
-        self, row_id: int, error: str, delay: float, park: bool, payload: dict | None = None
+        self,
+        row_id: int,
+        error: str,
+        delay: float,
+        park: bool,
+        payload: dict[str, Any] | None = None,
     ) -> None:
         with self.db.write() as session:
             row = session.get(self.table, row_id)
@@ -228,7 +234,7 @@ class Outbox:
             )
 
 
-Sender = Callable[[str, dict, str], None]  # (kind, payload, message id)
+Sender = Callable[[str, dict[str, Any], str], None]  # (kind, payload, message id)
 
 
 class Wakeup:
@@ -275,7 +281,7 @@ class Relay:
         self,
         outboxes: list[Outbox],
         send: Sender,
-        park: Callable[[Outbox, tuple, str], None],
+        park: Callable[[Outbox, tuple[Any, ...], str], None],
         max_attempts: int = 10,
         backoff: Callable[[int], float] = lambda n: min(60.0, 0.5 * 2**n),
         poll: float = 0.2,
@@ -289,7 +295,7 @@ class Relay:
         self.idle_poll = idle_poll if (wakeup and idle_poll) else poll
         self._owed = False  # the last pass left rows to retry
 
-    def relay(self, outbox: Outbox, rows: list) -> int:
+    def relay(self, outbox: Outbox, rows: list[Any]) -> int:
         done, failed_keys, held = [], set(), []
         for row in rows:
             row_id, key, kind, payload, attempts = row
@@ -308,7 +314,7 @@ class Relay:
         return len(done)
 
     def send_held(
-        self, outbox: Outbox, row_id: int, kind: str, payload: dict, changed: bool = True
+        self, outbox: Outbox, row_id: int, kind: str, payload: dict[str, Any], changed: bool = True
     ) -> bool:
         """Send a row its writer holds (`enqueue(held_by=...)`), with what it finally says
         if that `changed` since it was written, then mark it so in one update: no claim
@@ -326,7 +332,7 @@ class Relay:
         outbox.sent([row_id], kept)
         return True
 
-    def _failed(self, outbox: Outbox, row: tuple, exc: Exception, payload=None) -> None:
+    def _failed(self, outbox: Outbox, row: tuple[Any, ...], exc: Exception, payload=None) -> None:
         """A send failed: try again later, or park the message once attempts run out."""
         row_id, key, _kind, _payload, attempts = row
         give_up = attempts + 1 >= self.max_attempts
@@ -381,11 +387,11 @@ class Held:
     outbox: Outbox
     row_id: int
     kind: str
-    payload: dict
+    payload: dict[str, Any]
 
 
 class _Collected:
-    def __init__(self, by_table: dict):
+    def __init__(self, by_table: dict[str, Any]):
         self._by_table = by_table
         self.rows: list[Held] = []
 
@@ -444,12 +450,12 @@ class AfterCommit:
 START, STREAM = "start", "stream"
 
 
-def start_message(workflow: str, ctx: dict) -> tuple[str, dict]:
+def start_message(workflow: str, ctx: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Start a saga: its chain is sent when the row is."""
     return START, {"workflow": workflow, "ctx": ctx}
 
 
-def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict]:
+def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """Append an entry to a Redis stream (a service's published event)."""
     return STREAM, {"stream": stream, "fields": fields}
 
@@ -460,7 +466,7 @@ def sender(runner) -> Sender:
 
     from sagaflow.choreography import EVENT, react
 
-    def send(kind: str, payload: dict, mid: str) -> None:
+    def send(kind: str, payload: dict[str, Any], mid: str) -> None:
         if kind == START:
             wf = runner.workflows[payload["workflow"]]
             runner.dispatcher.forward(wf, payload["ctx"], wf.step_names, message_id=mid)

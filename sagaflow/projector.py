@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.exceptions import ResponseError
@@ -191,7 +192,7 @@ class Projector:
     def apply_entries(self, entries) -> None:
         """Apply a batch in one transaction, each saga's events in stream order, each saga
         read and locked once."""
-        by_saga: dict[str, list] = {}
+        by_saga: dict[str, list[Any]] = {}
         for entry_id, fields in entries:
             if not fields:
                 continue  # deleted from the stream meanwhile
@@ -242,7 +243,9 @@ class Projector:
 
     # --- applying a saga's events -------------------------------------------------------
 
-    def _apply_saga(self, session, saga_id: str, events: list, instance, rows: dict) -> None:
+    def _apply_saga(
+        self, session, saga_id: str, events: list[Any], instance, rows: dict[str, Any]
+    ) -> None:
         wf = self.workflows.get(events[0][1].workflow)
         if wf is None:
             log.error("events for unknown workflow %r saga_id=%s", events[0][1].workflow, saga_id)
@@ -285,7 +288,7 @@ class Projector:
                     hook(session, instance, old, new)
 
     def _row(
-        self, session, wf: Workflow, rows: dict, saga_id: str, name: str, position=None
+        self, session, wf: Workflow, rows: dict[str, Any], saga_id: str, name: str, position=None
     ) -> SagaStepRow:
         row = rows.get(name)
         if row is None:

@@ -37,7 +37,12 @@ BUSINESS, PARKED = "business", "parked"  # failure markers
 
 class Dispatcher(Protocol):
     def forward(
-        self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
+        self,
+        wf: Workflow,
+        ctx: dict[str, Any],
+        steps: list[str],
+        dlq_entry: str = "",
+        message_id="",
     ) -> None:
         """Run `steps` in order: the first gets `ctx`, each later one the previous result."""
 
@@ -94,7 +99,9 @@ class Runner:
 
     # --- running one piece of work ---------------------------------------------------
 
-    def run_step(self, wf: Workflow, name: str, ctx: dict, attempt: int, dlq_entry: str = ""):
+    def run_step(
+        self, wf: Workflow, name: str, ctx: dict[str, Any], attempt: int, dlq_entry: str = ""
+    ):
         """Run forward step `name` once. Business errors are recorded as the step's failure
         and re-raised (its link_error callback turns the saga back); other errors count as
         an attempt and are re-raised for the retry policy."""
@@ -185,7 +192,7 @@ class Runner:
         its own."""
         return self.after_commit.collect() if self.after_commit else nullcontext([])
 
-    def _send(self, held: list) -> None:
+    def _send(self, held: list[Any]) -> None:
         if held:
             self.after_commit.send(held)
 
@@ -228,7 +235,7 @@ class Runner:
         name: str,
         exc: BaseException,
         saga_id: str,
-        retry_args: dict,
+        retry_args: dict[str, Any],
         dlq_entry: str = "",
         fields: str = "",
         max_attempts: int = 1,
@@ -298,7 +305,9 @@ class Runner:
             str(exc),
         )
 
-    def _parked_args(self, wf: Workflow, name: str, saga_id: str, plan: list[str]) -> dict:
+    def _parked_args(
+        self, wf: Workflow, name: str, saga_id: str, plan: list[str]
+    ) -> dict[str, Any]:
         """What a retry needs: a step's input context (kept in Redis while it is owed) and
         what follows it; a compensation's plan."""
         if wf.kind_of(name) == WorkKind.COMPENSATION:
@@ -334,10 +343,10 @@ class Runner:
         wf: Workflow,
         name: str,
         saga_id: str,
-        args: dict,
+        args: dict[str, Any],
         error: BaseException | str,
         task: str = "",
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """Retries ran out (classes 2, 3, 4): park the work in the DLQ. None when it has
         succeeded meanwhile (the report was stale): nothing is parked."""
         trace = (
@@ -382,7 +391,7 @@ class Runner:
 
     # --- after the DLQ or an operator ------------------------------------------------
 
-    def redispatch(self, entry: dict) -> str:
+    def redispatch(self, entry: dict[str, Any]) -> str:
         """Send parked work to its service's queue once more; what follows it is sent on
         from there when it succeeds. The entry is closed (or its failure recorded) by the
         work itself."""
@@ -407,7 +416,7 @@ class Runner:
         self.dispatcher.forward(wf, ctx, steps, eid)
         return f"sent {name}, then {steps[1:] or 'nothing more'}"
 
-    def park_message(self, service: str, row: tuple, error: str) -> dict:
+    def park_message(self, service: str, row: tuple[Any, ...], error: str) -> dict[str, Any]:
         """An outbox message its relay gave up on (class 3): the DLQ sends it from there."""
         row_id, key, kind, payload, _attempts = row
         mid = message_id(service, row_id)
@@ -427,7 +436,7 @@ class Runner:
         log.error("parked an outbox message %s of %s: %s", mid, key, error)
         return entry
 
-    def give_up(self, entry: dict, who: str) -> list[str]:
+    def give_up(self, entry: dict[str, Any], who: str) -> list[str]:
         """An operator stops retrying a stuck forward step and undoes the saga instead."""
         wf = self.workflows[entry["workflow"]]
         if wf.kind_of(entry["name"]) != WorkKind.STEP:

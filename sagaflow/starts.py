@@ -41,7 +41,7 @@ class PendingStart:
     relay: Relay
     faults: FaultInjector
     saga_id: str = ""
-    _message: tuple[int, str, dict] | None = field(default=None, repr=False)
+    _message: tuple[int, str, dict[str, Any]] | None = field(default=None, repr=False)
     _committed: bool = field(default=False, repr=False)
 
     def write(self, session, ctx: Any) -> str:

@@ -15,6 +15,7 @@ the same rules on a real redis-server too, which keeps the fake honest.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 from uuid import uuid4
 
 from sagaflow.errors import AlreadyCompensated
@@ -34,7 +35,12 @@ class SyncDispatcher:
         self.dropped: list[str] = []  # message ids dropped as duplicates, as a worker would
 
     def forward(
-        self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
+        self,
+        wf: Workflow,
+        ctx: dict[str, Any],
+        steps: list[str],
+        dlq_entry: str = "",
+        message_id="",
     ) -> None:
         steps = list(steps) if self.chained else list(steps[:1])
         self.sent.append(("forward", steps))

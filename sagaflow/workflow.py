@@ -215,7 +215,7 @@ class Workflow:
     def business_key(self, saga_id: str) -> str:
         return saga_id.removeprefix(f"{self.name}-")
 
-    def parse(self, data: dict | BaseModel) -> BaseModel:
+    def parse(self, data: dict[str, Any] | BaseModel) -> BaseModel:
         return data if isinstance(data, self.context) else self.context.model_validate(data)
 
 

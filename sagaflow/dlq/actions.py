@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -37,7 +38,7 @@ class OperatorActions:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def plan(self, entry: dict) -> dict:
+    def plan(self, entry: dict[str, Any]) -> dict[str, Any]:
         """What `requeue` would do, without doing it."""
         if "outbox" in entry["args"]:
             message = entry["args"]["outbox"]
@@ -76,7 +77,7 @@ class OperatorActions:
             "nothing, and a step whose compensation already ran refuses",
         }
 
-    def history(self, saga_id: str) -> list[dict]:
+    def history(self, saga_id: str) -> list[dict[str, Any]]:
         with self.saga_log.db.read() as session:
             rows = session.scalars(
                 select(OperatorAction)
@@ -97,7 +98,7 @@ class OperatorActions:
 
     # --- acting ---------------------------------------------------------------------------
 
-    def requeue(self, entry: dict, who: str, wait: float) -> dict:
+    def requeue(self, entry: dict[str, Any], who: str, wait: float) -> dict[str, Any]:
         """Send the work back to its queue and wait (up to `wait` s) for it to report.
 
         Returns {"id", "result", "ok", "outcome"}: result SENT (it succeeded) or FAILED (it
@@ -139,7 +140,7 @@ class OperatorActions:
         self.record(entry, who, "requeue", "", result["outcome"])
         return result
 
-    def _leave_as_it_was(self, entry: dict, due: float | None) -> None:
+    def _leave_as_it_was(self, entry: dict[str, Any], due: float | None) -> None:
         """Undo what requeue marked before a send that did not happen: the DLQ worker goes
         on with the entry as if the operator had not touched it."""
         eid = entry["id"]
@@ -154,7 +155,7 @@ class OperatorActions:
         else:
             self.store.schedule(eid, due)
 
-    def compensate(self, entry: dict, who: str, force: bool = False) -> list[str]:
+    def compensate(self, entry: dict[str, Any], who: str, force: bool = False) -> list[str]:
         if entry["kind"] != WorkKind.STEP:
             raise Refused(
                 f"{entry['id']} is a {entry['kind']}: only a stuck forward step can be given "
@@ -173,13 +174,13 @@ class OperatorActions:
         )
         return launched
 
-    def resolve(self, entry: dict, who: str, note: str) -> None:
+    def resolve(self, entry: dict[str, Any], who: str, note: str) -> None:
         if not note.strip():
             raise Refused("say what was done by hand (a note)")
         self.store.resolve(entry["id"], f"resolved by hand by {who}: {note}")
         self.record(entry, who, "resolve", note, "closed the entry")
 
-    def record(self, entry: dict, who: str, action: str, note: str, outcome: str) -> None:
+    def record(self, entry: dict[str, Any], who: str, action: str, note: str, outcome: str) -> None:
         with self.saga_log.db.write() as session:
             session.add(
                 OperatorAction(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -26,7 +27,7 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def alert_text(entry: dict, cli: str = "saga-dlq") -> str:
+def alert_text(entry: dict[str, Any], cli: str = "saga-dlq") -> str:
     """What a human needs to act: what, which saga, the error, the attempts, and the exact
     commands (`cli` is how the operator's shell reaches the CLI)."""
     eid = entry["id"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 from rich.console import Console
@@ -91,11 +92,11 @@ PUBLIC = (
 )
 
 
-def public(entry: dict) -> dict:
+def public(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in PUBLIC}
 
 
-def entry_or_exit(obj, eid: str) -> dict:
+def entry_or_exit(obj, eid: str) -> dict[str, Any]:
     entry = obj.store.get(eid)
     if entry is None:
         fail(f"no DLQ entry {eid!r} (see: {obj.prog} list)", NO_SUCH_ENTRY)
@@ -106,14 +107,14 @@ def _nothing_left(resolved: int) -> str:
     return f"{resolved} already resolved entries" if resolved else "the DLQ is empty"
 
 
-def _said(result: dict) -> str:
+def _said(result: dict[str, Any]) -> str:
     """One line per entry: what requeue did with it, and why."""
     if result["result"] == SENT:
         return f"{result['id']}: ok: {result['outcome']}"
     return f"{result['id']}: {result['result']} because {result['outcome']}"
 
 
-def _requeue_one(obj, entry: dict, wait: float) -> dict:
+def _requeue_one(obj, entry: dict[str, Any], wait: float) -> dict[str, Any]:
     """Requeue one entry as it is now: the DLQ worker may have moved it since the list."""
     eid = entry["id"]
     now = obj.store.get(eid)
@@ -125,7 +126,7 @@ def _requeue_one(obj, entry: dict, wait: float) -> dict:
         return {"id": eid, "result": SKIPPED, "ok": True, "outcome": f"nothing to do: {exc}"}
 
 
-def _dry_run(obj, entries: list[dict], everything: bool, as_json: bool) -> None:
+def _dry_run(obj, entries: list[dict[str, Any]], everything: bool, as_json: bool) -> None:
     plans = [obj.actions.plan(e) for e in entries]
     if as_json:
         emit_json(plans)

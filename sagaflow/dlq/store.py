@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 RETRYING, NEEDS_HUMAN, RESOLVED = "retrying", "needs_human", "resolved"
 STATUSES = (RETRYING, NEEDS_HUMAN, RESOLVED)
@@ -97,7 +98,7 @@ def entry_id(saga_id: str, name: str) -> str:
     return f"{saga_id}:{name}"
 
 
-def supply_input(redis, eid: str, ctx: dict) -> bool:
+def supply_input(redis, eid: str, ctx: dict[str, Any]) -> bool:
     """Give a parked forward step the input it was parked without (from the saga log)."""
     raw = redis.hget(ENTRY + eid, "args")
     if not raw:
@@ -109,7 +110,7 @@ def supply_input(redis, eid: str, ctx: dict) -> bool:
     return True
 
 
-def _decode(raw: dict) -> dict:
+def _decode(raw: dict[str, Any]) -> dict[str, Any]:
     entry = {
         k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
         for k, v in raw.items()
@@ -145,12 +146,12 @@ class DeadLetterStore:
         name: str,
         kind: str,
         task: str,
-        args: dict,
+        args: dict[str, Any],
         error_class: str,
         error: str,
         traceback: str,
         dependency: str = "",
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """Hand stuck work to the DLQ; the first retry comes after one backoff. None when
         the work has succeeded meanwhile: there is nothing to park. `dependency`: what
         could not be reached, when that is why it failed."""
@@ -192,13 +193,13 @@ class DeadLetterStore:
         )
         return None if int(pushed) == 2 else self.get(eid)
 
-    def get(self, eid: str) -> dict | None:
+    def get(self, eid: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(ENTRY + eid)
         return _decode(raw) if raw else None
 
     def entries(
         self, status: str | None = None, name: str | None = None, saga_id: str | None = None
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(IDS, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for eid in ids:
@@ -212,7 +213,7 @@ class DeadLetterStore:
             and (saga_id is None or e["saga_id"] == saga_id)
         ]
 
-    def claim(self, lease_seconds: float) -> dict | None | bool:
+    def claim(self, lease_seconds: float) -> dict[str, Any] | None | bool:
         """Take the next due entry for `lease_seconds`. None when nothing is due; False
         when the due entry needed nothing more (it left the schedule)."""
         now = self.clock()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from sagaflow.dependencies import outage_text, recovered_text, unreachable
 from sagaflow.dlq.alerts import AlertFailed, alert_text
@@ -40,7 +41,7 @@ class DeadLetterWorker:
         # is asked (the orchestrator normally supplies it within a second).
         self.input_wait = max(60.0, settings.saga_stall_check_seconds * 4)
 
-    def handle(self, entry: dict) -> str:
+    def handle(self, entry: dict[str, Any]) -> str:
         if entry["status"] == RETRYING:
             return self._retry(entry)
         if entry["status"] == NEEDS_HUMAN and not entry["alerted"]:
@@ -48,7 +49,7 @@ class DeadLetterWorker:
         self.store.unschedule(entry["id"])
         return "nothing to do"
 
-    def _succeeded(self, entry: dict) -> bool:
+    def _succeeded(self, entry: dict[str, Any]) -> bool:
         """The entry's work succeeded by another path (a redelivery of a killed attempt):
         the entry is closed by itself, and nobody is paged for it."""
         if not self.runner.events.succeeded(entry["saga_id"], entry["name"]):
@@ -57,7 +58,7 @@ class DeadLetterWorker:
         log.info("dlq_id=%s resolved: its work has succeeded", entry["id"])
         return True
 
-    def _retry(self, entry: dict) -> str:
+    def _retry(self, entry: dict[str, Any]) -> str:
         eid = entry["id"]
         if self._succeeded(entry):
             return "already succeeded"
@@ -94,7 +95,7 @@ class DeadLetterWorker:
         log.info("retry sent %s attempt=%s/%s: %s", fields, attempt, self.max_attempts, sent)
         return sent
 
-    def _alert(self, entry: dict) -> str:
+    def _alert(self, entry: dict[str, Any]) -> str:
         eid, text = entry["id"], alert_text(entry, self.cli)
         if self._succeeded(entry):
             return "already succeeded"
@@ -226,7 +227,7 @@ class RedisOutagePage:
 
     def __init__(self, worker: DeadLetterWorker, clock=time.time):
         self.worker, self.clock = worker, clock
-        self.row: dict | None = None
+        self.row: dict[str, Any] | None = None
 
     def failed(self, exc: BaseException) -> None:
         now = self.clock()
