@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from redis import Redis
+from redis.typing import EncodableT, FieldT
+
 STREAM = "sagaflow:events"
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
 DONE = "sagaflow:done:"
@@ -130,7 +133,7 @@ return 0
 
 
 class EventLog:
-    def __init__(self, redis, stream: str = STREAM):
+    def __init__(self, redis: Redis, stream: str = STREAM) -> None:
         self.redis, self.stream = redis, stream
         self._emit_and_read = redis.register_script(_EMIT_AND_READ_FENCE)
         self._turn_back = redis.register_script(_TURN_BACK)
@@ -141,7 +144,9 @@ class EventLog:
         return json.dumps([x for pair in event.fields().items() for x in pair])
 
     def emit(self, event: Event) -> None:
-        self.redis.xadd(self.stream, event.fields())
+        # redis types a stream entry's fields as a dict of its own key and value types.
+        fields: dict[FieldT, EncodableT] = dict(event.fields())
+        self.redis.xadd(self.stream, fields)
 
     def emit_and_read_fence(
         self,

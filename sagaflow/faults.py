@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from redis import Redis
+
 from sagaflow.errors import DeclarationError, InjectedBusinessError, StepTimeout, TransientError
 
 KINDS = ("business", "timeout", "transient", "crash")
@@ -101,7 +103,14 @@ class FaultInjector:
 class LiveFaultInjector(FaultInjector):
     """The faults of SAGA_FAULTS, or of the spec at LIVE_KEY while one is stored there."""
 
-    def __init__(self, faults, count, overrun, read_live: Callable[[], str | None], known):
+    def __init__(
+        self,
+        faults: dict[str, Fault],
+        count: Callable[[str], int],
+        overrun: float,
+        read_live: Callable[[], str | None],
+        known: Iterable[str],
+    ) -> None:
         super().__init__(faults, count, overrun)
         self._read_live = read_live
         self._known = tuple(known)
@@ -123,14 +132,14 @@ class LiveFaultInjector(FaultInjector):
         return self._parsed[1]
 
 
-def set_live_faults(client, spec: str, known: Iterable[str]) -> None:
+def set_live_faults(client: Redis, spec: str, known: Iterable[str]) -> None:
     """Store a spec every fault-enabled process follows from its next step on ("" for
     none); raises DeclarationError, storing nothing, if the spec is malformed."""
     parse_faults(spec, known)
     client.set(LIVE_KEY, spec)
 
 
-def clear_live_faults(client) -> None:
+def clear_live_faults(client: Redis) -> None:
     """Back to each process's SAGA_FAULTS."""
     client.delete(LIVE_KEY)
 
