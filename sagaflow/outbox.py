@@ -25,19 +25,26 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from redis import Redis
 from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
-from sqlalchemy.orm import Mapped, aliased, mapped_column
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from sagaflow.errors import DeclarationError, error_text
 from sagaflow.outage import OutageReporter
+
+if TYPE_CHECKING:
+    from sagaflow.db import Database
+    from sagaflow.runner import Runner
 
 log = logging.getLogger("sagaflow.outbox")
 
@@ -46,10 +53,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def outbox_table(base) -> type:
+def outbox_table(base: type[DeclarativeBase]) -> type[Any]:
     """The outbox table in one service's declarative base (its own database)."""
 
-    class OutboxMessage(base):
+    # The base is the owner's, known only at run time: mypy cannot check a class built on
+    # a variable, so it is taken as it is.
+    class OutboxMessage(base):  # type: ignore[misc,valid-type]
         __tablename__ = "sagaflow_outbox"
         id: Mapped[int] = mapped_column(Integer, primary_key=True)
         key: Mapped[str] = mapped_column(String(80), index=True)  # per-key order: a saga id
@@ -71,7 +80,14 @@ def outbox_table(base) -> type:
     return OutboxMessage
 
 
-def enqueue(session, table, key: str, kind: str, payload: dict[str, Any], held_by=None) -> int:
+def enqueue(
+    session: Session,
+    table: type[Any],
+    key: str,
+    kind: str,
+    payload: dict[str, Any],
+    held_by: Outbox | None = None,
+) -> int:
     """Write a message in the caller's transaction; returns its row id. `held_by` (an
     Outbox) keeps the relays off it for a lease: its writer sends it after the commit.
     Inside saga work (`AfterCommit.collect`), a row of an outbox the process serves is
@@ -87,7 +103,8 @@ def enqueue(session, table, key: str, kind: str, payload: dict[str, Any], held_b
     session.flush()
     if collecting is not None and held_by is not None:
         collecting.written(session, Held(held_by, row.id, kind, payload))
-    return row.id
+    row_id: int = row.id
+    return row_id
 
 
 def message_id(service: str, row_id: int) -> str:
@@ -97,7 +114,9 @@ def message_id(service: str, row_id: int) -> str:
 class Outbox:
     """One service's outbox: claiming and marking its rows."""
 
-    def __init__(self, service: str, db, table, lease_seconds: float = 30.0):
+    def __init__(
+        self, service: str, db: Database, table: type[Any], lease_seconds: float = 30.0
+    ) -> None:
         self.service, self.db, self.table = service, db, table
         self.lease = lease_seconds
         self.me = f"{socket.gethostname()}:{id(self):x}"
@@ -141,7 +160,7 @@ class Outbox:
         """Mark rows sent (and, with `payload`, say what the one row finally said)."""
         if not row_ids:
             return
-        values = dict(sent_at=utcnow(), claimed_by=None, claimed_until=None)
+        values: dict[str, Any] = dict(sent_at=utcnow(), claimed_by=None, claimed_until=None)
         if payload is not None:
             values["payload"] = json.dumps(payload)
         with self.db.write() as session:
@@ -174,14 +193,18 @@ class Outbox:
         it, under the one message id its consumer deduplicates)."""
         t = self.table
         with self.db.write() as session:
-            taken = session.execute(
-                update(t)
-                .where(t.id == row_id, t.sent_at.is_(None))
-                .values(
-                    payload=json.dumps(payload),
-                    claimed_by=self.me,
-                    claimed_until=utcnow() + timedelta(seconds=self.lease),
-                )
+            # An UPDATE's result is a CursorResult (it has the row count).
+            taken = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(t)
+                    .where(t.id == row_id, t.sent_at.is_(None))
+                    .values(
+                        payload=json.dumps(payload),
+                        claimed_by=self.me,
+                        claimed_until=utcnow() + timedelta(seconds=self.lease),
+                    )
+                ),
             )
             return taken.rowcount == 1
 
@@ -219,6 +242,7 @@ class Outbox:
     ) -> None:
         with self.db.write() as session:
             row = session.get(self.table, row_id)
+            assert row is not None  # a row this process claimed or holds is never deleted
             if payload is not None:
                 row.payload = json.dumps(payload)
             row.attempts += 1
@@ -229,9 +253,10 @@ class Outbox:
 
     def pending(self) -> int:
         with self.db.read() as session:
-            return session.scalar(
+            count = session.scalar(
                 select(func.count()).where(self.table.sent_at.is_(None), self.table.parked == 0)
             )
+            return count or 0  # COUNT(*) always returns a row
 
 
 Sender = Callable[[str, dict[str, Any], str], None]  # (kind, payload, message id)
@@ -247,7 +272,7 @@ class Wakeup:
 
     KEY = "sagaflow:outbox:wakeup"
 
-    def __init__(self, redis, key: str = KEY):
+    def __init__(self, redis: Redis, key: str = KEY) -> None:
         self.redis, self.key = redis, key
 
     def nudge(self) -> None:
@@ -259,7 +284,7 @@ class Wakeup:
         except Exception as exc:  # Redis down: the idle poll covers it
             log.debug("could not nudge the relay: %s", error_text(exc))
 
-    def wait(self, seconds: float, stop) -> bool:
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
         deadline = time.monotonic() + seconds
         while not stop.is_set():
             left = deadline - time.monotonic()
@@ -287,7 +312,7 @@ class Relay:
         poll: float = 0.2,
         wakeup: Wakeup | None = None,
         idle_poll: float | None = None,
-    ):
+    ) -> None:
         self.outboxes, self.send, self.park = outboxes, send, park
         self.max_attempts, self.backoff, self.poll = max_attempts, backoff, poll
         self.wakeup = wakeup
@@ -296,7 +321,9 @@ class Relay:
         self._owed = False  # the last pass left rows to retry
 
     def relay(self, outbox: Outbox, rows: list[Any]) -> int:
-        done, failed_keys, held = [], set(), []
+        done: list[int] = []
+        failed_keys: set[str] = set()
+        held: list[int] = []
         for row in rows:
             row_id, key, kind, payload, attempts = row
             if key in failed_keys:
@@ -332,7 +359,13 @@ class Relay:
         outbox.sent([row_id], kept)
         return True
 
-    def _failed(self, outbox: Outbox, row: tuple[Any, ...], exc: Exception, payload=None) -> None:
+    def _failed(
+        self,
+        outbox: Outbox,
+        row: tuple[Any, ...],
+        exc: Exception,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
         """A send failed: try again later, or park the message once attempts run out."""
         row_id, key, _kind, _payload, attempts = row
         give_up = attempts + 1 >= self.max_attempts
@@ -357,7 +390,7 @@ class Relay:
             sent += self.relay(outbox, outbox.claim())
         return sent
 
-    def run(self, stop) -> None:
+    def run(self, stop: threading.Event) -> None:
         log.info("outbox relay started: %s", ", ".join(o.service for o in self.outboxes))
         outage = OutageReporter(log)  # a database or the broker down: said once, not per try
         while not stop.is_set():
@@ -391,14 +424,14 @@ class Held:
 
 
 class _Collected:
-    def __init__(self, by_table: dict[str, Any]):
+    def __init__(self, by_table: dict[type[Any], Outbox]) -> None:
         self._by_table = by_table
         self.rows: list[Held] = []
 
-    def outbox_for(self, table) -> Outbox | None:
+    def outbox_for(self, table: type[Any]) -> Outbox | None:
         return self._by_table.get(table)
 
-    def written(self, session, held: Held) -> None:
+    def written(self, session: Session, held: Held) -> None:
         # Only once it commits: a row its transaction rolled back does not exist, and
         # sending it would announce a change that never happened.
         event.listen(session, "after_commit", lambda _session: self.rows.append(held), once=True)
@@ -417,7 +450,7 @@ class AfterCommit:
     Per-key order holds as for the relays: the saga's earlier messages caused this work,
     so they have left already."""
 
-    def __init__(self, relay: Relay):
+    def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self._by_table = {outbox.table: outbox for outbox in relay.outboxes}
 
@@ -460,7 +493,7 @@ def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict[str, 
     return STREAM, {"stream": stream, "fields": fields}
 
 
-def sender(runner) -> Sender:
+def sender(runner: Runner) -> Sender:
     """Sends the runtime's kinds of message, with what a Runner holds: the dispatcher
     (a chain) and Redis (a stream). The relay, the writers' fast path and the DLQ use it."""
 
