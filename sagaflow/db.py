@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
@@ -23,6 +24,19 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseHandle(Protocol):
+    """What the runtime needs of a service's database (a Database is one): a transaction
+    and a consistent read, each a session; and whether it is SQLite (the outbox claims its
+    rows otherwise there)."""
+
+    @property
+    def is_sqlite(self) -> bool: ...
+
+    def write(self) -> AbstractContextManager[Session]: ...
+
+    def read(self) -> AbstractContextManager[Session]: ...
 
 
 def _sqlite_engine(url: str, begin: str, create: bool) -> Engine:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sagaflow.choreography import announce, rolled_back
-from sagaflow.db import Database
+from sagaflow.db import DatabaseHandle
 from sagaflow.errors import AlreadyCompensated
 
 _T = TypeVar("_T")
@@ -54,7 +54,7 @@ def ledger_table(base: type[DeclarativeBase]) -> type[Any]:
 
 
 def _retry_on_duplicate(
-    db: Database, work: Callable[[Session], _T], again: Callable[[Session], _T] | None = None
+    db: DatabaseHandle, work: Callable[[Session], _T], again: Callable[[Session], _T] | None = None
 ) -> _T:
     """Run `work(session)` in a transaction; if a concurrent duplicate won the key (or the
     key was already there), run `again` (default: `work`) once, so this call sees the
@@ -72,7 +72,7 @@ def _retry_on_duplicate(
 
 
 def apply_once(
-    db: Database,
+    db: DatabaseHandle,
     ledger: type[Any],
     saga_id: str,
     step: str,
@@ -107,7 +107,7 @@ def apply_once(
 
 
 def compensate_once(
-    db: Database,
+    db: DatabaseHandle,
     ledger: type[Any],
     saga_id: str,
     step: str,

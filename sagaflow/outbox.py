@@ -43,7 +43,7 @@ from sagaflow.errors import DeclarationError, error_text
 from sagaflow.outage import OutageReporter
 
 if TYPE_CHECKING:
-    from sagaflow.db import Database
+    from sagaflow.db import DatabaseHandle
     from sagaflow.runner import Runner
 
 log = logging.getLogger("sagaflow.outbox")
@@ -115,7 +115,7 @@ class Outbox:
     """One service's outbox: claiming and marking its rows."""
 
     def __init__(
-        self, service: str, db: Database, table: type[Any], lease_seconds: float = 30.0
+        self, service: str, db: DatabaseHandle, table: type[Any], lease_seconds: float = 30.0
     ) -> None:
         self.service, self.db, self.table = service, db, table
         self.lease = lease_seconds
@@ -306,7 +306,7 @@ class Relay:
         self,
         outboxes: list[Outbox],
         send: Sender,
-        park: Callable[[Outbox, tuple[Any, ...], str], None],
+        park: Callable[[Outbox, tuple[Any, ...], str], object],
         max_attempts: int = 10,
         backoff: Callable[[int], float] = lambda n: min(60.0, 0.5 * 2**n),
         poll: float = 0.2,

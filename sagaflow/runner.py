@@ -12,8 +12,10 @@ import logging
 import socket
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from sagaflow.choreography import CHAINED, Announcer
 from sagaflow.dependencies import OutageBoard, unreachable
@@ -27,7 +29,7 @@ from sagaflow.errors import (
 )
 from sagaflow.events import Event, EventLog, Phase
 from sagaflow.faults import NO_FAULTS, FaultInjector
-from sagaflow.outbox import AfterCommit, message_id, sender
+from sagaflow.outbox import AfterCommit, Held, message_id, sender
 from sagaflow.status import WorkKind
 from sagaflow.workflow import Workflow, workflow_of
 
@@ -42,7 +44,7 @@ class Dispatcher(Protocol):
         ctx: dict[str, Any],
         steps: list[str],
         dlq_entry: str = "",
-        message_id="",
+        message_id: str = "",
     ) -> None:
         """Run `steps` in order: the first gets `ctx`, each later one the previous result."""
 
@@ -88,12 +90,12 @@ class Runner:
     def is_business(self, wf: Workflow, exc: BaseException) -> bool:
         return isinstance(exc, (InjectedBusinessError, *wf.business_errors))
 
-    def event(self, wf: Workflow, saga_id: str, name: str, phase: Phase, **fields) -> Event:
+    def event(self, wf: Workflow, saga_id: str, name: str, phase: Phase, **fields: Any) -> Event:
         return Event(saga_id, wf.name, name, phase, worker=self.worker, **fields)
 
     # --- starting -----------------------------------------------------------------------
 
-    def start(self, wf: Workflow, ctx) -> None:
+    def start(self, wf: Workflow, ctx: dict[str, Any] | BaseModel) -> None:
         """Send the saga's chain (its log row was created with the business record)."""
         self.dispatcher.forward(wf, wf.parse(ctx).model_dump(mode="json"), wf.step_names)
 
@@ -101,7 +103,7 @@ class Runner:
 
     def run_step(
         self, wf: Workflow, name: str, ctx: dict[str, Any], attempt: int, dlq_entry: str = ""
-    ):
+    ) -> dict[str, Any]:
         """Run forward step `name` once. Business errors are recorded as the step's failure
         and re-raised (its link_error callback turns the saga back); other errors count as
         an attempt and are re-raised for the retry policy."""
@@ -138,10 +140,11 @@ class Runner:
         phase = Phase.SKIPPED if detail is None else Phase.SUCCEEDED
         finished = self.event(wf, saga_id, name, phase, detail=detail or "skipped", ctx=out)
         fence, closed = self.events.finish(finished, f"{name} succeeded")
-        if (fence or closed == "given_up") and wf.step(name).compensation:
+        compensation = wf.step(name).compensation
+        if (fence or closed == "given_up") and compensation:
             # It applied while the saga turned back (a race with the failure, or with an
             # operator giving it up): undo it too, and carry nothing forward.
-            undo = wf.step(name).compensation.name
+            undo = compensation.name
             log.warning(
                 "step applied as the saga turned back; undoing saga_id=%s step=%s", saga_id, name
             )
@@ -168,13 +171,15 @@ class Runner:
         self.events.emit_and_read_fence(
             self.event(wf, saga_id, name, Phase.STARTED, attempt=attempt), new_attempt=True
         )
+        compensation = wf.undoing(name).compensation
+        assert compensation is not None  # undoing() finds only steps with a compensation
         try:
             self.faults.before(name, saga_id)
             with (
                 self.announcer.compensation(wf, name, saga_id, plan or [name]) as announcement,
                 self._held() as held,
             ):
-                outcome = wf.undoing(name).compensation.undo(self.deps, saga_id)
+                outcome = compensation.undo(self.deps, saga_id)
         except Exception as exc:
             self.events.emit(self.event(wf, saga_id, name, Phase.RETRYING, error=error_text(exc)))
             raise
@@ -187,13 +192,15 @@ class Runner:
         self.announcer.send(announcement)
         return outcome
 
-    def _held(self):
+    def _held(self) -> AbstractContextManager[list[Held]]:
         """Collects the outbox rows the work writes (AfterCommit), if this process sends
         its own."""
-        return self.after_commit.collect() if self.after_commit else nullcontext([])
+        none: list[Held] = []
+        return self.after_commit.collect() if self.after_commit else nullcontext(none)
 
-    def _send(self, held: list[Any]) -> None:
-        if held:
+    def _send(self, held: list[Held]) -> None:
+        # Rows are held only by an after_commit (_held).
+        if held and self.after_commit is not None:
             self.after_commit.send(held)
 
     # --- routing failures -------------------------------------------------------------
@@ -266,7 +273,13 @@ class Runner:
         self.dead_letter(wf, name, saga_id, args, exc)
 
     def dlq_attempt_failed(
-        self, wf: Workflow, name: str, saga_id: str, eid: str, exc: BaseException, max_attempts
+        self,
+        wf: Workflow,
+        name: str,
+        saga_id: str,
+        eid: str,
+        exc: BaseException,
+        max_attempts: int,
     ) -> None:
         """A retry sent by the DLQ failed: the entry says so and schedules the next or, once
         they are used up, waits for a human (the DLQ worker then alerts). A retry an
@@ -416,7 +429,7 @@ class Runner:
         self.dispatcher.forward(wf, ctx, steps, eid)
         return f"sent {name}, then {steps[1:] or 'nothing more'}"
 
-    def park_message(self, service: str, row: tuple[Any, ...], error: str) -> dict[str, Any]:
+    def park_message(self, service: str, row: tuple[Any, ...], error: str) -> dict[str, Any] | None:
         """An outbox message its relay gave up on (class 3): the DLQ sends it from there."""
         row_id, key, kind, payload, _attempts = row
         mid = message_id(service, row_id)

@@ -21,12 +21,15 @@ is read from their declarations.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from redis import Redis
 
 from sagaflow.choreography import CHOREOGRAPHY, Choreography
+from sagaflow.db import DatabaseHandle
 from sagaflow.dlq.store import DeadLetterStore
 from sagaflow.errors import DeclarationError
 from sagaflow.events import EventLog
@@ -35,25 +38,38 @@ from sagaflow.log import SagaLog
 from sagaflow.orchestrator import Orchestrator, StallCheck
 from sagaflow.outbox import AfterCommit, Outbox, Relay, Wakeup, sender
 from sagaflow.projector import Hooks, Projector
-from sagaflow.runner import Runner
+from sagaflow.runner import Dispatcher, Runner
 from sagaflow.starts import Starts
 from sagaflow.workflow import Workflow
+
+if TYPE_CHECKING:
+    from sagaflow.metrics import MetricsRecorder  # prometheus_client: only where it is used
 
 
 class RuntimeSettings(Protocol):
     """What the runtime reads from a settings object (the shop's config.settings.Settings
-    has these, and so does sagaflow.runtime.Settings)."""
+    has these, and so does sagaflow.runtime.Settings). Read-only: a frozen dataclass will do."""
 
-    saga_mode: str
-    saga_stall_seconds: float
-    saga_stall_check_seconds: float
-    outage_budget_seconds: float
-    outbox_lease_seconds: float
-    outbox_max_attempts: int
-    outbox_poll_interval: float
-    outbox_idle_poll_seconds: float
-    dlq_backoff: float
-    dlq_backoff_max: float
+    @property
+    def saga_mode(self) -> str: ...
+    @property
+    def saga_stall_seconds(self) -> float: ...
+    @property
+    def saga_stall_check_seconds(self) -> float: ...
+    @property
+    def outage_budget_seconds(self) -> float: ...
+    @property
+    def outbox_lease_seconds(self) -> float: ...
+    @property
+    def outbox_max_attempts(self) -> int: ...
+    @property
+    def outbox_poll_interval(self) -> float: ...
+    @property
+    def outbox_idle_poll_seconds(self) -> float: ...
+    @property
+    def dlq_backoff(self) -> float: ...
+    @property
+    def dlq_backoff_max(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -76,11 +92,12 @@ class Settings:
     step_retry_backoff_max: int = 30
 
 
-def dlq_backoff(settings: RuntimeSettings):
+def dlq_backoff(settings: RuntimeSettings) -> Callable[[int], float]:
     """How long the DLQ waits before its next try of an entry, by the attempts so far."""
 
     def backoff(attempts: int) -> float:
-        return min(settings.dlq_backoff_max, settings.dlq_backoff * (2**attempts))
+        delay: float = settings.dlq_backoff * (2**attempts)
+        return min(settings.dlq_backoff_max, delay)
 
     return backoff
 
@@ -99,21 +116,21 @@ class Runtime:
         self,
         workflows: Mapping[str, Workflow],
         *,
-        databases: Mapping[str, Any],
-        outboxes: Mapping[str, type],
-        redis,
+        databases: Mapping[str, DatabaseHandle],
+        outboxes: Mapping[str, type[Any]],
+        redis: Redis,
         services: Any,
-        dispatcher,
+        dispatcher: Dispatcher,
         settings: RuntimeSettings | None = None,
         hooks: Mapping[str, Hooks] | None = None,
         faults: FaultInjector = NO_FAULTS,
-        metrics=None,
+        metrics: MetricsRecorder | None = None,
         name: str = "",
-    ):
+    ) -> None:
         self.workflows = dict(workflows)
         self.home = home_of(self.workflows)
         self.databases, self.redis = dict(databases), redis
-        self.settings = settings or Settings()
+        self.settings: RuntimeSettings = settings or Settings()
         self.hooks = dict(hooks or {})
         self.metrics = metrics  # a sagaflow.metrics.MetricsRecorder for the projector, or None
         self.outboxes = [
@@ -142,7 +159,7 @@ class Runtime:
                     {o.service: o for o in self.outboxes}, fast_path
                 )
 
-    def _home_db(self):
+    def _home_db(self) -> DatabaseHandle:
         db = self.databases.get(self.home)
         if db is None:
             raise DeclarationError(
