@@ -145,7 +145,7 @@ class EventLog:
 
     def emit(self, event: Event) -> None:
         # redis types a stream entry's fields as a dict of its own key and value types.
-        fields: dict[FieldT, EncodableT] = dict(event.fields())
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in event.fields().items()}
         self.redis.xadd(self.stream, fields)
 
     def emit_and_read_fence(
