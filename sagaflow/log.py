@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     DateTime,
@@ -25,8 +25,9 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from sagaflow.db import DatabaseHandle
 from sagaflow.ledger import utcnow
 from sagaflow.status import DONE, OWED, SagaStatus, StepStatus, WorkKind
 from sagaflow.workflow import Workflow
@@ -88,6 +89,12 @@ class OperatorAction(SagaBase):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+@overload
+def epoch(moment: datetime) -> float: ...
+@overload
+def epoch(moment: None) -> None: ...
+@overload
+def epoch(moment: datetime | None) -> float | None: ...
 def epoch(moment: datetime | None) -> float | None:
     if moment is None:
         return None
@@ -115,13 +122,13 @@ def step_view(row: SagaStepRow) -> dict[str, Any]:
 
 
 class SagaLog:
-    def __init__(self, db, workflows: dict[str, Workflow]):
+    def __init__(self, db: DatabaseHandle, workflows: dict[str, Workflow]) -> None:
         self.db, self.workflows = db, workflows
 
     # --- starting ------------------------------------------------------------------
 
     @staticmethod
-    def create(session, workflow: Workflow, ctx) -> str:
+    def create(session: Session, workflow: Workflow, ctx: Any) -> str:
         """Record a new saga and its plan, in the caller's transaction."""
         saga_id = workflow.saga_id(ctx)
         session.add(
@@ -148,7 +155,7 @@ class SagaLog:
         return saga_id
 
     @staticmethod
-    def discard(session, saga_id: str) -> None:
+    def discard(session: Session, saga_id: str) -> None:
         """Forget a saga that never started (its first message could not be sent)."""
         session.execute(delete(SagaStepRow).where(SagaStepRow.saga_id == saga_id))
         session.execute(delete(SagaInstance).where(SagaInstance.saga_id == saga_id))
@@ -191,9 +198,10 @@ class SagaLog:
 
     def status(self, saga_id: str) -> str | None:
         with self.db.read() as session:
-            return session.scalar(
+            status: str | None = session.scalar(
                 select(SagaInstance.status).where(SagaInstance.saga_id == saga_id)
             )
+            return status
 
     def owed_compensations(self, saga_id: str) -> list[str]:
         with self.db.read() as session:
