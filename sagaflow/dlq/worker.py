@@ -12,21 +12,53 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sagaflow.dependencies import outage_text, recovered_text, unreachable
-from sagaflow.dlq.alerts import AlertFailed, alert_text
+from sagaflow.dlq.alerts import Alerter, AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
 from sagaflow.errors import InputNotKnown
 from sagaflow.metrics import count_alert
 from sagaflow.outage import OutageReporter, cause
 
+if TYPE_CHECKING:
+    from sagaflow.runner import Runner
+
 log = logging.getLogger("sagaflow.dlq")
 OUTAGE_CHECK_SECONDS = 2.0
 
 
+class WorkerSettings(Protocol):
+    """What the DLQ worker reads from the settings (the shop's config.settings.Settings)."""
+
+    @property
+    def dlq_max_attempts(self) -> int: ...
+    @property
+    def dlq_lease_seconds(self) -> float: ...
+    @property
+    def dlq_poll_interval(self) -> float: ...
+    @property
+    def dlq_alert_retry_seconds(self) -> float: ...
+    @property
+    def outage_alert_seconds(self) -> float: ...
+    @property
+    def outage_budget_seconds(self) -> float: ...
+    @property
+    def step_retry_backoff_max(self) -> float: ...
+    @property
+    def saga_stall_check_seconds(self) -> float: ...
+
+
 class DeadLetterWorker:
-    def __init__(self, store: DeadLetterStore, runner, alerter, settings, cli: str):
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        runner: Runner,
+        alerter: Alerter,
+        settings: WorkerSettings,
+        cli: str,
+    ) -> None:
         self.store, self.runner, self.alerter, self.cli = store, runner, alerter, cli
         self.max_attempts = settings.dlq_max_attempts
         self.lease = settings.dlq_lease_seconds
@@ -74,7 +106,7 @@ class DeadLetterWorker:
                 give_up=True,
                 alert_after=self.lease,
             )
-            return self._alert(self.store.get(eid))
+            return self._alert_again(eid)
         try:
             sent = self.runner.redispatch(entry)
         except InputNotKnown as exc:
@@ -86,14 +118,20 @@ class DeadLetterWorker:
                 log.info("waiting for the input of %s from the saga log", fields)
                 return "waiting for its input"
             self.store.attempt_failed(eid, "InputNotKnown", str(exc), give_up=True)
-            return self._alert(self.store.get(eid))
+            return self._alert_again(eid)
         except ValueError as exc:  # nothing could send it again: a human must look
             self.store.attempt_failed(eid, "NotRetryable", str(exc), give_up=True)
-            return self._alert(self.store.get(eid))
+            return self._alert_again(eid)
         # The claim holds the entry for a lease: if the work never reports back (its
         # message lost, its worker killed), the entry is due again then.
         log.info("retry sent %s attempt=%s/%s: %s", fields, attempt, self.max_attempts, sent)
         return sent
+
+    def _alert_again(self, eid: str) -> str:
+        """Alert for an entry just updated (so it is there to read)."""
+        entry = self.store.get(eid)
+        assert entry is not None, eid
+        return self._alert(entry)
 
     def _alert(self, entry: dict[str, Any]) -> str:
         eid, text = entry["id"], alert_text(entry, self.cli)
@@ -225,7 +263,7 @@ class RedisOutagePage:
     worker cannot read it, so its own loop pages once when Redis has been gone for the
     outage alert time, and once when it is back (Slack needs no Redis)."""
 
-    def __init__(self, worker: DeadLetterWorker, clock=time.time):
+    def __init__(self, worker: DeadLetterWorker, clock: Callable[[], float] = time.time) -> None:
         self.worker, self.clock = worker, clock
         self.row: dict[str, Any] | None = None
 
