@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from sagaflow.dlq.store import DUE, RESOLVED, RETRYING
+from sagaflow.dlq.store import DUE, RESOLVED, RETRYING, DeadLetterStore
 from sagaflow.errors import NotApplicable
-from sagaflow.log import OperatorAction
+from sagaflow.log import OperatorAction, SagaLog
 from sagaflow.status import WorkKind
+
+if TYPE_CHECKING:
+    from sagaflow.runner import Runner
 
 
 class Refused(NotApplicable):
@@ -27,12 +30,14 @@ class Refused(NotApplicable):
 SENT, FAILED, SKIPPED = "sent", "failed", "skipped"
 
 
-def _iso(moment) -> str:
+def _iso(moment: datetime) -> str:
     return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat()
 
 
 class OperatorActions:
-    def __init__(self, store, runner, saga_log, lease_seconds: float):
+    def __init__(
+        self, store: DeadLetterStore, runner: Runner, saga_log: SagaLog, lease_seconds: float
+    ) -> None:
         self.store, self.runner, self.saga_log = store, runner, saga_log
         self.lease = lease_seconds
 
@@ -127,6 +132,7 @@ class OperatorActions:
         deadline = time.monotonic() + wait
         while True:
             now = self.store.get(eid)
+            assert now is not None, f"{eid} was purged while it was requeued"
             if now["status"] == RESOLVED:
                 result.update(result=SENT, ok=True, outcome=f"{sent}; {now.get('note')}")
                 break
