@@ -39,8 +39,9 @@ demo: ## place three demo orders against a running `make run`
 drill: venv redis ## the multi-host drill: each service on its own network namespace (root)
 	$(PY) scripts/multihost_drill.py
 
-lint: venv ## ruff check
+lint: venv ## ruff check, and mypy --strict on sagaflow ([tool.mypy] in pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: venv ## run the benchmark (ARGS="--quick", "--postgres", "--profile"); writes bench/results/
 	@# Its own dependencies (DBOS, py-spy), pinned; the service and `make test` do without.

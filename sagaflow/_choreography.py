@@ -33,12 +33,19 @@ Duplicates and reordering:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
 
 from sagaflow._outbox import Outbox, Relay, enqueue
 from sagaflow._workflow import Workflow
+
+if TYPE_CHECKING:
+    from sagaflow._runner import Runner
 
 log = logging.getLogger("sagaflow.choreography")
 
@@ -53,19 +60,20 @@ class Announcement:
 
     outbox: Outbox
     key: str
-    payload: dict
+    payload: dict[str, Any]
     row_id: int | None = None
 
-    def write(self, session) -> None:
+    def write(self, session: Session) -> int:
         self.row_id = enqueue(
             session, self.outbox.table, self.key, EVENT, self.payload, held_by=self.outbox
         )
+        return self.row_id
 
 
 _current: ContextVar[Announcement | None] = ContextVar("sagaflow_announcement", default=None)
 
 
-def announce(session) -> None:
+def announce(session: Session) -> None:
     """Called by the ledger inside the transaction that applied or undid a piece of work:
     its event is written with it. Outside choreography there is nothing to announce."""
     pending = _current.get()
@@ -80,7 +88,7 @@ def rolled_back() -> None:
         pending.row_id = None
 
 
-def reaction(wf: Workflow, payload: dict) -> tuple[str, str] | None:
+def reaction(wf: Workflow, payload: dict[str, Any]) -> tuple[str, str] | None:
     """Who reacts to an announcement: ("step", name), ("compensation", name), ("ask", the
     step again: its event was never finished) or None (the saga's last word)."""
     after = payload["after"]
@@ -93,7 +101,7 @@ def reaction(wf: Workflow, payload: dict) -> tuple[str, str] | None:
     return ("compensation", rest[0]) if rest else None
 
 
-def react(runner, payload: dict, message_id: str) -> None:
+def react(runner: Runner, payload: dict[str, Any], message_id: str) -> None:
     """Send the piece of work an announcement calls for (the relay's sender)."""
     wf = runner.workflows[payload["workflow"]]
     found = reaction(wf, payload)
@@ -121,14 +129,18 @@ class Announcer:
     announces = False
 
     @contextmanager
-    def step(self, wf: Workflow, name: str, saga_id: str, ctx: dict):
+    def step(
+        self, wf: Workflow, name: str, saga_id: str, ctx: dict[str, Any]
+    ) -> Iterator[Announcement | None]:
         yield None
 
     @contextmanager
-    def compensation(self, wf: Workflow, name: str, saga_id: str, plan: list[str]):
+    def compensation(
+        self, wf: Workflow, name: str, saga_id: str, plan: list[str]
+    ) -> Iterator[Announcement | None]:
         yield None
 
-    def send(self, announcement: Announcement | None, **finished) -> None:
+    def send(self, announcement: Announcement | None, **finished: Any) -> None:
         pass
 
     def withdraw(self, announcement: Announcement | None, why: str) -> None:
@@ -144,7 +156,7 @@ class Choreography(Announcer):
 
     announces = True
 
-    def __init__(self, outboxes: dict[str, Outbox], relay: Relay):
+    def __init__(self, outboxes: dict[str, Outbox], relay: Relay) -> None:
         self.outboxes, self.relay = outboxes, relay
 
     def _outbox(self, service: str) -> Outbox:
@@ -156,7 +168,9 @@ class Choreography(Announcer):
             ) from None
 
     @contextmanager
-    def step(self, wf: Workflow, name: str, saga_id: str, ctx: dict):
+    def step(
+        self, wf: Workflow, name: str, saga_id: str, ctx: dict[str, Any]
+    ) -> Iterator[Announcement | None]:
         """Around a forward step: its event (None for the last step: nobody listens)."""
         if not wf.steps_after(name):
             yield None
@@ -173,7 +187,9 @@ class Choreography(Announcer):
             yield a
 
     @contextmanager
-    def compensation(self, wf: Workflow, name: str, saga_id: str, plan: list[str]):
+    def compensation(
+        self, wf: Workflow, name: str, saga_id: str, plan: list[str]
+    ) -> Iterator[Announcement | None]:
         if not wf.compensations_after(name, plan):
             yield None
             return
@@ -189,14 +205,14 @@ class Choreography(Announcer):
             yield a
 
     @contextmanager
-    def _announcing(self, announcement: Announcement):
+    def _announcing(self, announcement: Announcement) -> Iterator[Announcement]:
         token = _current.set(announcement)
         try:
             yield announcement
         finally:
             _current.reset(token)
 
-    def send(self, announcement: Announcement | None, **finished) -> None:
+    def send(self, announcement: Announcement | None, **finished: Any) -> None:
         """The work is done: send its event now (the relay would, later). Work whose
         transaction wrote no event ran before (a redelivery: it finishes the event its
         first run wrote, if that is still unsent) or was skipped (it writes one now: there
@@ -207,19 +223,20 @@ class Choreography(Announcer):
         payload = {**announcement.payload, **finished, "final": True}
         if announcement.row_id is None:
             announcement.row_id = self._earlier(announcement, payload)
-        if announcement.row_id is None:
+        row_id = announcement.row_id
+        if row_id is None:
             with outbox.db.write() as session:
                 announcement.payload = payload
-                announcement.write(session)
+                row_id = announcement.write(session)
         try:
             # Held by this writer, so no relay takes it meanwhile: no claim to make. (Its
             # saga's earlier messages caused this work: they have left already.)
-            self.relay.send_held(outbox, announcement.row_id, EVENT, payload)
+            self.relay.send_held(outbox, row_id, EVENT, payload)
         except Exception:
             # The row is in the outbox: the relay sends it once the database answers.
             log.exception("could not send %s at once; the relay will", payload["event"])
 
-    def _earlier(self, announcement: Announcement, payload: dict) -> int | None:
+    def _earlier(self, announcement: Announcement, payload: dict[str, Any]) -> int | None:
         outbox, after = announcement.outbox, payload["after"]
         for row_id, earlier in outbox.unsent(announcement.key, EVENT):
             if earlier.get("after") == after and outbox.take_over(row_id, payload):

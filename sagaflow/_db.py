@@ -12,16 +12,31 @@ two files).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseHandle(Protocol):
+    """What the runtime needs of a service's database (a Database is one): a transaction
+    and a consistent read, each a session; and whether it is SQLite (the outbox claims its
+    rows otherwise there)."""
+
+    @property
+    def is_sqlite(self) -> bool: ...
+
+    def write(self) -> AbstractContextManager[Session]: ...
+
+    def read(self) -> AbstractContextManager[Session]: ...
 
 
 def _sqlite_engine(url: str, begin: str, create: bool) -> Engine:
@@ -34,7 +49,7 @@ def _sqlite_engine(url: str, begin: str, create: bool) -> Engine:
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         # Hand transaction control to the "begin" hook below.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -45,7 +60,7 @@ def _sqlite_engine(url: str, begin: str, create: bool) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection):
+    def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(begin)
 
     return engine
@@ -56,7 +71,7 @@ class Database:
 
     def __init__(
         self, url: str, create: bool = False, pool_size: int = 5, max_overflow: int = 10
-    ):
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:

@@ -19,9 +19,12 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis.exceptions
 from kombu.exceptions import OperationalError as BrokerError
+from redis import Redis
 from sqlalchemy import exc as sa_exc
 
 from sagaflow._errors import error_text
@@ -54,7 +57,9 @@ def unreachable(exc: BaseException, service: str = "") -> str | None:
     """What could not be reached ("the products database", "Redis", "the broker"), or None
     when the error is the work's own."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        exc = cause
         seen.add(id(exc))
         # A pool's DisconnectionError is no DBAPIError: it carries no driver error to read.
         if isinstance(exc, sa_exc.DisconnectionError) or (
@@ -67,7 +72,7 @@ def unreachable(exc: BaseException, service: str = "") -> str | None:
             return "the broker"
         # An error raised while handling another (an event that could not be written
         # after the database failed) is about whichever was unreachable first.
-        exc = exc.__cause__ or exc.__context__
+        cause = exc.__cause__ or exc.__context__
     return None
 
 
@@ -76,7 +81,7 @@ class OutageBoard:
     effort: when Redis itself is the outage, nothing can be written, and the DLQ worker,
     which cannot read the board either, alerts for Redis from its own loop."""
 
-    def __init__(self, client, clock=time.time):
+    def __init__(self, client: Redis, clock: Callable[[], float] = time.time) -> None:
         self.redis, self.clock = client, clock
 
     def record(self, dependency: str, error: BaseException | str) -> None:
@@ -103,11 +108,11 @@ class OutageBoard:
         except redis.exceptions.RedisError:
             pass
 
-    def rows(self) -> dict[str, dict]:
+    def rows(self) -> dict[str, dict[str, Any]]:
         raw = self.redis.hgetall(BOARD)
         return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
 
-    def update(self, dependency: str, **fields) -> None:
+    def update(self, dependency: str, **fields: Any) -> None:
         raw = self.redis.hget(BOARD, dependency)
         if raw:
             self.redis.hset(BOARD, dependency, json.dumps({**json.loads(raw), **fields}))
@@ -116,7 +121,7 @@ class OutageBoard:
         self.redis.hdel(BOARD, dependency)
 
 
-def outage_text(dependency: str, row: dict, budget: float, now: float) -> str:
+def outage_text(dependency: str, row: dict[str, Any], budget: float, now: float) -> str:
     since = time.strftime("%H:%M:%S", time.gmtime(row["since"]))
     lasted = now - row["since"]
     return (
@@ -129,7 +134,7 @@ def outage_text(dependency: str, row: dict, budget: float, now: float) -> str:
     )
 
 
-def recovered_text(dependency: str, row: dict) -> str:
+def recovered_text(dependency: str, row: dict[str, Any]) -> str:
     lasted = row.get("over", row["last_seen"]) - row["since"]
     return (
         f":white_check_mark: {dependency} answers again after {lasted / 60:.1f} min "

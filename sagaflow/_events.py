@@ -25,6 +25,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+from redis.typing import EncodableT, FieldT
 
 from sagaflow.dlq.store import DUE, ENTRY, entry_id
 
@@ -58,7 +62,7 @@ class Event:
     error: str = ""
     detail: str = ""
     worker: str = ""
-    ctx: dict | None = None  # a step's resulting context (succeeded)
+    ctx: dict[str, Any] | None = None  # a step's resulting context (succeeded)
     compensations: list[str] = field(default_factory=list)  # turned_back
 
     def fields(self) -> dict[str, str]:
@@ -69,7 +73,7 @@ class Event:
         return {k: str(v) for k, v in data.items()}
 
     @classmethod
-    def from_fields(cls, raw: dict) -> Event:
+    def from_fields(cls, raw: dict[str, Any]) -> Event:
         get = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
@@ -131,7 +135,7 @@ return 0
 
 
 class EventLog:
-    def __init__(self, redis, stream: str = STREAM):
+    def __init__(self, redis: Redis, stream: str = STREAM) -> None:
         self.redis, self.stream = redis, stream
         self._emit_and_read = redis.register_script(_EMIT_AND_READ_FENCE)
         self._turn_back = redis.register_script(_TURN_BACK)
@@ -142,13 +146,15 @@ class EventLog:
         return json.dumps([x for pair in event.fields().items() for x in pair])
 
     def emit(self, event: Event) -> None:
-        self.redis.xadd(self.stream, event.fields())
+        # redis types a stream entry's fields as a dict of its own key and value types.
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in event.fields().items()}
+        self.redis.xadd(self.stream, fields)
 
     def emit_and_read_fence(
         self,
         event: Event,
         new_attempt: bool = False,
-        keep_input: dict | None = None,
+        keep_input: dict[str, Any] | None = None,
         drop_input: bool = False,
     ) -> str | None:
         """Append the event; the saga's fence (why it turned back), or None. A new attempt
@@ -222,6 +228,6 @@ class EventLog:
         seen = self.redis.get(key)
         return (seen.decode() if isinstance(seen, bytes) else seen) == task_id
 
-    def input(self, saga_id: str, name: str) -> dict | None:
+    def input(self, saga_id: str, name: str) -> dict[str, Any] | None:
         found = self.redis.get(f"{INPUT}{saga_id}:{name}")
         return json.loads(found) if found else None

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from redis import Redis
+
 from sagaflow._errors import DeclarationError, InjectedBusinessError, StepTimeout, TransientError
 
 KINDS = ("business", "timeout", "transient", "crash", "hold")
@@ -119,8 +121,14 @@ class LiveFaultInjector(FaultInjector):
     """The faults of SAGA_FAULTS, or of the spec at LIVE_KEY while one is stored there."""
 
     def __init__(
-        self, faults, count, overrun, read_live: Callable[[], str | None], known, held=None
-    ):
+        self,
+        faults: dict[str, Fault],
+        count: Callable[[str], int],
+        overrun: float,
+        read_live: Callable[[], str | None],
+        known: Iterable[str],
+        held: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(faults, count, overrun, held or (lambda: False))
         self._read_live = read_live
         self._known = tuple(known)
@@ -142,24 +150,24 @@ class LiveFaultInjector(FaultInjector):
         return self._parsed[1]
 
 
-def set_live_faults(client, spec: str, known: Iterable[str]) -> None:
+def set_live_faults(client: Redis, spec: str, known: Iterable[str]) -> None:
     """Store a spec every fault-enabled process follows from its next step on ("" for
     none); raises DeclarationError, storing nothing, if the spec is malformed."""
     parse_faults(spec, known)
     client.set(LIVE_KEY, spec)
 
 
-def clear_live_faults(client) -> None:
+def clear_live_faults(client: Redis) -> None:
     """Back to each process's SAGA_FAULTS."""
     client.delete(LIVE_KEY)
 
 
-def hold_work(client) -> None:
+def hold_work(client: Redis) -> None:
     """From now on, work with a `hold` fault waits (until release_work)."""
     client.set(HOLD_KEY, "1", ex=int(HOLD_LIMIT))
 
 
-def release_work(client) -> None:
+def release_work(client: Redis) -> None:
     client.delete(HOLD_KEY)
 
 

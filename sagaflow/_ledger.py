@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, String, Text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sagaflow._choreography import announce, rolled_back
+from sagaflow._db import DatabaseHandle
 from sagaflow._errors import AlreadyCompensated
+
+_T = TypeVar("_T")
 
 APPLIED, COMPENSATED, VOIDED = "APPLIED", "COMPENSATED", "VOIDED"
 NEVER_APPLIED = "nothing to undo: step never applied (voided)"
@@ -34,10 +37,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def ledger_table(base) -> type:
+def ledger_table(base: type[DeclarativeBase]) -> type[Any]:
     """The ledger table in one service's declarative base (its own database)."""
 
-    class SagaLedger(base):
+    # The base is the owner's, known only at run time: mypy cannot check a class built on
+    # a variable, so it is taken as it is.
+    class SagaLedger(base):  # type: ignore[misc,valid-type]
         __tablename__ = "sagaflow_ledger"
         saga_id: Mapped[str] = mapped_column(String(80), primary_key=True)
         step: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -48,7 +53,9 @@ def ledger_table(base) -> type:
     return SagaLedger
 
 
-def _retry_on_duplicate(db, work: Callable, again: Callable | None = None):
+def _retry_on_duplicate(
+    db: DatabaseHandle, work: Callable[[Session], _T], again: Callable[[Session], _T] | None = None
+) -> _T:
     """Run `work(session)` in a transaction; if a concurrent duplicate won the key (or the
     key was already there), run `again` (default: `work`) once, so this call sees the
     winner's row."""
@@ -64,10 +71,16 @@ def _retry_on_duplicate(db, work: Callable, again: Callable | None = None):
         raise
 
 
-def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]) -> dict:
+def apply_once(
+    db: DatabaseHandle,
+    ledger: type[Any],
+    saga_id: str,
+    step: str,
+    apply: Callable[[Session], dict[str, Any]],
+) -> dict[str, Any]:
     """Apply `apply(session)` once for (saga_id, step) and return what it applied."""
 
-    def claim_and_apply(session):
+    def claim_and_apply(session: Session) -> dict[str, Any]:
         # Claiming the key first: a concurrent duplicate blocks here until this commits,
         # then fails on the key. A key already there fails at once.
         entry = ledger(saga_id=saga_id, step=step, status=APPLIED, payload="{}")
@@ -78,12 +91,13 @@ def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]
         announce(session)
         return applied
 
-    def seen_before(session):
+    def seen_before(session: Session) -> dict[str, Any]:
         # A redelivery, a DLQ retry, or the loser of a race: what is recorded decides.
         entry = session.get(ledger, (saga_id, step), with_for_update=True)
         if entry is not None:
             if entry.status == APPLIED:
-                return json.loads(entry.payload)
+                applied: dict[str, Any] = json.loads(entry.payload)
+                return applied
             raise AlreadyCompensated(f"{step} of {saga_id} was already {entry.status.lower()}")
         return claim_and_apply(session)  # the business change itself hit a unique key
 
@@ -92,10 +106,16 @@ def apply_once(db, ledger, saga_id: str, step: str, apply: Callable[[Any], dict]
     return _retry_on_duplicate(db, claim_and_apply, seen_before)
 
 
-def compensate_once(db, ledger, saga_id: str, step: str, undo: Callable[[Any, dict], None]) -> str:
+def compensate_once(
+    db: DatabaseHandle,
+    ledger: type[Any],
+    saga_id: str,
+    step: str,
+    undo: Callable[[Session, dict[str, Any]], None],
+) -> str:
     """Undo (saga_id, step) once; if it never applied, void it so it never will."""
 
-    def work(session):
+    def work(session: Session) -> str:
         entry = session.get(ledger, (saga_id, step), with_for_update=True)
         if entry is None:
             session.add(ledger(saga_id=saga_id, step=step, status=VOIDED, payload="{}"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any, overload
 
 from sqlalchemy import (
     DateTime,
@@ -24,8 +25,9 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from sagaflow._db import DatabaseHandle
 from sagaflow._ledger import utcnow
 from sagaflow._status import DONE, OWED, SagaStatus, StepStatus, WorkKind
 from sagaflow._workflow import Workflow
@@ -87,6 +89,12 @@ class OperatorAction(SagaBase):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+@overload
+def epoch(moment: datetime) -> float: ...
+@overload
+def epoch(moment: None) -> None: ...
+@overload
+def epoch(moment: datetime | None) -> float | None: ...
 def epoch(moment: datetime | None) -> float | None:
     if moment is None:
         return None
@@ -99,7 +107,7 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat() if moment else None
 
 
-def step_view(row: SagaStepRow) -> dict:
+def step_view(row: SagaStepRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "kind": row.kind,
@@ -114,13 +122,13 @@ def step_view(row: SagaStepRow) -> dict:
 
 
 class SagaLog:
-    def __init__(self, db, workflows: dict[str, Workflow]):
+    def __init__(self, db: DatabaseHandle, workflows: dict[str, Workflow]) -> None:
         self.db, self.workflows = db, workflows
 
     # --- starting ------------------------------------------------------------------
 
     @staticmethod
-    def create(session, workflow: Workflow, ctx) -> str:
+    def create(session: Session, workflow: Workflow, ctx: Any) -> str:
         """Record a new saga and its plan, in the caller's transaction."""
         saga_id = workflow.saga_id(ctx)
         session.add(
@@ -147,14 +155,14 @@ class SagaLog:
         return saga_id
 
     @staticmethod
-    def discard(session, saga_id: str) -> None:
+    def discard(session: Session, saga_id: str) -> None:
         """Forget a saga that never started (its first message could not be sent)."""
         session.execute(delete(SagaStepRow).where(SagaStepRow.saga_id == saga_id))
         session.execute(delete(SagaInstance).where(SagaInstance.saga_id == saga_id))
 
     # --- reading -------------------------------------------------------------------
 
-    def timeline(self, saga_id: str) -> dict | None:
+    def timeline(self, saga_id: str) -> dict[str, Any] | None:
         with self.db.read() as session:
             instance = session.get(SagaInstance, saga_id)
             if instance is None:
@@ -176,7 +184,7 @@ class SagaLog:
                 "updated_at": _iso(instance.updated_at),
             }
 
-    def step(self, saga_id: str, name: str) -> dict | None:
+    def step(self, saga_id: str, name: str) -> dict[str, Any] | None:
         with self.db.read() as session:
             row = session.get(SagaStepRow, (saga_id, name))
             return step_view(row) if row else None
@@ -190,9 +198,10 @@ class SagaLog:
 
     def status(self, saga_id: str) -> str | None:
         with self.db.read() as session:
-            return session.scalar(
+            status: str | None = session.scalar(
                 select(SagaInstance.status).where(SagaInstance.saga_id == saga_id)
             )
+            return status
 
     def owed_compensations(self, saga_id: str) -> list[str]:
         with self.db.read() as session:
@@ -236,7 +245,7 @@ class SagaLog:
                 )
                 .order_by(SagaStepRow.saga_id, SagaStepRow.position, SagaStepRow.name)
             ).all()
-            waiting: dict = {}
+            waiting: dict[str, Any] = {}
             for row in rows:
                 waiting.setdefault(row.saga_id, row)
             ids = [i for i, row in waiting.items() if row.status != StepStatus.DEAD_LETTERED]

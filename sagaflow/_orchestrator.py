@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from sagaflow._log import SagaLog
 from sagaflow._outage import OutageReporter
@@ -29,11 +30,17 @@ class StallCheck:
     and alerts if it keeps failing. A failure whose link_error callback was lost is routed
     as the callback would have."""
 
-    def __init__(self, saga_log: SagaLog, runner: Runner, idle_seconds: float, waiting=None):
+    def __init__(
+        self,
+        saga_log: SagaLog,
+        runner: Runner,
+        idle_seconds: float,
+        waiting: Callable[[], set[str]] | None = None,
+    ) -> None:
         self.log, self.runner, self.idle = saga_log, runner, idle_seconds
         # Sagas whose start is still in the home's outbox are not stalled: the relay sends
         # it when the broker is back (a callable returning their ids).
-        self.waiting = waiting or (lambda: set())
+        self.waiting: Callable[[], set[str]] = waiting or (lambda: set())
 
     def park_stalled(self, now: float | None = None) -> list[str]:
         parked = []

@@ -25,18 +25,25 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
+from redis import Redis
 from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, func, select, update
-from sqlalchemy.orm import Mapped, aliased, mapped_column
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from sagaflow._errors import error_text
 from sagaflow._outage import OutageReporter
+
+if TYPE_CHECKING:
+    from sagaflow._db import DatabaseHandle
 
 log = logging.getLogger("sagaflow.outbox")
 
@@ -45,10 +52,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def outbox_table(base) -> type:
+def outbox_table(base: type[DeclarativeBase]) -> type[Any]:
     """The outbox table in one service's declarative base (its own database)."""
 
-    class OutboxMessage(base):
+    # The base is the owner's, known only at run time: mypy cannot check a class built on
+    # a variable, so it is taken as it is.
+    class OutboxMessage(base):  # type: ignore[misc,valid-type]
         __tablename__ = "sagaflow_outbox"
         id: Mapped[int] = mapped_column(Integer, primary_key=True)
         key: Mapped[str] = mapped_column(String(80), index=True)  # per-key order: a saga id
@@ -70,7 +79,14 @@ def outbox_table(base) -> type:
     return OutboxMessage
 
 
-def enqueue(session, table, key: str, kind: str, payload: dict, held_by=None) -> int:
+def enqueue(
+    session: Session,
+    table: type[Any],
+    key: str,
+    kind: str,
+    payload: dict[str, Any],
+    held_by: Outbox | None = None,
+) -> int:
     """Write a message in the caller's transaction; returns its row id. `held_by` (an
     Outbox) keeps the relays off it for a lease: its writer sends it after the commit.
     Inside saga work (`AfterCommit.collect`), a row of an outbox the process serves is
@@ -86,7 +102,8 @@ def enqueue(session, table, key: str, kind: str, payload: dict, held_by=None) ->
     session.flush()
     if collecting is not None and held_by is not None:
         collecting.written(session, Held(held_by, row.id, kind, payload))
-    return row.id
+    row_id: int = row.id
+    return row_id
 
 
 def message_id(service: str, row_id: int) -> str:
@@ -96,12 +113,14 @@ def message_id(service: str, row_id: int) -> str:
 class Outbox:
     """One service's outbox: claiming and marking its rows."""
 
-    def __init__(self, service: str, db, table, lease_seconds: float = 30.0):
+    def __init__(
+        self, service: str, db: DatabaseHandle, table: type[Any], lease_seconds: float = 30.0
+    ) -> None:
         self.service, self.db, self.table = service, db, table
         self.lease = lease_seconds
         self.me = f"{socket.gethostname()}:{id(self):x}"
 
-    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list:
+    def claim(self, limit: int = 100, ids: list[int] | None = None) -> list[Any]:
         """Rows due now, the oldest unsent of their key, not claimed by a live relay (nor
         held by their writer)."""
         t, earlier = self.table, aliased(self.table)
@@ -136,11 +155,11 @@ class Outbox:
                 row.claimed_by, row.claimed_until = self.me, now + timedelta(seconds=self.lease)
             return [(r.id, r.key, r.kind, json.loads(r.payload), r.attempts) for r in rows]
 
-    def sent(self, row_ids: list[int], payload: dict | None = None) -> None:
+    def sent(self, row_ids: list[int], payload: dict[str, Any] | None = None) -> None:
         """Mark rows sent (and, with `payload`, say what the one row finally said)."""
         if not row_ids:
             return
-        values = dict(sent_at=utcnow(), claimed_by=None, claimed_until=None)
+        values: dict[str, Any] = dict(sent_at=utcnow(), claimed_by=None, claimed_until=None)
         if payload is not None:
             values["payload"] = json.dumps(payload)
         with self.db.write() as session:
@@ -156,7 +175,7 @@ class Outbox:
                 .values(claimed_by=None, claimed_until=None)
             )
 
-    def unsent(self, key: str, kind: str) -> list[tuple[int, dict]]:
+    def unsent(self, key: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
         with self.db.read() as session:
             rows = session.execute(
                 select(self.table.id, self.table.payload).where(
@@ -168,19 +187,23 @@ class Outbox:
             ).all()
             return [(row_id, json.loads(payload)) for row_id, payload in rows]
 
-    def take_over(self, row_id: int, payload: dict) -> bool:
+    def take_over(self, row_id: int, payload: dict[str, Any]) -> bool:
         """Hold an unsent row whoever held it (its writer died, or is slow: then both send
         it, under the one message id its consumer deduplicates)."""
         t = self.table
         with self.db.write() as session:
-            taken = session.execute(
-                update(t)
-                .where(t.id == row_id, t.sent_at.is_(None))
-                .values(
-                    payload=json.dumps(payload),
-                    claimed_by=self.me,
-                    claimed_until=utcnow() + timedelta(seconds=self.lease),
-                )
+            # An UPDATE's result is a CursorResult (it has the row count).
+            taken = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(t)
+                    .where(t.id == row_id, t.sent_at.is_(None))
+                    .values(
+                        payload=json.dumps(payload),
+                        claimed_by=self.me,
+                        claimed_until=utcnow() + timedelta(seconds=self.lease),
+                    )
+                ),
             )
             return taken.rowcount == 1
 
@@ -209,10 +232,16 @@ class Outbox:
             )
 
     def failed(
-        self, row_id: int, error: str, delay: float, park: bool, payload: dict | None = None
+        self,
+        row_id: int,
+        error: str,
+        delay: float,
+        park: bool,
+        payload: dict[str, Any] | None = None,
     ) -> None:
         with self.db.write() as session:
             row = session.get(self.table, row_id)
+            assert row is not None  # a row this process claimed or holds is never deleted
             if payload is not None:
                 row.payload = json.dumps(payload)
             row.attempts += 1
@@ -223,12 +252,13 @@ class Outbox:
 
     def pending(self) -> int:
         with self.db.read() as session:
-            return session.scalar(
+            count = session.scalar(
                 select(func.count()).where(self.table.sent_at.is_(None), self.table.parked == 0)
             )
+            return count or 0  # COUNT(*) always returns a row
 
 
-Sender = Callable[[str, dict, str], None]  # (kind, payload, message id)
+Sender = Callable[[str, dict[str, Any], str], None]  # (kind, payload, message id)
 
 
 class Wakeup:
@@ -241,7 +271,7 @@ class Wakeup:
 
     KEY = "sagaflow:outbox:wakeup"
 
-    def __init__(self, redis, key: str = KEY):
+    def __init__(self, redis: Redis, key: str = KEY) -> None:
         self.redis, self.key = redis, key
 
     def nudge(self) -> None:
@@ -253,7 +283,7 @@ class Wakeup:
         except Exception as exc:  # Redis down: the idle poll covers it
             log.debug("could not nudge the relay: %s", error_text(exc))
 
-    def wait(self, seconds: float, stop) -> bool:
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
         deadline = time.monotonic() + seconds
         while not stop.is_set():
             left = deadline - time.monotonic()
@@ -275,13 +305,13 @@ class Relay:
         self,
         outboxes: list[Outbox],
         send: Sender,
-        park: Callable[[Outbox, tuple, str], None],
+        park: Callable[[Outbox, tuple[Any, ...], str], object],
         max_attempts: int = 10,
         backoff: Callable[[int], float] = lambda n: min(60.0, 0.5 * 2**n),
         poll: float = 0.2,
         wakeup: Wakeup | None = None,
         idle_poll: float | None = None,
-    ):
+    ) -> None:
         self.outboxes, self.send, self.park = outboxes, send, park
         self.max_attempts, self.backoff, self.poll = max_attempts, backoff, poll
         self.wakeup = wakeup
@@ -289,8 +319,10 @@ class Relay:
         self.idle_poll = idle_poll if (wakeup and idle_poll) else poll
         self._owed = False  # the last pass left rows to retry
 
-    def relay(self, outbox: Outbox, rows: list) -> int:
-        done, failed_keys, held = [], set(), []
+    def relay(self, outbox: Outbox, rows: list[Any]) -> int:
+        done: list[int] = []
+        failed_keys: set[str] = set()
+        held: list[int] = []
         for row in rows:
             row_id, key, kind, payload, attempts = row
             if key in failed_keys:
@@ -308,7 +340,7 @@ class Relay:
         return len(done)
 
     def send_held(
-        self, outbox: Outbox, row_id: int, kind: str, payload: dict, changed: bool = True
+        self, outbox: Outbox, row_id: int, kind: str, payload: dict[str, Any], changed: bool = True
     ) -> bool:
         """Send a row its writer holds (`enqueue(held_by=...)`), with what it finally says
         if that `changed` since it was written, then mark it so in one update: no claim
@@ -326,7 +358,13 @@ class Relay:
         outbox.sent([row_id], kept)
         return True
 
-    def _failed(self, outbox: Outbox, row: tuple, exc: Exception, payload=None) -> None:
+    def _failed(
+        self,
+        outbox: Outbox,
+        row: tuple[Any, ...],
+        exc: Exception,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
         """A send failed: try again later, or park the message once attempts run out."""
         row_id, key, _kind, _payload, attempts = row
         give_up = attempts + 1 >= self.max_attempts
@@ -351,7 +389,7 @@ class Relay:
             sent += self.relay(outbox, outbox.claim())
         return sent
 
-    def run(self, stop) -> None:
+    def run(self, stop: threading.Event) -> None:
         log.info("outbox relay started: %s", ", ".join(o.service for o in self.outboxes))
         outage = OutageReporter(log)  # a database or the broker down: said once, not per try
         while not stop.is_set():
@@ -381,18 +419,18 @@ class Held:
     outbox: Outbox
     row_id: int
     kind: str
-    payload: dict
+    payload: dict[str, Any]
 
 
 class _Collected:
-    def __init__(self, by_table: dict):
+    def __init__(self, by_table: dict[type[Any], Outbox]) -> None:
         self._by_table = by_table
         self.rows: list[Held] = []
 
-    def outbox_for(self, table) -> Outbox | None:
+    def outbox_for(self, table: type[Any]) -> Outbox | None:
         return self._by_table.get(table)
 
-    def written(self, session, held: Held) -> None:
+    def written(self, session: Session, held: Held) -> None:
         # Only once it commits: a row its transaction rolled back does not exist, and
         # sending it would announce a change that never happened.
         event.listen(session, "after_commit", lambda _session: self.rows.append(held), once=True)
@@ -411,7 +449,7 @@ class AfterCommit:
     Per-key order holds as for the relays: the saga's earlier messages caused this work,
     so they have left already."""
 
-    def __init__(self, relay: Relay):
+    def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self._by_table = {outbox.table: outbox for outbox in relay.outboxes}
 
@@ -444,11 +482,11 @@ class AfterCommit:
 START, STREAM = "start", "stream"
 
 
-def start_message(workflow: str, ctx: dict) -> tuple[str, dict]:
+def start_message(workflow: str, ctx: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Start a saga: its chain is sent when the row is."""
     return START, {"workflow": workflow, "ctx": ctx}
 
 
-def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict]:
+def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """Append an entry to a Redis stream (a service's published event)."""
     return STREAM, {"stream": stream, "fields": fields}

@@ -20,16 +20,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+from redis import Redis
 from redis import exceptions as redis_errors
+from redis.commands.core import Script
 from redis.exceptions import ResponseError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from sagaflow._db import DatabaseHandle
 from sagaflow._events import STREAM, Event, Phase
 from sagaflow._log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
 from sagaflow._status import DONE, SagaStatus, StepStatus, WorkKind
 from sagaflow._workflow import Workflow
 from sagaflow.dlq import store as dead_letters
+
+if TYPE_CHECKING:
+    from sagaflow.metrics import MetricsRecorder
 
 GROUP, CONSUMER = "sagaflow-projector", "projector"
 LOCK, LOCK_SECONDS = "sagaflow:projector:lock", 15
@@ -47,6 +55,9 @@ end
 return 0
 """
 log = logging.getLogger("sagaflow.projector")
+
+# An entry of the event stream as redis returns it: (entry id, fields), bytes undecoded.
+StreamEntry = tuple[bytes | str, dict[Any, Any]]
 
 StatusHook = Callable[[object, SagaInstance, str, str], None]  # session, instance, old, new
 StepHook = Callable[[object, SagaInstance, Event], None]
@@ -95,15 +106,26 @@ def derive_status(instance: SagaInstance, rows: list[SagaStepRow], wf: Workflow)
 
 class Projector:
     def __init__(
-        self, db, redis, workflows: dict[str, Workflow], hooks: dict[str, Hooks], metrics=None
-    ):
+        self,
+        db: DatabaseHandle,
+        redis: Redis | None,
+        workflows: dict[str, Workflow],
+        hooks: dict[str, Hooks],
+        metrics: MetricsRecorder | None = None,
+    ) -> None:
         self.db, self.redis = db, redis
         self.workflows, self.hooks = workflows, hooks
         self.metrics = metrics  # sagaflow.metrics.MetricsRecorder, or None
         self.me = f"{socket.gethostname()}:{id(self):x}"
         self.caught_up = False
         self._group_ready = False
-        self._hold = None  # the lock script, registered on first use
+        self._hold: Script | None = None  # the lock script, registered on first use
+
+    @property
+    def _redis(self) -> Redis:
+        """The stream's Redis (None: a projector that only applies the events it is given)."""
+        assert self.redis is not None, "this projector has no Redis"
+        return self.redis
 
     # --- one projector at a time ---------------------------------------------------------
 
@@ -111,7 +133,7 @@ class Projector:
         """Take or renew the projector lock; False while another projector holds it. One
         round trip: the orchestrator asks before every batch, idle or not."""
         if self._hold is None:
-            self._hold = self.redis.register_script(_HOLD_LOCK)
+            self._hold = self._redis.register_script(_HOLD_LOCK)
         return bool(self._hold(keys=[LOCK], args=[self.me, LOCK_SECONDS]))
 
     def release_lock(self) -> None:
@@ -120,8 +142,9 @@ class Projector:
         try:
             if self.metrics:
                 self.metrics.flush(force=True)
-            if (self.redis.get(LOCK) or b"").decode() == self.me:
-                self.redis.delete(LOCK)
+            holder = self._redis.get(LOCK) or b""
+            if (holder.decode() if isinstance(holder, bytes) else holder) == self.me:
+                self._redis.delete(LOCK)
         except redis_errors.RedisError as exc:
             log.warning("could not release the projector lock (it expires): %s", exc)
 
@@ -131,7 +154,7 @@ class Projector:
         if self._group_ready:
             return
         try:
-            self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -160,38 +183,41 @@ class Projector:
     def _run_once(self, batch: int, block_ms: int, linger_ms: int, lingers: int) -> int:
         # What was read but not acknowledged (a crash before the acknowledgement) comes
         # first, so that events are applied in stream order.
-        found = self.redis.xreadgroup(GROUP, CONSUMER, {STREAM: "0"}, count=batch)
-        entries = found[0][1] if found else []
+        entries = self._read("0", count=batch)
         if not entries:
-            found = self.redis.xreadgroup(
-                GROUP, CONSUMER, {STREAM: ">"}, count=batch, block=block_ms
-            )
-            entries = found[0][1] if found else []
+            entries = self._read(">", count=batch, block=block_ms)
             for _ in range(lingers if linger_ms else 0):
                 if not entries or len(entries) >= batch:
                     break
                 time.sleep(linger_ms / 1000)
-                more = self.redis.xreadgroup(
-                    GROUP, CONSUMER, {STREAM: ">"}, count=batch - len(entries)
-                )
-                more = more[0][1] if more else []
+                more = self._read(">", count=batch - len(entries))
                 entries += more
                 if not more:
                     break  # nothing came meanwhile: no use waiting longer
         if entries:
             self.apply_entries(entries)
             ids = [entry_id for entry_id, _ in entries]
-            self.redis.xack(STREAM, GROUP, *ids)
-            self.redis.xdel(STREAM, *ids)  # applied: the stream keeps only what is not
+            self._redis.xack(STREAM, GROUP, *ids)
+            self._redis.xdel(STREAM, *ids)  # applied: the stream keeps only what is not
         elif self.metrics:
             self.metrics.flush()  # idle: what earlier batches kept goes out when due
         self.caught_up = len(entries) < batch
         return len(entries)
 
-    def apply_entries(self, entries) -> None:
+    def _read(self, start: str, count: int, block: int | None = None) -> list[StreamEntry]:
+        """One XREADGROUP of the event stream: its entries, oldest first."""
+        # redis types the reply as either protocol's shape; this client speaks RESP2:
+        # [[stream, [(entry id, fields), ...]]], or nothing.
+        found: Any = self._redis.xreadgroup(
+            GROUP, CONSUMER, {STREAM: start}, count=count, block=block
+        )
+        entries: list[StreamEntry] = found[0][1] if found else []
+        return entries
+
+    def apply_entries(self, entries: list[StreamEntry]) -> None:
         """Apply a batch in one transaction, each saga's events in stream order, each saga
         read and locked once."""
-        by_saga: dict[str, list] = {}
+        by_saga: dict[str, list[Any]] = {}
         for entry_id, fields in entries:
             if not fields:
                 continue  # deleted from the stream meanwhile
@@ -216,7 +242,7 @@ class Projector:
         if self.metrics:
             self.metrics.flush()
 
-    def apply(self, session, event: Event, stream_id: str = "") -> None:
+    def apply(self, session: Session, event: Event, stream_id: str = "") -> None:
         instances, rows = self._load(session, [event.saga_id])
         self._apply_saga(
             session,
@@ -227,9 +253,12 @@ class Projector:
         )
 
     @staticmethod
-    def _load(session, saga_ids: list[str]):
+    def _load(
+        session: Session, saga_ids: list[str]
+    ) -> tuple[dict[str, SagaInstance], dict[str, dict[str, SagaStepRow]]]:
         """Every saga of a batch and its rows, in two queries (locked on PostgreSQL)."""
-        instances, rows = {}, {}
+        instances: dict[str, SagaInstance] = {}
+        rows: dict[str, dict[str, SagaStepRow]] = {}
         for start in range(0, len(saga_ids), 500):
             chunk = saga_ids[start : start + 500]
             for instance in session.scalars(
@@ -242,7 +271,14 @@ class Projector:
 
     # --- applying a saga's events -------------------------------------------------------
 
-    def _apply_saga(self, session, saga_id: str, events: list, instance, rows: dict) -> None:
+    def _apply_saga(
+        self,
+        session: Session,
+        saga_id: str,
+        events: list[tuple[str, Event]],
+        instance: SagaInstance | None,
+        rows: dict[str, SagaStepRow],
+    ) -> None:
         wf = self.workflows.get(events[0][1].workflow)
         if wf is None:
             log.error("events for unknown workflow %r saga_id=%s", events[0][1].workflow, saga_id)
@@ -281,11 +317,17 @@ class Projector:
                     instance.failed_step = instance.failure_reason = None
                 if self.metrics:
                     self.metrics.status(wf.name, new)
-                for hook in hooks.on_status:
-                    hook(session, instance, old, new)
+                for status_hook in hooks.on_status:
+                    status_hook(session, instance, old, new)
 
     def _row(
-        self, session, wf: Workflow, rows: dict, saga_id: str, name: str, position=None
+        self,
+        session: Session,
+        wf: Workflow,
+        rows: dict[str, SagaStepRow],
+        saga_id: str,
+        name: str,
+        position: int | None = None,
     ) -> SagaStepRow:
         row = rows.get(name)
         if row is None:
@@ -306,7 +348,14 @@ class Projector:
             rows[name] = row
         return row
 
-    def _step_event(self, session, wf, instance, rows, event: Event) -> None:
+    def _step_event(
+        self,
+        session: Session,
+        wf: Workflow,
+        instance: SagaInstance,
+        rows: dict[str, SagaStepRow],
+        event: Event,
+    ) -> None:
         row = self._row(session, wf, rows, event.saga_id, event.name)
         done = row.status in DONE  # a repeat of finished work keeps what it achieved
         at = _at(event)
@@ -359,7 +408,14 @@ class Projector:
                 if not done:
                     row.status, row.detail, row.finished_at = StepStatus.REFUSED, event.detail, at
 
-    def _turn_back(self, session, wf, instance, rows, event: Event) -> None:
+    def _turn_back(
+        self,
+        session: Session,
+        wf: Workflow,
+        instance: SagaInstance,
+        rows: dict[str, SagaStepRow],
+        event: Event,
+    ) -> None:
         """The saga turns back: the compensations it is owed (newest first) become pending,
         and forward steps it never reached will not run."""
         first_time = not instance.turned_back

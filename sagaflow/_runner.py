@@ -12,8 +12,10 @@ import logging
 import socket
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from sagaflow._choreography import CHAINED, Announcer
 from sagaflow._dependencies import OutageBoard, unreachable
@@ -26,7 +28,7 @@ from sagaflow._errors import (
 )
 from sagaflow._events import Event, EventLog, Phase
 from sagaflow._faults import NO_FAULTS, FaultInjector
-from sagaflow._outbox import AfterCommit, message_id
+from sagaflow._outbox import AfterCommit, Held, message_id
 from sagaflow._sending import sender
 from sagaflow._status import WorkKind
 from sagaflow._workflow import Workflow, workflow_of
@@ -38,7 +40,12 @@ BUSINESS, PARKED = "business", "parked"  # failure markers
 
 class Dispatcher(Protocol):
     def forward(
-        self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
+        self,
+        wf: Workflow,
+        ctx: dict[str, Any],
+        steps: list[str],
+        dlq_entry: str = "",
+        message_id: str = "",
     ) -> None:
         """Run `steps` in order: the first gets `ctx`, each later one the previous result."""
 
@@ -84,18 +91,20 @@ class Runner:
     def is_business(self, wf: Workflow, exc: BaseException) -> bool:
         return isinstance(exc, (InjectedBusinessError, *wf.business_errors))
 
-    def event(self, wf: Workflow, saga_id: str, name: str, phase: Phase, **fields) -> Event:
+    def event(self, wf: Workflow, saga_id: str, name: str, phase: Phase, **fields: Any) -> Event:
         return Event(saga_id, wf.name, name, phase, worker=self.worker, **fields)
 
     # --- starting -----------------------------------------------------------------------
 
-    def start(self, wf: Workflow, ctx) -> None:
+    def start(self, wf: Workflow, ctx: dict[str, Any] | BaseModel) -> None:
         """Send the saga's chain (its log row was created with the business record)."""
         self.dispatcher.forward(wf, wf.parse(ctx).model_dump(mode="json"), wf.step_names)
 
     # --- running one piece of work ---------------------------------------------------
 
-    def run_step(self, wf: Workflow, name: str, ctx: dict, attempt: int, dlq_entry: str = ""):
+    def run_step(
+        self, wf: Workflow, name: str, ctx: dict[str, Any], attempt: int, dlq_entry: str = ""
+    ) -> dict[str, Any]:
         """Run forward step `name` once. Business errors are recorded as the step's failure
         and re-raised (its link_error callback turns the saga back); other errors count as
         an attempt and are re-raised for the retry policy."""
@@ -132,10 +141,11 @@ class Runner:
         phase = Phase.SKIPPED if detail is None else Phase.SUCCEEDED
         finished = self.event(wf, saga_id, name, phase, detail=detail or "skipped", ctx=out)
         fence, closed = self.events.finish(finished, f"{name} succeeded")
-        if (fence or closed == "given_up") and wf.step(name).compensation:
+        compensation = wf.step(name).compensation
+        if (fence or closed == "given_up") and compensation:
             # It applied while the saga turned back (a race with the failure, or with an
             # operator giving it up): undo it too, and carry nothing forward.
-            undo = wf.step(name).compensation.name
+            undo = compensation.name
             log.warning(
                 "step applied as the saga turned back; undoing saga_id=%s step=%s", saga_id, name
             )
@@ -162,13 +172,15 @@ class Runner:
         self.events.emit_and_read_fence(
             self.event(wf, saga_id, name, Phase.STARTED, attempt=attempt), new_attempt=True
         )
+        compensation = wf.undoing(name).compensation
+        assert compensation is not None  # undoing() finds only steps with a compensation
         try:
             self.faults.before(name, saga_id)
             with (
                 self.announcer.compensation(wf, name, saga_id, plan or [name]) as announcement,
                 self._held() as held,
             ):
-                outcome = wf.undoing(name).compensation.undo(self.deps, saga_id)
+                outcome = compensation.undo(self.deps, saga_id)
         except Exception as exc:
             self.events.emit(self.event(wf, saga_id, name, Phase.RETRYING, error=error_text(exc)))
             raise
@@ -181,13 +193,15 @@ class Runner:
         self.announcer.send(announcement)
         return outcome
 
-    def _held(self):
+    def _held(self) -> AbstractContextManager[list[Held]]:
         """Collects the outbox rows the work writes (AfterCommit), if this process sends
         its own."""
-        return self.after_commit.collect() if self.after_commit else nullcontext([])
+        none: list[Held] = []
+        return self.after_commit.collect() if self.after_commit else nullcontext(none)
 
-    def _send(self, held: list) -> None:
-        if held:
+    def _send(self, held: list[Held]) -> None:
+        # Rows are held only by an after_commit (_held).
+        if held and self.after_commit is not None:
             self.after_commit.send(held)
 
     # --- routing failures -------------------------------------------------------------
@@ -229,7 +243,7 @@ class Runner:
         name: str,
         exc: BaseException,
         saga_id: str,
-        retry_args: dict,
+        retry_args: dict[str, Any],
         dlq_entry: str = "",
         fields: str = "",
         max_attempts: int = 1,
@@ -260,7 +274,13 @@ class Runner:
         self.dead_letter(wf, name, saga_id, args, exc)
 
     def dlq_attempt_failed(
-        self, wf: Workflow, name: str, saga_id: str, eid: str, exc: BaseException, max_attempts
+        self,
+        wf: Workflow,
+        name: str,
+        saga_id: str,
+        eid: str,
+        exc: BaseException,
+        max_attempts: int,
     ) -> None:
         """A retry sent by the DLQ failed: the entry says so and schedules the next or, once
         they are used up, waits for a human (the DLQ worker then alerts). A retry an
@@ -299,7 +319,9 @@ class Runner:
             str(exc),
         )
 
-    def _parked_args(self, wf: Workflow, name: str, saga_id: str, plan: list[str]) -> dict:
+    def _parked_args(
+        self, wf: Workflow, name: str, saga_id: str, plan: list[str]
+    ) -> dict[str, Any]:
         """What a retry needs: a step's input context (kept in Redis while it is owed) and
         what follows it; a compensation's plan."""
         if wf.kind_of(name) == WorkKind.COMPENSATION:
@@ -335,10 +357,10 @@ class Runner:
         wf: Workflow,
         name: str,
         saga_id: str,
-        args: dict,
+        args: dict[str, Any],
         error: BaseException | str,
         task: str = "",
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """Retries ran out (classes 2, 3, 4): park the work in the DLQ. None when it has
         succeeded meanwhile (the report was stale): nothing is parked."""
         trace = (
@@ -383,7 +405,7 @@ class Runner:
 
     # --- after the DLQ or an operator ------------------------------------------------
 
-    def redispatch(self, entry: dict) -> str:
+    def redispatch(self, entry: dict[str, Any]) -> str:
         """Send parked work to its service's queue once more; what follows it is sent on
         from there when it succeeds. The entry is closed (or its failure recorded) by the
         work itself."""
@@ -408,7 +430,7 @@ class Runner:
         self.dispatcher.forward(wf, ctx, steps, eid)
         return f"sent {name}, then {steps[1:] or 'nothing more'}"
 
-    def park_message(self, service: str, row: tuple, error: str) -> dict:
+    def park_message(self, service: str, row: tuple[Any, ...], error: str) -> dict[str, Any] | None:
         """An outbox message its relay gave up on (class 3): the DLQ sends it from there."""
         row_id, key, kind, payload, _attempts = row
         mid = message_id(service, row_id)
@@ -428,7 +450,7 @@ class Runner:
         log.error("parked an outbox message %s of %s: %s", mid, key, error)
         return entry
 
-    def give_up(self, entry: dict, who: str) -> list[str]:
+    def give_up(self, entry: dict[str, Any], who: str) -> list[str]:
         """An operator stops retrying a stuck forward step and undoes the saga instead."""
         wf = self.workflows[entry["workflow"]]
         if wf.kind_of(entry["name"]) != WorkKind.STEP:

@@ -21,12 +21,15 @@ is read from their declarations.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from redis import Redis
 
 from sagaflow._choreography import CHOREOGRAPHY, Choreography
+from sagaflow._db import DatabaseHandle
 from sagaflow._errors import DeclarationError
 from sagaflow._events import EventLog
 from sagaflow._faults import NO_FAULTS, FaultInjector
@@ -34,27 +37,40 @@ from sagaflow._log import SagaLog
 from sagaflow._orchestrator import Orchestrator, StallCheck
 from sagaflow._outbox import AfterCommit, Outbox, Relay, Wakeup
 from sagaflow._projector import Hooks, Projector
-from sagaflow._runner import Runner
+from sagaflow._runner import Dispatcher, Runner
 from sagaflow._sending import sender
 from sagaflow._starts import Starts
 from sagaflow._workflow import Workflow
 from sagaflow.dlq.store import DeadLetterStore
 
+if TYPE_CHECKING:
+    from sagaflow.metrics import MetricsRecorder  # prometheus_client: only where it is used
+
 
 class RuntimeSettings(Protocol):
     """What the runtime reads from a settings object (the shop's config.settings.Settings
-    has these, and so does sagaflow._runtime.Settings)."""
+    has these, and so does sagaflow._runtime.Settings). Read-only: a frozen dataclass will do."""
 
-    saga_mode: str
-    saga_stall_seconds: float
-    saga_stall_check_seconds: float
-    outage_budget_seconds: float
-    outbox_lease_seconds: float
-    outbox_max_attempts: int
-    outbox_poll_interval: float
-    outbox_idle_poll_seconds: float
-    dlq_backoff: float
-    dlq_backoff_max: float
+    @property
+    def saga_mode(self) -> str: ...
+    @property
+    def saga_stall_seconds(self) -> float: ...
+    @property
+    def saga_stall_check_seconds(self) -> float: ...
+    @property
+    def outage_budget_seconds(self) -> float: ...
+    @property
+    def outbox_lease_seconds(self) -> float: ...
+    @property
+    def outbox_max_attempts(self) -> int: ...
+    @property
+    def outbox_poll_interval(self) -> float: ...
+    @property
+    def outbox_idle_poll_seconds(self) -> float: ...
+    @property
+    def dlq_backoff(self) -> float: ...
+    @property
+    def dlq_backoff_max(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -77,11 +93,12 @@ class Settings:
     step_retry_backoff_max: int = 30
 
 
-def dlq_backoff(settings: RuntimeSettings):
+def dlq_backoff(settings: RuntimeSettings) -> Callable[[int], float]:
     """How long the DLQ waits before its next try of an entry, by the attempts so far."""
 
     def backoff(attempts: int) -> float:
-        return min(settings.dlq_backoff_max, settings.dlq_backoff * (2**attempts))
+        delay: float = settings.dlq_backoff * (2**attempts)
+        return min(settings.dlq_backoff_max, delay)
 
     return backoff
 
@@ -100,21 +117,21 @@ class Runtime:
         self,
         workflows: Mapping[str, Workflow],
         *,
-        databases: Mapping[str, Any],
-        outboxes: Mapping[str, type],
-        redis,
+        databases: Mapping[str, DatabaseHandle],
+        outboxes: Mapping[str, type[Any]],
+        redis: Redis,
         services: Any,
-        dispatcher,
+        dispatcher: Dispatcher,
         settings: RuntimeSettings | None = None,
         hooks: Mapping[str, Hooks] | None = None,
         faults: FaultInjector = NO_FAULTS,
-        metrics=None,
+        metrics: MetricsRecorder | None = None,
         name: str = "",
-    ):
+    ) -> None:
         self.workflows = dict(workflows)
         self.home = home_of(self.workflows)
         self.databases, self.redis = dict(databases), redis
-        self.settings = settings or Settings()
+        self.settings: RuntimeSettings = settings or Settings()
         self.hooks = dict(hooks or {})
         self.metrics = metrics  # a sagaflow.metrics.MetricsRecorder for the projector, or None
         self.outboxes = [
@@ -143,7 +160,7 @@ class Runtime:
                     {o.service: o for o in self.outboxes}, fast_path
                 )
 
-    def _home_db(self):
+    def _home_db(self) -> DatabaseHandle:
         db = self.databases.get(self.home)
         if db is None:
             raise DeclarationError(

@@ -5,16 +5,21 @@ the two import one way only."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sagaflow._choreography import EVENT, react
 from sagaflow._errors import DeclarationError
 from sagaflow._outbox import START, STREAM, Sender
 
+if TYPE_CHECKING:
+    from sagaflow._runner import Runner
 
-def sender(runner) -> Sender:
+
+def sender(runner: Runner) -> Sender:
     """Sends the runtime's kinds of message, with what a Runner holds: the dispatcher
     (a chain) and Redis (a stream). The relay, the writers' fast path and the DLQ use it."""
 
-    def send(kind: str, payload: dict, mid: str) -> None:
+    def send(kind: str, payload: dict[str, Any], mid: str) -> None:
         if kind == START:
             wf = runner.workflows[payload["workflow"]]
             runner.dispatcher.forward(wf, payload["ctx"], wf.step_names, message_id=mid)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from sagaflow._errors import DeclarationError, error_text
 from sagaflow._faults import NO_FAULTS, FaultInjector
@@ -41,10 +42,10 @@ class PendingStart:
     relay: Relay
     faults: FaultInjector
     saga_id: str = ""
-    _message: tuple[int, str, dict] | None = field(default=None, repr=False)
+    _message: tuple[int, str, dict[str, Any]] | None = field(default=None, repr=False)
     _committed: bool = field(default=False, repr=False)
 
-    def write(self, session, ctx: Any) -> str:
+    def write(self, session: Session, ctx: Any) -> str:
         """The saga's log rows and its held start message, in `session`'s transaction;
         returns the saga id. Held: the relays leave the row alone for its lease, and take
         it over if this process dies before it sends."""
@@ -60,7 +61,7 @@ class PendingStart:
         event.listen(session, "after_commit", self._on_commit, once=True)
         return self.saga_id
 
-    def _on_commit(self, _session) -> None:
+    def _on_commit(self, _session: Session) -> None:
         self._committed = True
 
     def send(self) -> bool:
@@ -85,7 +86,9 @@ class PendingStart:
 class Starts:
     """Starts sagas of the given workflows, each through its home service's outbox."""
 
-    def __init__(self, workflows: dict[str, Workflow], relay: Relay, faults=NO_FAULTS):
+    def __init__(
+        self, workflows: dict[str, Workflow], relay: Relay, faults: FaultInjector = NO_FAULTS
+    ) -> None:
         self.workflows, self.relay, self.faults = workflows, relay, faults
         self._outboxes = {outbox.service: outbox for outbox in relay.outboxes}
 

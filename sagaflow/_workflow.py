@@ -70,7 +70,7 @@ class Compensation:
     undo: Undo
     event: str = ""  # what it announces when done (choreography); default "<Name>Done"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.event:
             object.__setattr__(self, "event", _event_name(self.name, "Done"))
 
@@ -86,7 +86,7 @@ class Step:
     event: str = ""
     failure_event: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.event:
             object.__setattr__(self, "event", _event_name(self.name, "Done"))
         if not self.failure_event:
@@ -105,7 +105,7 @@ class Workflow:
     business_errors: tuple[type[BaseException], ...] = ()
     retryable: tuple[type[BaseException], ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         names = [s.name for s in self.steps] + [c.name for c in self.compensations]
         if len(names) != len(set(names)):
@@ -194,7 +194,9 @@ class Workflow:
         """The event a step or compensation announces when it is done."""
         if name in self.step_names:
             return self.step(name).event
-        return self.undoing(name).compensation.event
+        compensation = self.undoing(name).compensation
+        assert compensation is not None  # undoing() finds only steps with a compensation
+        return compensation.event
 
     def compensations_after(self, compensation: str, plan: list[str]) -> list[str]:
         return plan[plan.index(compensation) + 1 :] if compensation in plan else []
@@ -215,7 +217,7 @@ class Workflow:
     def business_key(self, saga_id: str) -> str:
         return saga_id.removeprefix(f"{self.name}-")
 
-    def parse(self, data: dict | BaseModel) -> BaseModel:
+    def parse(self, data: dict[str, Any] | BaseModel) -> BaseModel:
         return data if isinstance(data, self.context) else self.context.model_validate(data)
 
 

@@ -16,14 +16,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 from celery import Celery, Task, chain
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from celery.utils.time import get_exponential_backoff_interval
-from kombu import Queue
+from kombu.entity import Queue
 
 from sagaflow._dependencies import unreachable
 from sagaflow._errors import (
@@ -36,6 +37,17 @@ from sagaflow._runner import Runner
 from sagaflow._status import WorkKind
 from sagaflow._workflow import RetryPolicy, Workflow
 
+
+class AdapterSettings(Protocol):
+    """What the adapter reads from the settings object (sagaflow._runtime.Settings has it)."""
+
+    @property
+    def outage_budget_seconds(self) -> float: ...
+
+    @property
+    def dlq_max_attempts(self) -> int: ...
+
+
 log = logging.getLogger("sagaflow.tasks")
 STEP_FAILED = "sagaflow.step_failed"
 
@@ -46,7 +58,7 @@ def delivery_conf(
     queues: list[str],
     start_timeout: float = 60,
     task_events: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """How every message is delivered: acknowledged only after the work is done, given
     back if the worker dies, one at a time, JSON only, no result backend. Task events
     (for Flower) only if asked for: a monitor that wants them turns them on remotely."""
@@ -87,9 +99,9 @@ class Sagas:
         self,
         workflows: list[Workflow],
         build_runner: Callable[[], Runner],
-        settings,
+        settings: AdapterSettings,
         warm_up: Callable[[Runner], None] | None = None,
-    ):
+    ) -> None:
         self.workflows = {wf.name: wf for wf in workflows}
         self._build, self.settings = build_runner, settings
         self._warm_up = warm_up or (lambda runner: None)
@@ -123,7 +135,8 @@ class Sagas:
         self._warm_up(runner)
 
 
-class SagaTask(Task):
+# Celery is untyped (no py.typed, no stubs): its Task is Any to mypy.
+class SagaTask(Task):  # type: ignore[misc]
     """Acknowledge only after the work is done, and re-queue it if the worker dies: every
     step is idempotent, so a redelivery is safe. Written once here for every task: every
     exception a task raises, before or during its work, is routed the same way (a retry
@@ -138,13 +151,14 @@ class SagaTask(Task):
 
     @property
     def sagas(self) -> Sagas:
-        return self.app.sagas
+        sagas: Sagas = self.app.sagas
+        return sagas
 
     @property
     def runner(self) -> Runner:
         return self.sagas.runner
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         dlq_entry = kwargs.get("dlq_entry", "")
         saga_id = kwargs.get("saga_id") or (args[0] if args and isinstance(args[0], str) else "")
         fields = f"saga_id={saga_id} step={self.work} task_id={self.request.id}"
@@ -157,7 +171,8 @@ class SagaTask(Task):
                 log.info("duplicate message %s dropped %s", mid, fields)
                 raise Ignore()
             # A retry from the DLQ is one attempt: the DLQ counts and spaces them.
-            run = getattr(self, "_orig_run", self.run) if dlq_entry else self.run
+            own_run: Callable[..., Any] = self.run
+            run = getattr(self, "_orig_run", own_run) if dlq_entry else own_run
             ran = True
             # Call run() directly: Task.__call__ would push a fresh request and lose the
             # retry count that bounds autoretry.
@@ -194,26 +209,35 @@ class SagaTask(Task):
                 log.error("failed %s error=%r", fields, str(exc))
                 raise
             wrapped = isinstance(exc, DependencyUnreachable)
-            if wrapped:
-                down, exc = exc.dependency, exc.error
+            down: str | None
+            error: BaseException = exc
+            if isinstance(exc, DependencyUnreachable):
+                down, error = exc.dependency, exc.error
             else:
                 down = unreachable(exc, self.service)
             if down:
-                self._wait_for(down, exc, args, kwargs, fields)  # raises unless spent
+                self._wait_for(down, error, args, kwargs, fields)  # raises unless spent
             elif not ran:
                 # It failed before the work began (reaching Redis, building the runtime):
                 # nothing applied, so it is retried like a timeout, within the same budget.
-                self._retry_before_run(exc, fields)
-            self._failed(exc, args, kwargs, dlq_entry, fields)
+                self._retry_before_run(error, fields)
+            self._failed(error, args, kwargs, dlq_entry, fields)
             if wrapped:
-                raise exc from None  # the real error, as the callback should see it
+                raise error from None  # the real error, as the callback should see it
             raise
         self._back_from_outage()
         return result
 
     # --- an unreachable dependency ---------------------------------------------------
 
-    def _wait_for(self, dependency: str, exc: BaseException, args, kwargs, fields) -> None:
+    def _wait_for(
+        self,
+        dependency: str,
+        exc: BaseException,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fields: str,
+    ) -> None:
         """Send the same work again after a backoff without spending an attempt, until the
         outage budget is spent (then return: the work fails as any other would)."""
         settings, now = self.sagas.settings, time.time()
@@ -251,18 +275,20 @@ class SagaTask(Task):
 
     def _backoff(self, retries: int) -> int:
         """The step's own retry delay (autoretry's formula) after `retries` tries."""
-        return get_exponential_backoff_interval(
+        delay: int = get_exponential_backoff_interval(
             factor=max(1, int(self.retry_backoff)),
             retries=retries,
             maximum=int(self.retry_backoff_max),
             full_jitter=self.retry_jitter,
         )
+        return delay
 
     @property
     def _outages_seen(self) -> set[str]:
         # Per task instance (one per process): which outages this process met, so that
         # only the first success afterwards pays a Redis write to say it is over.
-        return self.__dict__.setdefault("_seen_outages", set())
+        seen: set[str] = self.__dict__.setdefault("_seen_outages", set())
+        return seen
 
     def _back_from_outage(self) -> None:
         seen = self._outages_seen
@@ -271,6 +297,7 @@ class SagaTask(Task):
         seen.clear()
 
     def _retry_before_run(self, exc: BaseException, fields: str) -> None:
+        assert self.workflow is not None  # __call__ checked it
         retryable = isinstance(exc, (*self.workflow.retryable, SoftTimeLimitExceeded))
         if not retryable or self.request.retries >= (self.max_retries or 0):
             return
@@ -280,8 +307,16 @@ class SagaTask(Task):
         except Reject as reject:  # the retry could not be sent: keep the message
             raise Reject(reject.reason, requeue=True) from None
 
-    def _failed(self, exc, args, kwargs, dlq_entry: str, fields: str) -> None:
+    def _failed(
+        self,
+        exc: BaseException,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        dlq_entry: str,
+        fields: str,
+    ) -> None:
         wf = self.workflow
+        assert wf is not None  # __call__ checked it
         if wf.kind_of(self.work) == WorkKind.COMPENSATION:
             saga_id = kwargs.get("saga_id") or args[0]
             retry_args = {"saga_id": saga_id, "plan": kwargs.get("plan")}
@@ -300,8 +335,10 @@ class SagaTask(Task):
         )
 
 
-def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -> dict:
-    def pick(field):
+def _options(
+    step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple[Any, ...]
+) -> dict[str, Any]:
+    def pick(field: str) -> Any:
         value = getattr(step_retry, field)
         return getattr(defaults, field) if value is None else value
 
@@ -323,7 +360,7 @@ def _options(step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple) -
 
 
 @contextmanager
-def _outages_told_apart(service: str):
+def _outages_told_apart(service: str) -> Iterator[None]:
     """Inside the task body: an unreachable dependency leaves as DependencyUnreachable,
     which autoretry does not count (dont_autoretry_for); SagaTask waits for it instead."""
     try:
@@ -335,16 +372,16 @@ def _outages_told_apart(service: str):
         raise DependencyUnreachable(down, exc) from exc
 
 
-def _step_task(wf: Workflow, name: str):
+def _step_task(wf: Workflow, name: str) -> Callable[..., dict[str, Any]]:
     # `outage`: how long this work has waited for an unreachable dependency (SagaTask).
     def run(
-        self,
-        ctx: dict,
+        self: SagaTask,
+        ctx: dict[str, Any],
         saga_id: str = "",
         dlq_entry: str = "",
         message_id: str = "",
-        outage: dict | None = None,
-    ) -> dict:
+        outage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         with _outages_told_apart(self.service):
             return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
 
@@ -353,14 +390,14 @@ def _step_task(wf: Workflow, name: str):
     return run
 
 
-def _compensation_task(wf: Workflow, name: str):
+def _compensation_task(wf: Workflow, name: str) -> Callable[..., str]:
     def run(
-        self,
+        self: SagaTask,
         saga_id: str,
-        plan: list | None = None,
+        plan: list[Any] | None = None,
         dlq_entry: str = "",
         message_id: str = "",
-        outage: dict | None = None,
+        outage: dict[str, Any] | None = None,
     ) -> str:
         attempt = self.request.retries + 1
         with _outages_told_apart(self.service):
@@ -371,8 +408,8 @@ def _compensation_task(wf: Workflow, name: str):
     return run
 
 
-def routes(workflows: list[Workflow]) -> dict:
-    found = {}
+def routes(workflows: list[Workflow]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
     for wf in workflows:
         for step in wf.steps:
             found[f"{wf.name}.{step.name}"] = {"queue": step.queue}
@@ -386,7 +423,7 @@ def install(
     workflows: list[Workflow],
     defaults: RetryPolicy,
     build_runner: Callable[[], Runner],
-    settings,
+    settings: AdapterSettings,
     warm_up: Callable[[Runner], None] | None = None,
 ) -> Sagas:
     """Register every workflow's tasks on `app` (shared=False: each app its own tasks).
@@ -427,8 +464,9 @@ def install(
     retryable = tuple({t for wf in workflows for t in wf.retryable})
     helper = {**_options(RetryPolicy(), defaults, retryable), "max_retries": None}
 
-    @app.task(bind=True, shared=False, base=SagaTask, name=STEP_FAILED, **helper)
-    def step_failed(self, failure: dict, saga_id: str = "") -> str:
+    # Celery is untyped: its task decorator is Any to mypy.
+    @app.task(bind=True, shared=False, base=SagaTask, name=STEP_FAILED, **helper)  # type: ignore[untyped-decorator]
+    def step_failed(self: SagaTask, failure: dict[str, Any], saga_id: str = "") -> str:
         """link_error callback of every step and compensation: route its failure. Takes one
         argument so Celery sends it as a queued task rather than running it inline."""
         wf = self.sagas.workflows[failure["workflow"]]
@@ -436,11 +474,13 @@ def install(
             wf, failure["name"], failure["saga_id"], failure.get("plan") or []
         )
 
-    @worker_process_init.connect(weak=False)
-    def _runtime_of_the_child(**_):
+    # Celery is untyped: its signal's decorator is Any to mypy.
+    @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _runtime_of_the_child(**_: Any) -> None:
         app.sagas.start_child()
 
-    return app.sagas
+    sagas: Sagas = app.sagas
+    return sagas
 
 
 class CeleryDispatcher:
@@ -451,16 +491,16 @@ class CeleryDispatcher:
     chained=False (choreography): only the first piece of work is sent, on its own with
     its callback; each piece announces the next (sagaflow/_choreography.py)."""
 
-    def __init__(self, app: Celery, chained: bool = True):
+    def __init__(self, app: Celery, chained: bool = True) -> None:
         self.app, self.chained = app, chained
 
-    def _send(self, signatures: list) -> None:
+    def _send(self, signatures: list[Any]) -> None:
         if self.chained:
             chain(*signatures).apply_async()
         else:
             signatures[0].apply_async()
 
-    def _errback(self, wf: Workflow, saga_id: str, name: str, plan=()):
+    def _errback(self, wf: Workflow, saga_id: str, name: str, plan: Iterable[str] = ()) -> Any:
         failure = {"workflow": wf.name, "saga_id": saga_id, "name": name, "plan": list(plan)}
         return self.app.signature(
             STEP_FAILED,
@@ -473,7 +513,7 @@ class CeleryDispatcher:
     def forward(
         self,
         wf: Workflow,
-        ctx: dict,
+        ctx: dict[str, Any],
         steps: list[str],
         dlq_entry: str = "",
         message_id: str = "",

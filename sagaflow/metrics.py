@@ -14,17 +14,23 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
+from redis import Redis
 from sqlalchemy import func, select
 
+from sagaflow._db import DatabaseHandle
 from sagaflow._events import Event, Phase
 from sagaflow._log import SagaInstance, epoch
 from sagaflow._status import SagaStatus
+from sagaflow.dlq.store import DeadLetterStore
 
 KEY = "sagaflow:metrics"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -34,7 +40,7 @@ FAILURES = (Phase.FAILED, Phase.RETRYING, Phase.DEAD_LETTERED)
 UNSETTLED = (SagaStatus.PENDING, SagaStatus.COMPENSATING, SagaStatus.NEEDS_ATTENTION)
 
 
-def _field(name: str, **labels) -> str:
+def _field(name: str, **labels: str) -> str:
     return json.dumps([name, sorted(labels.items())])
 
 
@@ -49,10 +55,13 @@ class MetricsRecorder:
     for many orders at once, not fifteen per step of each order. A crash loses at most
     that second of increments (the saga log, not the metrics, is the record)."""
 
-    def __init__(self, redis, flush_every: float = 1.0, clock=time.monotonic):
+    def __init__(
+        self, redis: Redis, flush_every: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.redis, self.flush_every, self.clock = redis, flush_every, clock
-        self.pending: Counter = Counter()  # the current batch: not committed yet
-        self.kept: Counter = Counter()  # committed, not yet in Redis
+        # Counts, and sums of seconds: a Counter adds floats as well (typeshed says int).
+        self.pending: Counter[str] = Counter()  # the current batch: not committed yet
+        self.kept: Counter[str] = Counter()  # committed, not yet in Redis
         self._flushed_at = clock()
         self._started: dict[tuple[str, str], float] = {}
 
@@ -87,12 +96,12 @@ class MetricsRecorder:
     def status(self, workflow: str, status: str) -> None:
         self.pending[_field("sagaflow_sagas_reached_total", workflow=workflow, status=status)] += 1
 
-    def _observe(self, name: str, seconds: float, **labels) -> None:
+    def _observe(self, name: str, seconds: float, **labels: str) -> None:
         # The one bucket the value falls in ("slot"); the collector adds them up into
         # Prometheus's cumulative buckets and the count when scraped.
         slot = next((str(bound) for bound in BUCKETS if seconds <= bound), "+Inf")
         self.pending[_field(f"{name}_slot", le=slot, **labels)] += 1
-        self.pending[_field(f"{name}_sum", **labels)] += seconds
+        self.pending[_field(f"{name}_sum", **labels)] += seconds  # type: ignore[assignment]
 
     def flush(self, force: bool = False) -> None:
         """The batch is committed: keep its increments; send what is kept when due."""
@@ -111,7 +120,7 @@ class MetricsRecorder:
         self.pending.clear()
 
 
-def count_alert(redis, via: str) -> None:
+def count_alert(redis: Redis, via: str) -> None:
     """An alert reached a human (the DLQ worker calls it)."""
     redis.hincrbyfloat(KEY, _field("sagaflow_alerts_sent_total", via=via), 1.0)
 
@@ -119,14 +128,20 @@ def count_alert(redis, via: str) -> None:
 class SagaCollector:
     """A prometheus_client collector over the Redis hash, the DLQ and the saga log."""
 
-    def __init__(self, redis, dead_letters, saga_db, clock=time.time):
+    def __init__(
+        self,
+        redis: Redis,
+        dead_letters: DeadLetterStore,
+        saga_db: DatabaseHandle,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis, self.dead_letters, self.db, self.clock = redis, dead_letters, saga_db, clock
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self):
-        stored: dict[str, list] = {}
+    def collect(self) -> Iterator[Metric]:
+        stored: dict[str, list[Any]] = {}
         for raw_field, raw_value in self.redis.hgetall(KEY).items():
             name, labels = json.loads(raw_field)
             stored.setdefault(name, []).append((dict(labels), float(raw_value)))
@@ -134,7 +149,7 @@ class SagaCollector:
         yield from self._histograms(stored)
         yield from self._gauges()
 
-    def _counters(self, stored):
+    def _counters(self, stored: dict[str, list[Any]]) -> Iterator[Metric]:
         helps = {
             "sagaflow_sagas_reached_total": "Sagas that reached a status, by workflow and status",
             "sagaflow_step_failures_total": "Failed attempts of steps and compensations, by "
@@ -150,11 +165,11 @@ class SagaCollector:
                 family.add_metric([labels.get(k, "") for k in keys], value)
             yield family
 
-    def _histograms(self, stored):
+    def _histograms(self, stored: dict[str, list[Any]]) -> Iterator[Metric]:
         name = "sagaflow_step_duration_seconds"
-        series: dict[tuple, dict] = {}
+        series: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-        def one(labels):
+        def one(labels: dict[str, str]) -> dict[str, Any]:
             return series.setdefault(tuple(sorted(labels.items())), {"buckets": Counter()})
 
         # Cumulative buckets as an older version stored them, plus the slots this one
@@ -183,7 +198,7 @@ class SagaCollector:
             )
         yield family
 
-    def _gauges(self):
+    def _gauges(self) -> Iterator[Metric]:
         entries = GaugeMetricFamily(
             "sagaflow_dlq_entries", "Entries in the dead-letter queue, by status", labels=["status"]
         )

@@ -8,14 +8,19 @@ sagaflow changes later. A new database runs `python -m sagaflow migrate` instead
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sagaflow.migrations import m0001_ledger, m0002_saga_log, m0003_operator_actions, m0004_outbox
 
+if TYPE_CHECKING:
+    from alembic.operations import Operations
 
-def create_ledger(op) -> None:
+
+def create_ledger(op: Operations) -> None:
     m0001_ledger.upgrade(op)
 
 
-def move_legacy_ledger(op, workflow: str) -> None:
+def move_legacy_ledger(op: Operations, workflow: str) -> None:
     """Rows of the ledger keyed by order id become rows keyed by saga id."""
     op.execute(
         "INSERT INTO sagaflow_ledger (saga_id, step, status, payload, updated_at) "
@@ -25,18 +30,18 @@ def move_legacy_ledger(op, workflow: str) -> None:
     op.drop_table("saga_ledger")
 
 
-def create_saga_log(op) -> None:
+def create_saga_log(op: Operations) -> None:
     m0002_saga_log.upgrade(op)
 
 
-def drop_saga_log(op) -> None:
+def drop_saga_log(op: Operations) -> None:
     op.drop_table("sagaflow_steps")
     op.drop_table("sagaflow_instances")
 
 
-def create_operator_actions(op) -> None:
+def create_operator_actions(op: Operations) -> None:
     m0003_operator_actions.upgrade(op)
 
 
-def create_outbox(op) -> None:
+def create_outbox(op: Operations) -> None:
     m0004_outbox.upgrade(op)

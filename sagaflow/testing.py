@@ -15,26 +15,39 @@ the same rules on a real redis-server too, which keeps the fake honest.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
+
+from redis import Redis
 
 from sagaflow._errors import AlreadyCompensated
 from sagaflow._workflow import Workflow
+
+if TYPE_CHECKING:
+    from sagaflow._projector import Projector
+    from sagaflow._runner import Runner
 
 
 class SyncDispatcher:
     """chained=False: choreography's dispatcher, which sends only the first piece of work
     (each announces the next, through its service's outbox)."""
 
-    def __init__(self, max_retries: int = 2, max_attempts: int = 2, chained: bool = True):
-        self.runner = None  # set once the Runner that uses this dispatcher exists
+    def __init__(self, max_retries: int = 2, max_attempts: int = 2, chained: bool = True) -> None:
+        self.runner: Runner | None = None  # set once the Runner that uses this dispatcher exists
         self.max_retries, self.max_attempts = max_retries, max_attempts
         self.chained = chained
-        self.work: deque = deque()
+        self.work: deque[tuple[Any, ...]] = deque()
         self.sent: list[tuple[str, list[str]]] = []  # what was dispatched, in order
         self.dropped: list[str] = []  # message ids dropped as duplicates, as a worker would
 
     def forward(
-        self, wf: Workflow, ctx: dict, steps: list[str], dlq_entry: str = "", message_id=""
+        self,
+        wf: Workflow,
+        ctx: dict[str, Any],
+        steps: list[str],
+        dlq_entry: str = "",
+        message_id: str = "",
     ) -> None:
         steps = list(steps) if self.chained else list(steps[:1])
         self.sent.append(("forward", steps))
@@ -53,12 +66,17 @@ class SyncDispatcher:
         self.sent.append(("compensate", plan[start:end]))
         self.work.append(("compensate", message_id, wf, saga_id, list(plan), start, end, dlq_entry))
 
-    def drain(self, projector=None) -> None:
+    @property
+    def _runner(self) -> Runner:
+        assert self.runner is not None, "set the dispatcher's runner before it runs work"
+        return self.runner
+
+    def drain(self, projector: Projector | None = None) -> None:
         """Run everything sent, and everything it sends, then bring the log up to date."""
         while self.work:
             kind, message_id, *job = self.work.popleft()
             # A message id already delivered as another task is dropped (SagaTask does).
-            if message_id and not self.runner.events.first_delivery(message_id, str(uuid4())):
+            if message_id and not self._runner.events.first_delivery(message_id, str(uuid4())):
                 self.dropped.append(message_id)
                 continue
             if kind == "forward":
@@ -68,7 +86,16 @@ class SyncDispatcher:
         while projector is not None and projector.run_once(block_ms=1):
             pass
 
-    def _attempts(self, wf, name, call, saga_id, retry_args, dlq_entry, plan):
+    def _attempts(
+        self,
+        wf: Workflow,
+        name: str,
+        call: Callable[[int], Any],
+        saga_id: str,
+        retry_args: dict[str, Any],
+        dlq_entry: str,
+        plan: list[str],
+    ) -> tuple[bool, Any]:
         """Try `call(attempt)` as the step's retry policy allows; False if it failed."""
         limit = 1 if dlq_entry else self.max_retries + 1
         for attempt in range(1, limit + 1):
@@ -77,24 +104,30 @@ class SyncDispatcher:
             except AlreadyCompensated:
                 return False, None
             except Exception as exc:
-                retryable = isinstance(exc, wf.retryable) and not self.runner.is_business(wf, exc)
+                retryable = isinstance(exc, wf.retryable) and not self._runner.is_business(wf, exc)
                 if retryable and attempt < limit:
                     continue
-                self.runner.after_failure(
+                self._runner.after_failure(
                     wf, name, exc, saga_id, retry_args, dlq_entry, max_attempts=self.max_attempts
                 )
-                self.runner.step_failed(wf, name, saga_id, plan)
+                self._runner.step_failed(wf, name, saga_id, plan)
                 return False, None
         return False, None
 
-    def _forward(self, wf, ctx, steps, dlq_entry):
+    def _forward(self, wf: Workflow, ctx: dict[str, Any], steps: list[str], dlq_entry: str) -> None:
         for index, name in enumerate(steps):
             entry = dlq_entry if index == 0 else ""
             saga_id = wf.saga_id(wf.parse(ctx))
+
+            def step(
+                attempt: int, n: str = name, c: dict[str, Any] = ctx, e: str = entry
+            ) -> dict[str, Any]:
+                return self._runner.run_step(wf, n, c, attempt, e)
+
             ok, result = self._attempts(
                 wf,
                 name,
-                lambda attempt, n=name, c=ctx, e=entry: self.runner.run_step(wf, n, c, attempt, e),
+                step,
                 saga_id,
                 {"ctx": ctx},
                 entry,
@@ -104,15 +137,19 @@ class SyncDispatcher:
                 return
             ctx = result
 
-    def _compensate(self, wf, saga_id, plan, start, end, dlq_entry):
+    def _compensate(
+        self, wf: Workflow, saga_id: str, plan: list[str], start: int, end: int, dlq_entry: str
+    ) -> None:
         for index, name in enumerate(plan[start:end]):
             entry = dlq_entry if index == 0 else ""
+
+            def undo(attempt: int, n: str = name, e: str = entry) -> str:
+                return self._runner.run_compensation(wf, n, saga_id, attempt, e, plan)
+
             ok, _ = self._attempts(
                 wf,
                 name,
-                lambda attempt, n=name, e=entry: self.runner.run_compensation(
-                    wf, n, saga_id, attempt, e, plan
-                ),
+                undo,
                 saga_id,
                 {"plan": plan},
                 entry,
@@ -122,7 +159,7 @@ class SyncDispatcher:
                 return
 
 
-def memory_redis():
+def memory_redis() -> Redis:
     """A fresh in-memory Redis client (fakeredis, its Lua scripting on): nothing shared
     with any other client or test."""
     try:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from sagaflow._errors import NotApplicable
-from sagaflow._log import OperatorAction
+from sagaflow._log import OperatorAction, SagaLog
 from sagaflow._status import DONE, WorkKind
-from sagaflow.dlq.store import DUE, RESOLVED, RETRYING
+from sagaflow.dlq.store import DUE, RESOLVED, RETRYING, DeadLetterStore
+
+if TYPE_CHECKING:
+    from sagaflow._runner import Runner
 
 
 class Refused(NotApplicable):
@@ -29,18 +33,20 @@ PENDING_WORK = (None, "pending", "not_run")
 SENT, FAILED, SKIPPED = "sent", "failed", "skipped"
 
 
-def _iso(moment) -> str:
+def _iso(moment: datetime) -> str:
     return moment.replace(tzinfo=moment.tzinfo or UTC).isoformat()
 
 
 class OperatorActions:
-    def __init__(self, store, runner, saga_log, lease_seconds: float):
+    def __init__(
+        self, store: DeadLetterStore, runner: Runner, saga_log: SagaLog, lease_seconds: float
+    ) -> None:
         self.store, self.runner, self.saga_log = store, runner, saga_log
         self.lease = lease_seconds
 
     # --- reading ---------------------------------------------------------------------------
 
-    def plan(self, entry: dict) -> dict:
+    def plan(self, entry: dict[str, Any]) -> dict[str, Any]:
         """What `requeue` would do, without doing it."""
         if "outbox" in entry["args"]:
             message = entry["args"]["outbox"]
@@ -79,7 +85,7 @@ class OperatorActions:
             "nothing, and a step whose compensation already ran refuses",
         }
 
-    def history(self, saga_id: str) -> list[dict]:
+    def history(self, saga_id: str) -> list[dict[str, Any]]:
         with self.saga_log.db.read() as session:
             rows = session.scalars(
                 select(OperatorAction)
@@ -100,7 +106,7 @@ class OperatorActions:
 
     # --- acting ---------------------------------------------------------------------------
 
-    def requeue(self, entry: dict, who: str, wait: float) -> dict:
+    def requeue(self, entry: dict[str, Any], who: str, wait: float) -> dict[str, Any]:
         """Send the work back to its queue and wait (up to `wait` s) for it to report.
 
         Returns {"id", "result", "ok", "outcome"}: result SENT (it succeeded) or FAILED (it
@@ -129,6 +135,7 @@ class OperatorActions:
         deadline = time.monotonic() + wait
         while True:
             now = self.store.get(eid)
+            assert now is not None, f"{eid} was purged while it was requeued"
             if now["status"] == RESOLVED:
                 result.update(result=SENT, ok=True, outcome=f"{sent}; {now.get('note')}")
                 break
@@ -142,7 +149,7 @@ class OperatorActions:
         self.record(entry, who, "requeue", "", result["outcome"])
         return result
 
-    def _leave_as_it_was(self, entry: dict, due: float | None) -> None:
+    def _leave_as_it_was(self, entry: dict[str, Any], due: float | None) -> None:
         """Undo what requeue marked before a send that did not happen: the DLQ worker goes
         on with the entry as if the operator had not touched it."""
         eid = entry["id"]
@@ -157,7 +164,7 @@ class OperatorActions:
         else:
             self.store.schedule(eid, due)
 
-    def compensate(self, entry: dict, who: str, force: bool = False) -> list[str]:
+    def compensate(self, entry: dict[str, Any], who: str, force: bool = False) -> list[str]:
         if entry["kind"] != WorkKind.STEP:
             raise Refused(
                 f"{entry['id']} is a {entry['kind']}: only a stuck forward step can be given "
@@ -178,7 +185,7 @@ class OperatorActions:
 
     # --- cancelling a saga in flight -----------------------------------------------------
 
-    def cancel_plan(self, saga_id: str) -> dict:
+    def cancel_plan(self, saga_id: str) -> dict[str, Any]:
         """What `cancel` would do: where the saga turns back (the first step before the
         pivot that has not succeeded: the one running, or the next to run) and what it
         undoes, newest first. Refused once the saga completed or began turning back."""
@@ -216,7 +223,7 @@ class OperatorActions:
             " it is voided and refuses to apply; nothing after it runs",
         }
 
-    def cancel(self, saga_id: str, who: str, note: str) -> dict:
+    def cancel(self, saga_id: str, who: str, note: str) -> dict[str, Any]:
         """Turn the saga back at its next step boundary and undo what applied."""
         if not note.strip():
             raise Refused("say why the saga is cancelled (a note)")
@@ -233,13 +240,13 @@ class OperatorActions:
         self.record(entry, who, "cancel", note, f"compensating: {', '.join(launched)}")
         return {**plan, "compensations": launched}
 
-    def resolve(self, entry: dict, who: str, note: str) -> None:
+    def resolve(self, entry: dict[str, Any], who: str, note: str) -> None:
         if not note.strip():
             raise Refused("say what was done by hand (a note)")
         self.store.resolve(entry["id"], f"resolved by hand by {who}: {note}")
         self.record(entry, who, "resolve", note, "closed the entry")
 
-    def record(self, entry: dict, who: str, action: str, note: str, outcome: str) -> None:
+    def record(self, entry: dict[str, Any], who: str, action: str, note: str, outcome: str) -> None:
         with self.saga_log.db.write() as session:
             session.add(
                 OperatorAction(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -26,7 +27,7 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def alert_text(entry: dict, cli: str = "saga-dlq") -> str:
+def alert_text(entry: dict[str, Any], cli: str = "saga-dlq") -> str:
     """What a human needs to act: what, which saga, the error, the attempts, and the exact
     commands (`cli` is how the operator's shell reaches the CLI)."""
     eid = entry["id"]
@@ -46,8 +47,33 @@ def alert_text(entry: dict, cli: str = "saga-dlq") -> str:
     return "\n".join(lines)
 
 
+class Alerter(Protocol):
+    """What the DLQ worker pages through (a SlackAlerter is one)."""
+
+    @property
+    def configured(self) -> bool: ...
+
+    def send(self, text: str) -> None:
+        """Deliver one alert; raise AlertFailed if it did not reach anyone."""
+
+
+class SlackSettings(Protocol):
+    """What a SlackAlerter reads from the settings (the shop's config.settings.Settings)."""
+
+    @property
+    def slack_webhook_url(self) -> str: ...
+    @property
+    def slack_bot_token(self) -> str: ...
+    @property
+    def slack_channel(self) -> str: ...
+    @property
+    def slack_api_url(self) -> str: ...
+    @property
+    def slack_timeout(self) -> float: ...
+
+
 class SlackAlerter:
-    def __init__(self, settings):
+    def __init__(self, settings: SlackSettings) -> None:
         self.webhook_url = settings.slack_webhook_url
         self.token = settings.slack_bot_token
         self.channel = settings.slack_channel
@@ -59,14 +85,19 @@ class SlackAlerter:
         return bool(self.webhook_url or (self.token and self.channel))
 
     def send(self, text: str) -> None:
+        # slack_sdk annotates its timeout as int, but hands the seconds to urllib, which
+        # takes a float: the setting's fractions are kept, hence the two ignores below.
         try:
             if self.webhook_url:
-                response = WebhookClient(self.webhook_url, timeout=self.timeout).send(text=text)
+                webhook = WebhookClient(self.webhook_url, timeout=self.timeout)  # type: ignore[arg-type]
+                response = webhook.send(text=text)
                 if response.status_code != 200:
                     raise AlertFailed(f"Slack webhook answered {response.status_code}")
             else:
                 WebClient(
-                    token=self.token, base_url=self.api_url, timeout=self.timeout
+                    token=self.token,
+                    base_url=self.api_url,
+                    timeout=self.timeout,  # type: ignore[arg-type]
                 ).chat_postMessage(channel=self.channel, text=text)
         except SlackApiError as exc:
             raise AlertFailed(f"Slack API refused: {exc.response.get('error')}") from None

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import click
 from rich.console import Console
@@ -26,6 +28,27 @@ from rich.table import Table
 from sagaflow._status import WorkKind
 from sagaflow.dlq.actions import FAILED, SENT, SKIPPED, Refused
 from sagaflow.dlq.store import NEEDS_HUMAN, RESOLVED, RETRYING, STATUSES
+
+if TYPE_CHECKING:
+    from sagaflow._log import SagaLog
+    from sagaflow.dlq.actions import OperatorActions
+    from sagaflow.dlq.store import DeadLetterStore
+
+
+class DlqContext(Protocol):
+    """What the commands are handed (click's obj), built by the owner's `make_context`."""
+
+    @property
+    def store(self) -> DeadLetterStore: ...
+    @property
+    def actions(self) -> OperatorActions: ...
+    @property
+    def saga_log(self) -> SagaLog: ...
+    @property
+    def who(self) -> str: ...
+    @property
+    def prog(self) -> str: ...
+
 
 OK, FAILED_AGAIN, USAGE, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 2, 3, 4
 # Piped or in a narrow terminal, keep tables wide enough that ids are never cut.
@@ -61,16 +84,16 @@ def _credentials_in(url: str) -> list[str]:
     return sorted({p for p in pieces if p}, key=len, reverse=True)
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
-def emit_json(data) -> None:
+def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _when(ts) -> str:
+def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
@@ -93,11 +116,11 @@ PUBLIC = (
 )
 
 
-def public(entry: dict) -> dict:
+def public(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in PUBLIC}
 
 
-def entry_or_exit(obj, eid: str) -> dict:
+def entry_or_exit(obj: DlqContext, eid: str) -> dict[str, Any]:
     entry = obj.store.get(eid)
     if entry is None:
         fail(f"no DLQ entry {eid!r} (see: {obj.prog} list)", NO_SUCH_ENTRY)
@@ -108,14 +131,14 @@ def _nothing_left(resolved: int) -> str:
     return f"{resolved} already resolved entries" if resolved else "the DLQ is empty"
 
 
-def _said(result: dict) -> str:
+def _said(result: dict[str, Any]) -> str:
     """One line per entry: what requeue did with it, and why."""
     if result["result"] == SENT:
         return f"{result['id']}: ok: {result['outcome']}"
     return f"{result['id']}: {result['result']} because {result['outcome']}"
 
 
-def _requeue_one(obj, entry: dict, wait: float) -> dict:
+def _requeue_one(obj: DlqContext, entry: dict[str, Any], wait: float) -> dict[str, Any]:
     """Requeue one entry as it is now: the DLQ worker may have moved it since the list."""
     eid = entry["id"]
     now = obj.store.get(eid)
@@ -127,7 +150,9 @@ def _requeue_one(obj, entry: dict, wait: float) -> dict:
         return {"id": eid, "result": SKIPPED, "ok": True, "outcome": f"nothing to do: {exc}"}
 
 
-def _dry_run(obj, entries: list[dict], everything: bool, as_json: bool) -> None:
+def _dry_run(
+    obj: DlqContext, entries: list[dict[str, Any]], everything: bool, as_json: bool
+) -> None:
     plans = [obj.actions.plan(e) for e in entries]
     if as_json:
         emit_json(plans)
@@ -150,12 +175,12 @@ def _dry_run(obj, entries: list[dict], everything: bool, as_json: bool) -> None:
         )
 
 
-def build_cli(make_context, prog: str) -> click.Group:
+def build_cli(make_context: Callable[[], DlqContext], prog: str) -> click.Group:
     class GuardedGroup(click.Group):
         """One line and a non-zero exit when Redis or a database is down: never a
         traceback."""
 
-        def invoke(self, ctx):
+        def invoke(self, ctx: click.Context) -> Any:
             from redis.exceptions import AuthenticationError, RedisError
             from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
@@ -179,7 +204,7 @@ def build_cli(make_context, prog: str) -> click.Group:
 
     @click.group(cls=GuardedGroup)
     @click.pass_context
-    def cli(ctx):
+    def cli(ctx: click.Context) -> None:
         """Inspect and act on stuck saga work in the dead-letter queue."""
         ctx.obj = make_context()
 
@@ -189,7 +214,9 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--saga", "saga_id", help="a saga id, e.g. order-42")
     @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
     @click.pass_obj
-    def list_entries(obj, status, name, saga_id, as_json):
+    def list_entries(
+        obj: DlqContext, status: str | None, name: str | None, saga_id: str | None, as_json: bool
+    ) -> None:
         """List entries, oldest first."""
         entries = obj.store.entries(status=status, name=name, saga_id=saga_id)
         if as_json:
@@ -213,7 +240,7 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.argument("entry_id")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def show(obj, entry_id, as_json):
+    def show(obj: DlqContext, entry_id: str, as_json: bool) -> None:
         """Show one entry and its saga's timeline."""
         entry = entry_or_exit(obj, entry_id)
         timeline = obj.saga_log.timeline(entry["saga_id"])
@@ -257,7 +284,14 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--wait", default=60.0, show_default=True, help="seconds to wait for the outcome")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def requeue(obj, entry_id, everything, dry_run, wait, as_json):
+    def requeue(
+        obj: DlqContext,
+        entry_id: str | None,
+        everything: bool,
+        dry_run: bool,
+        wait: float,
+        as_json: bool,
+    ) -> None:
         """Run stuck work again now, on its service's queue; on success the saga continues.
         With --all, every entry is tried, one after the other, whatever happens to the
         others; the exit is 1 if any failed."""
@@ -313,7 +347,7 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--force", is_flag=True, help="even while the DLQ worker still retries it")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def compensate(obj, entry_id, force, as_json):
+    def compensate(obj: DlqContext, entry_id: str, force: bool, as_json: bool) -> None:
         """Give up on a stuck forward step and undo the saga instead."""
         entry = entry_or_exit(obj, entry_id)
         launched = obj.actions.compensate(entry, obj.who, force)
@@ -331,12 +365,14 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--note", required=True, help="what was done by hand")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def resolve(obj, entry_id, note, as_json):
+    def resolve(obj: DlqContext, entry_id: str, note: str, as_json: bool) -> None:
         """Mark an entry as handled by hand."""
         entry = entry_or_exit(obj, entry_id)
         obj.actions.resolve(entry, obj.who, note)
         if as_json:
-            emit_json(public(obj.store.get(entry_id)))
+            resolved = obj.store.get(entry_id)
+            assert resolved is not None, entry_id  # resolved just now: it is there
+            emit_json(public(resolved))
         else:
             click.echo(f"{entry_id}: resolved")
         if entry["kind"] == WorkKind.STEP and entry["status"] in (RETRYING, NEEDS_HUMAN):
@@ -353,7 +389,7 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--note", default="", help="why it is cancelled (required unless --dry-run)")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def cancel(obj, saga_id, dry_run, note, as_json):
+    def cancel(obj: DlqContext, saga_id: str, dry_run: bool, note: str, as_json: bool) -> None:
         """Cancel a saga still in flight: it turns back at its next step boundary and
         undoes what applied. Refused once it completed or began turning back."""
         if obj.saga_log.timeline(saga_id) is None:
@@ -379,7 +415,7 @@ def build_cli(make_context, prog: str) -> click.Group:
     @click.option("--yes", is_flag=True, help="do not ask for confirmation")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def purge(obj, yes, as_json):
+    def purge(obj: DlqContext, yes: bool, as_json: bool) -> None:
         """Delete resolved entries (only resolved ones)."""
         ids = [e["id"] for e in obj.store.entries(status=RESOLVED)]
         if ids and not yes:

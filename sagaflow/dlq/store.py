@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, cast
+
+from redis import Redis
 
 RETRYING, NEEDS_HUMAN, RESOLVED = "retrying", "needs_human", "resolved"
 STATUSES = (RETRYING, NEEDS_HUMAN, RESOLVED)
@@ -97,7 +100,7 @@ def entry_id(saga_id: str, name: str) -> str:
     return f"{saga_id}:{name}"
 
 
-def supply_input(redis, eid: str, ctx: dict) -> bool:
+def supply_input(redis: Redis, eid: str, ctx: dict[str, Any]) -> bool:
     """Give a parked forward step the input it was parked without (from the saga log)."""
     raw = redis.hget(ENTRY + eid, "args")
     if not raw:
@@ -109,7 +112,7 @@ def supply_input(redis, eid: str, ctx: dict) -> bool:
     return True
 
 
-def _decode(raw: dict) -> dict:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
     entry = {
         k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
         for k, v in raw.items()
@@ -127,7 +130,12 @@ def _decode(raw: dict) -> dict:
 
 
 class DeadLetterStore:
-    def __init__(self, redis, backoff: Callable[[int], float], clock=time.time):
+    def __init__(
+        self,
+        redis: Redis,
+        backoff: Callable[[int], float],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.backoff = backoff  # attempts so far -> seconds until the next try
         self.clock = clock
@@ -145,18 +153,18 @@ class DeadLetterStore:
         name: str,
         kind: str,
         task: str,
-        args: dict,
+        args: dict[str, Any],
         error_class: str,
         error: str,
         traceback: str,
         dependency: str = "",
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """Hand stuck work to the DLQ; the first retry comes after one backoff. None when
         the work has succeeded meanwhile: there is nothing to park. `dependency`: what
         could not be reached, when that is why it failed."""
         now = self.clock()
         eid = entry_id(saga_id, name)
-        fields = {
+        fields: dict[str, Any] = {
             "id": eid,
             "saga_id": saga_id,
             "workflow": workflow,
@@ -192,14 +200,16 @@ class DeadLetterStore:
         )
         return None if int(pushed) == 2 else self.get(eid)
 
-    def get(self, eid: str) -> dict | None:
+    def get(self, eid: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(ENTRY + eid)
         return _decode(raw) if raw else None
 
     def entries(
         self, status: str | None = None, name: str | None = None, saga_id: str | None = None
-    ) -> list[dict]:
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(IDS, 0, -1)]
+    ) -> list[dict[str, Any]]:
+        # Without scores, ZRANGE answers the members alone.
+        members = cast(list[bytes | str], self.redis.zrange(IDS, 0, -1))
+        ids = [i.decode() if isinstance(i, bytes) else i for i in members]
         pipe = self.redis.pipeline(transaction=False)
         for eid in ids:
             pipe.hgetall(ENTRY + eid)
@@ -212,7 +222,7 @@ class DeadLetterStore:
             and (saga_id is None or e["saga_id"] == saga_id)
         ]
 
-    def claim(self, lease_seconds: float) -> dict | None | bool:
+    def claim(self, lease_seconds: float) -> dict[str, Any] | Literal[False] | None:
         """Take the next due entry for `lease_seconds`. None when nothing is due; False
         when the due entry needed nothing more (it left the schedule)."""
         now = self.clock()
@@ -224,7 +234,7 @@ class DeadLetterStore:
             return False
         return self.get(eid.decode() if isinstance(eid, bytes) else eid)
 
-    def update(self, eid: str, **fields) -> None:
+    def update(self, eid: str, **fields: Any) -> None:
         encoded = {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items()}
         self.redis.hset(ENTRY + eid, mapping={k: str(v) for k, v in encoded.items()})
 
@@ -277,7 +287,9 @@ class DeadLetterStore:
             else:
                 self.schedule(eid, self.clock() + alert_after)
         else:
-            attempts = self.get(eid)["attempts"]
+            entry = self.get(eid)
+            assert entry is not None, eid  # attempt_failed is told of an entry it holds
+            attempts = entry["attempts"]
             # Back to retrying: a retry whose work succeeded but whose continuation could
             # not be sent had already closed the entry.
             self.update(eid, status=RETRYING, **fields)

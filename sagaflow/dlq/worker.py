@@ -12,20 +12,53 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sagaflow._dependencies import outage_text, recovered_text, unreachable
 from sagaflow._errors import InputNotKnown
 from sagaflow._outage import OutageReporter, cause
-from sagaflow.dlq.alerts import AlertFailed, alert_text
+from sagaflow.dlq.alerts import Alerter, AlertFailed, alert_text
 from sagaflow.dlq.store import NEEDS_HUMAN, RETRYING, DeadLetterStore
 from sagaflow.metrics import count_alert
+
+if TYPE_CHECKING:
+    from sagaflow._runner import Runner
 
 log = logging.getLogger("sagaflow.dlq")
 OUTAGE_CHECK_SECONDS = 2.0
 
 
+class WorkerSettings(Protocol):
+    """What the DLQ worker reads from the settings (the shop's config.settings.Settings)."""
+
+    @property
+    def dlq_max_attempts(self) -> int: ...
+    @property
+    def dlq_lease_seconds(self) -> float: ...
+    @property
+    def dlq_poll_interval(self) -> float: ...
+    @property
+    def dlq_alert_retry_seconds(self) -> float: ...
+    @property
+    def outage_alert_seconds(self) -> float: ...
+    @property
+    def outage_budget_seconds(self) -> float: ...
+    @property
+    def step_retry_backoff_max(self) -> float: ...
+    @property
+    def saga_stall_check_seconds(self) -> float: ...
+
+
 class DeadLetterWorker:
-    def __init__(self, store: DeadLetterStore, runner, alerter, settings, cli: str):
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        runner: Runner,
+        alerter: Alerter,
+        settings: WorkerSettings,
+        cli: str,
+    ) -> None:
         self.store, self.runner, self.alerter, self.cli = store, runner, alerter, cli
         self.max_attempts = settings.dlq_max_attempts
         self.lease = settings.dlq_lease_seconds
@@ -40,7 +73,7 @@ class DeadLetterWorker:
         # is asked (the orchestrator normally supplies it within a second).
         self.input_wait = max(60.0, settings.saga_stall_check_seconds * 4)
 
-    def handle(self, entry: dict) -> str:
+    def handle(self, entry: dict[str, Any]) -> str:
         if entry["status"] == RETRYING:
             return self._retry(entry)
         if entry["status"] == NEEDS_HUMAN and not entry["alerted"]:
@@ -48,7 +81,7 @@ class DeadLetterWorker:
         self.store.unschedule(entry["id"])
         return "nothing to do"
 
-    def _succeeded(self, entry: dict) -> bool:
+    def _succeeded(self, entry: dict[str, Any]) -> bool:
         """The entry's work succeeded by another path (a redelivery of a killed attempt):
         the entry is closed by itself, and nobody is paged for it."""
         if not self.runner.events.succeeded(entry["saga_id"], entry["name"]):
@@ -57,7 +90,7 @@ class DeadLetterWorker:
         log.info("dlq_id=%s resolved: its work has succeeded", entry["id"])
         return True
 
-    def _retry(self, entry: dict) -> str:
+    def _retry(self, entry: dict[str, Any]) -> str:
         eid = entry["id"]
         if self._succeeded(entry):
             return "already succeeded"
@@ -73,7 +106,7 @@ class DeadLetterWorker:
                 give_up=True,
                 alert_after=self.lease,
             )
-            return self._alert(self.store.get(eid))
+            return self._alert_again(eid)
         try:
             sent = self.runner.redispatch(entry)
         except InputNotKnown as exc:
@@ -85,16 +118,22 @@ class DeadLetterWorker:
                 log.info("waiting for the input of %s from the saga log", fields)
                 return "waiting for its input"
             self.store.attempt_failed(eid, "InputNotKnown", str(exc), give_up=True)
-            return self._alert(self.store.get(eid))
+            return self._alert_again(eid)
         except ValueError as exc:  # nothing could send it again: a human must look
             self.store.attempt_failed(eid, "NotRetryable", str(exc), give_up=True)
-            return self._alert(self.store.get(eid))
+            return self._alert_again(eid)
         # The claim holds the entry for a lease: if the work never reports back (its
         # message lost, its worker killed), the entry is due again then.
         log.info("retry sent %s attempt=%s/%s: %s", fields, attempt, self.max_attempts, sent)
         return sent
 
-    def _alert(self, entry: dict) -> str:
+    def _alert_again(self, eid: str) -> str:
+        """Alert for an entry just updated (so it is there to read)."""
+        entry = self.store.get(eid)
+        assert entry is not None, eid
+        return self._alert(entry)
+
+    def _alert(self, entry: dict[str, Any]) -> str:
         eid, text = entry["id"], alert_text(entry, self.cli)
         if self._succeeded(entry):
             return "already succeeded"
@@ -224,9 +263,9 @@ class RedisOutagePage:
     worker cannot read it, so its own loop pages once when Redis has been gone for the
     outage alert time, and once when it is back (Slack needs no Redis)."""
 
-    def __init__(self, worker: DeadLetterWorker, clock=time.time):
+    def __init__(self, worker: DeadLetterWorker, clock: Callable[[], float] = time.time) -> None:
         self.worker, self.clock = worker, clock
-        self.row: dict | None = None
+        self.row: dict[str, Any] | None = None
 
     def failed(self, exc: BaseException) -> None:
         now = self.clock()

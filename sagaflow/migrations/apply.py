@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import sqlalchemy as sa
 from alembic.operations import Operations
@@ -92,7 +93,14 @@ def _upgrade(connection: Connection, wanted: frozenset[str]) -> Outcome:
     return Outcome(before, after, tuple(step.NUMBER for step in due), adopted)
 
 
-def _done(step, before: Recorded, adopted: frozenset[str]) -> bool:
+class _Step(Protocol):
+    """A numbered migration module (sagaflow/migrations/m0001_ledger.py, ...)."""
+
+    NUMBER: int
+    PART: str
+
+
+def _done(step: _Step, before: Recorded, adopted: frozenset[str]) -> bool:
     if step.PART in before.parts:
         return before.version >= step.NUMBER
     if step.PART in adopted:

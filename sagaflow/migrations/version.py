@@ -9,8 +9,14 @@ saga log. Frozen like the numbered steps: a change to this table is a new number
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
 
 from sagaflow._errors import MigrationRefused
 
@@ -36,7 +42,7 @@ class Recorded:
 NOTHING = Recorded(0, frozenset())
 
 
-def create(op) -> None:
+def create(op: Operations) -> None:
     op.create_table(
         TABLE,
         sa.Column("version", sa.Integer(), nullable=False),
@@ -45,7 +51,7 @@ def create(op) -> None:
     )
 
 
-def read(connection) -> Recorded | None:
+def read(connection: Connection) -> Recorded | None:
     """The row, or None when the table holds none (made, but never written)."""
     rows = connection.execute(sa.select(version_table.c.version, version_table.c.parts)).all()
     if len(rows) > 1:
@@ -56,7 +62,7 @@ def read(connection) -> Recorded | None:
     return Recorded(version, frozenset(p for p in parts.split(",") if p))
 
 
-def write(connection, recorded: Recorded, now) -> None:
+def write(connection: Connection, recorded: Recorded, now: datetime) -> None:
     connection.execute(sa.delete(version_table))
     connection.execute(
         sa.insert(version_table).values(
