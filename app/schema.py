@@ -1,4 +1,6 @@
-"""Create or migrate each service's database with Alembic, one history per service."""
+"""Create or migrate each service's database: its own tables with Alembic (one history per
+service), then sagaflow's tables with sagaflow's own numbered migrations (which know the
+tables the shop's older revisions made and only record their version)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from alembic.config import Config
 from app.services import module
 from app.workflows import SERVICES, WORKFLOWS
 from config.settings import REPO_ROOT, Settings
-from sagaflow import SagaBase
+from sagaflow import SagaBase, migrations
+from sagaflow.migrations import HOME_PARTS, SERVICE_PARTS
 
 HOMES = {wf.home for wf in WORKFLOWS.values()}
 # Each service's tables; a workflow's home also keeps the saga runtime's log.
@@ -37,6 +40,7 @@ def upgrade_all(settings: Settings) -> None:
 
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         command.upgrade(alembic_config(service, url), "head")
+        migrations.upgrade(url, HOME_PARTS if service in HOMES else SERVICE_PARTS)
 
 
 if __name__ == "__main__":

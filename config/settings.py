@@ -79,6 +79,8 @@ class Settings:
     dlq_poll_interval: float = 1.0
     dlq_lease_seconds: float = 60.0
     dlq_alert_retry_seconds: float = 30.0
+    # Resolved DLQ entries are deleted this long after they were resolved (30 days).
+    dlq_retention_seconds: float = 30 * 86_400.0
     # A saga that owes work but showed no progress for this long is handed to the DLQ (its
     # message was lost). Longer than the broker's own redelivery (visibility timeout plus
     # restore interval), so the DLQ is the backstop and never races a redelivery.
@@ -249,6 +251,7 @@ class Settings:
             dlq_backoff_max=number("DLQ_BACKOFF_MAX", defaults.dlq_backoff_max),
             dlq_poll_interval=number("DLQ_POLL_INTERVAL", defaults.dlq_poll_interval),
             dlq_lease_seconds=number("DLQ_LEASE_SECONDS", defaults.dlq_lease_seconds),
+            dlq_retention_seconds=number("DLQ_RETENTION_SECONDS", defaults.dlq_retention_seconds),
             dlq_alert_retry_seconds=number(
                 "DLQ_ALERT_RETRY_SECONDS", defaults.dlq_alert_retry_seconds
             ),

@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sagaflow._db import DatabaseHandle
 from sagaflow._ledger import utcnow
-from sagaflow._status import DONE, OWED, SagaStatus, StepStatus, WorkKind
+from sagaflow._status import DONE, OWED, SETTLED, SagaStatus, StepStatus, WorkKind
 from sagaflow._workflow import Workflow
 
 COMPENSATION_POSITION = 100  # compensations sort after the forward steps
@@ -87,6 +87,26 @@ class OperatorAction(SagaBase):
     note: Mapped[str] = mapped_column(Text, default="")
     outcome: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SagaArchived(SagaBase):
+    """A finished saga moved out of the hot tables (SagaLog.archive), whole: its timeline
+    as JSON, found by id like any other (sagaflow migration 0005)."""
+
+    __tablename__ = "sagaflow_archive"
+    saga_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    workflow: Mapped[str] = mapped_column(String(40))
+    business_key: Mapped[str] = mapped_column(String(40), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    timeline: Mapped[str] = mapped_column(Text)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# What may be archived: a saga that will not move again (nothing owed, nothing parked):
+# finished, and each row settled or the step that failed.
+FINAL = (SagaStatus.COMPLETED, SagaStatus.FAILED)
+AT_REST = (*SETTLED, StepStatus.FAILED)
 
 
 @overload
@@ -163,26 +183,89 @@ class SagaLog:
     # --- reading -------------------------------------------------------------------
 
     def timeline(self, saga_id: str) -> dict[str, Any] | None:
+        """The saga and every step and compensation; an archived saga's as it was kept,
+        with `archived_at`."""
         with self.db.read() as session:
             instance = session.get(SagaInstance, saga_id)
             if instance is None:
-                return None
-            rows = session.scalars(
-                select(SagaStepRow)
-                .where(SagaStepRow.saga_id == saga_id)
-                .order_by(SagaStepRow.position, SagaStepRow.name)
-            ).all()
-            return {
-                "saga_id": instance.saga_id,
-                "workflow": instance.workflow,
-                "status": instance.status,
-                "failed_step": instance.failed_step,
-                "failure_reason": instance.failure_reason,
-                "context": json.loads(instance.context),
-                "steps": [step_view(r) for r in rows],
-                "created_at": _iso(instance.created_at),
-                "updated_at": _iso(instance.updated_at),
-            }
+                archived = session.get(SagaArchived, saga_id)
+                if archived is None:
+                    return None
+                kept: dict[str, Any] = json.loads(archived.timeline)
+                return {**kept, "archived_at": _iso(archived.archived_at)}
+            return self._timeline(session, instance)
+
+    @staticmethod
+    def _timeline(session: Session, instance: SagaInstance) -> dict[str, Any]:
+        rows = session.scalars(
+            select(SagaStepRow)
+            .where(SagaStepRow.saga_id == instance.saga_id)
+            .order_by(SagaStepRow.position, SagaStepRow.name)
+        ).all()
+        return {
+            "saga_id": instance.saga_id,
+            "workflow": instance.workflow,
+            "status": instance.status,
+            "failed_step": instance.failed_step,
+            "failure_reason": instance.failure_reason,
+            "context": json.loads(instance.context),
+            "steps": [step_view(r) for r in rows],
+            "created_at": _iso(instance.created_at),
+            "updated_at": _iso(instance.updated_at),
+        }
+
+    # --- bounded history -------------------------------------------------------------
+
+    def archivable(self, finished_before: datetime, limit: int = 1000) -> list[str]:
+        """Finished sagas (COMPLETED or FAILED) last changed before `finished_before` with
+        every row settled: nothing owed, nothing running, nothing parked."""
+        unsettled = (
+            select(SagaStepRow.saga_id)
+            .where(SagaStepRow.saga_id == SagaInstance.saga_id)
+            .where(SagaStepRow.status.not_in(AT_REST))
+            .exists()
+        )
+        with self.db.read() as session:
+            return list(
+                session.scalars(
+                    select(SagaInstance.saga_id)
+                    .where(
+                        SagaInstance.status.in_(FINAL),
+                        SagaInstance.updated_at < finished_before,
+                        ~unsettled,
+                    )
+                    .order_by(SagaInstance.updated_at)
+                    .limit(limit)
+                )
+            )
+
+    def archive(self, saga_ids: list[str]) -> int:
+        """Move these sagas out of the hot tables into the archive, each in the same
+        transaction as its removal, skipping any that moved since it was chosen."""
+        moved = 0
+        with self.db.write() as session:
+            for saga_id in saga_ids:
+                instance = session.get(SagaInstance, saga_id, with_for_update=True)
+                if instance is None or instance.status not in FINAL:
+                    continue
+                kept = self._timeline(session, instance)
+                if any(step["status"] not in AT_REST for step in kept["steps"]):
+                    continue
+                session.add(
+                    SagaArchived(
+                        saga_id=saga_id,
+                        workflow=instance.workflow,
+                        business_key=instance.business_key,
+                        status=instance.status,
+                        timeline=json.dumps(kept),
+                        finished_at=instance.updated_at,
+                        archived_at=utcnow(),
+                    )
+                )
+                session.execute(delete(SagaStepRow).where(SagaStepRow.saga_id == saga_id))
+                session.execute(delete(SagaInstance).where(SagaInstance.saga_id == saga_id))
+                moved += 1
+        return moved
 
     def step(self, saga_id: str, name: str) -> dict[str, Any] | None:
         with self.db.read() as session:

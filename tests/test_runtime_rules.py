@@ -350,3 +350,73 @@ def test_an_operator_cancels_a_saga_in_flight_at_its_next_step_boundary(world):
     done = world.start(amount=100)
     with pytest.raises(Refused, match="COMPLETED"):
         actions.cancel_plan(done)
+
+
+# --- bounded history ---------------------------------------------------------------------
+
+
+def test_finished_sagas_are_archived_out_of_the_hot_tables_and_still_found_by_id(world):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, update
+
+    from sagaflow._log import SagaArchived, SagaInstance, SagaStepRow
+
+    done, refused = world.start(amount=300), world.start(amount=5_000)
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    with world.db.write() as session:  # both finished a week ago
+        session.execute(update(SagaInstance).values(updated_at=week_ago))
+    kept_whole = world.log.timeline(done)
+    fresh = world.start(amount=100)  # finished just now: kept in the hot tables
+    # One still in flight, as old as the others: never archived while it may move.
+    ctx = TopUp(topup_id=500, user_id=8, amount=10)
+    with world.db.write() as session:
+        moving = SagaLog.create(session, TOPUP, ctx)
+        session.execute(
+            update(SagaInstance).where(SagaInstance.saga_id == moving).values(updated_at=week_ago)
+        )
+
+    chosen = world.log.archivable(datetime.now(UTC) - timedelta(days=1))
+    assert sorted(chosen) == sorted([done, refused])
+    assert world.log.archive(chosen) == 2
+    assert world.log.archive(chosen) == 0  # a second run moves nothing
+
+    with world.db.read() as session:
+        hot = set(session.scalars(select(SagaInstance.saga_id)))
+        steps_left = session.scalar(
+            select(func.count()).select_from(SagaStepRow).where(SagaStepRow.saga_id == done)
+        )
+        archived = set(session.scalars(select(SagaArchived.saga_id)))
+    assert hot == {fresh, moving} and steps_left == 0 and archived == {done, refused}
+    found = world.log.timeline(done)
+    assert found["archived_at"] and {**found, "archived_at": None} == {
+        **kept_whole,
+        "archived_at": None,
+    }
+    assert world.log.timeline(refused)["status"] == SagaStatus.FAILED
+
+
+def test_resolved_dlq_entries_expire_after_their_retention_and_open_ones_never(redis):
+    now = [1_000_000.0]
+    store = DeadLetterStore(redis, lambda attempts: 0, clock=lambda: now[0])
+    redis.flushdb()
+    for saga in ("topup-1", "topup-2"):
+        store.push(
+            saga_id=saga,
+            workflow="topup",
+            name="notify",
+            kind="after_pivot",
+            task="topup.notify",
+            args={},
+            error_class="TransientError",
+            error="down",
+            traceback="",
+        )
+    store.resolve("topup-1:notify", "it succeeded")
+    now[0] += 3_600
+    assert store.expire_resolved(retention_seconds=7_200) == 0  # resolved an hour ago
+    now[0] += 7_200
+    assert store.expire_resolved(retention_seconds=7_200) == 1
+    assert store.get("topup-1:notify") is None
+    assert store.get("topup-2:notify")["status"] != "resolved"  # open: kept however old
+    assert [e["id"] for e in store.entries()] == ["topup-2:notify"]

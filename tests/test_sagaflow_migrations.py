@@ -39,6 +39,7 @@ SHIPPED = {
     "m0002_saga_log.py": "23ace94954712096a124f7010839a08f4cde0c86277a77c78f4eef85553354ea",
     "m0003_operator_actions.py": "be318e0e34eaaafe73f2c46b872946dc4395a156968c1f452d7be106c264bdfa",
     "m0004_outbox.py": "0167f3c1d27e169d9e259b5624c3829ea2698aec2926a2197ff79bde9d32374a",
+    "m0005_archive.py": "26abee4dc35a5aa6dd40e05ce5db413e847fa666d04e95e7c8242b589e08767b",
 }
 
 TABLES_OF = {
@@ -46,13 +47,16 @@ TABLES_OF = {
     "outbox": {"sagaflow_outbox"},
     "saga_log": {"sagaflow_instances", "sagaflow_steps"},
     "operator_actions": {"sagaflow_operator_actions"},
+    "archive": {"sagaflow_archive"},
 }
 # The parts the shop's Alembic histories made in each service's database: the data
-# platform's step is idempotent on its own record, so it never had a ledger.
+# platform's step is idempotent on its own record, so it never had a ledger; the archive
+# came after sagaflow had its own migrations, so no shop revision makes it.
 NO_LEDGER = {"dataplatform"}
 SHOP_PARTS = {
     service: set(HOME_PARTS if service in HOMES else SERVICE_PARTS)
     - ({"ledger"} if service in NO_LEDGER else set())
+    - {"archive"}
     for service in SERVICES
 }
 
@@ -145,10 +149,10 @@ def test_a_fresh_database_gets_every_table_and_the_latest_version(fresh_database
     at_home = upgrade(home, HOME_PARTS)
     elsewhere = upgrade(service, SERVICE_PARTS)
 
-    assert at_home.applied == (1, 2, 3, 4) and at_home.adopted == frozenset()
+    assert at_home.applied == (1, 2, 3, 4, 5) and at_home.adopted == frozenset()
     assert _tables(home) == {VERSION_TABLE, *(t for p in HOME_PARTS for t in TABLES_OF[p])}
-    assert _version_row(home)["version"] == LATEST == 4
-    assert _version_row(home)["parts"] == "ledger,operator_actions,outbox,saga_log"
+    assert _version_row(home)["version"] == LATEST == 5
+    assert _version_row(home)["parts"] == "archive,ledger,operator_actions,outbox,saga_log"
     assert elsewhere.applied == (1, 4)
     assert _tables(service) == {VERSION_TABLE, "sagaflow_ledger", "sagaflow_outbox"}
     assert _version_row(service)["parts"] == "ledger,outbox"
@@ -254,8 +258,8 @@ def test_the_home_parts_asked_for_later_are_added(fresh_databases):
 
     outcome = upgrade(url, HOME_PARTS)
 
-    assert outcome.applied == (2, 3)
-    assert _version_row(url)["parts"] == "ledger,operator_actions,outbox,saga_log"
+    assert outcome.applied == (2, 3, 5)
+    assert _version_row(url)["parts"] == "archive,ledger,operator_actions,outbox,saga_log"
 
 
 def test_a_part_half_there_is_refused_and_nothing_is_written(fresh_databases):
@@ -333,8 +337,8 @@ def test_the_command_migrates_a_database_and_a_second_run_does_nothing(tmp_path)
 
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
-        "applied: 0001 ledger, 0002 saga_log, 0003 operator_actions, 0004 outbox",
-        f"{url}: at sagaflow migration 4 (ledger, operator_actions, outbox, saga_log)",
+        "applied: 0001 ledger, 0002 saga_log, 0003 operator_actions, 0004 outbox, 0005 archive",
+        f"{url}: at sagaflow migration 5 (archive, ledger, operator_actions, outbox, saga_log)",
     ]
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip().endswith("; nothing to do")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import click
@@ -53,6 +53,24 @@ class DlqContext(Protocol):
 OK, FAILED_AGAIN, USAGE, NO_SUCH_ENTRY, UNREACHABLE = 0, 1, 2, 3, 4
 # Piped or in a narrow terminal, keep tables wide enough that ids are never cut.
 console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+class Duration(click.ParamType[float, Any]):
+    """A length of time: a number with a unit, d, h, m or s (`30d`)."""
+
+    name = "duration"
+    UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip()
+        number, unit = text[:-1], text[-1:]
+        if unit in self.UNITS and number.isascii() and number.isdigit() and len(number) <= 6:
+            return float(int(number) * self.UNITS[unit])
+        self.fail(f"{text!r} is not a duration such as 30d, 12h, 90m or 3600s", param, ctx)
 
 
 class Unusable(Exception):
@@ -410,6 +428,42 @@ def build_cli(make_context: Callable[[], DlqContext], prog: str) -> click.Group:
         )
         if plan["gives_up"]:
             click.echo(f"gives up the parked {', '.join(plan['gives_up'])}")
+
+    @cli.command()
+    @click.option(
+        "--older-than",
+        "older_than",
+        required=True,
+        type=Duration(),
+        help="finished at least this long ago: 30d, 12h, 90m or 3600s",
+    )
+    @click.option("--dry-run", is_flag=True, help="count what would move, change nothing")
+    @click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def archive(
+        obj: DlqContext, older_than: float, dry_run: bool, batch: int, as_json: bool
+    ) -> None:
+        """Move finished sagas (COMPLETED or FAILED, nothing owed or parked) out of the
+        saga log's hot tables into its archive, where they are still found by id."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        moved = found = 0
+        while True:
+            chosen = obj.saga_log.archivable(cutoff, batch)
+            found += len(chosen)
+            if dry_run or not chosen:
+                break
+            done = obj.saga_log.archive(chosen)
+            moved += done
+            if done == 0 or len(chosen) < batch:
+                break
+        result = {"archivable" if dry_run else "archived": found if dry_run else moved}
+        if as_json:
+            emit_json({**result, "finished_before": cutoff.isoformat()})
+        elif dry_run:
+            click.echo(f"would archive {found} sagas finished before {cutoff:%Y-%m-%d %H:%M}")
+        else:
+            click.echo(f"archived {moved} sagas finished before {cutoff:%Y-%m-%d %H:%M}")
 
     @cli.command()
     @click.option("--yes", is_flag=True, help="do not ask for confirmation")

@@ -315,6 +315,17 @@ class DeadLetterStore:
         work may have succeeded meanwhile)."""
         return bool(self._give_up(keys=[ENTRY + eid, DUE], args=[note, self.clock(), eid]))
 
+    def expire_resolved(self, retention_seconds: float) -> int:
+        """Delete entries resolved more than `retention_seconds` ago (never one that is
+        not resolved: a hand-off may have reopened it); how many went."""
+        cutoff = self.clock() - retention_seconds
+        old = [
+            e["id"]
+            for e in self.entries(status=RESOLVED)
+            if (e.get("resolved_at") or e.get("last_failed_at") or 0) < cutoff
+        ]
+        return self.purge(old)
+
     def purge(self, ids: Iterable[str]) -> int:
         """Delete these entries if they are still resolved; returns how many went."""
         return sum(int(self._purge(keys=[ENTRY + eid, IDS, DUE], args=[eid])) for eid in ids)

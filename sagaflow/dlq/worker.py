@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sagaflow.dlq")
 OUTAGE_CHECK_SECONDS = 2.0
+EXPIRY_CHECK_SECONDS = 60.0  # how often resolved entries past their retention are deleted
 
 
 class WorkerSettings(Protocol):
@@ -40,6 +41,8 @@ class WorkerSettings(Protocol):
     def dlq_poll_interval(self) -> float: ...
     @property
     def dlq_alert_retry_seconds(self) -> float: ...
+    @property
+    def dlq_retention_seconds(self) -> float: ...
     @property
     def outage_alert_seconds(self) -> float: ...
     @property
@@ -64,6 +67,7 @@ class DeadLetterWorker:
         self.lease = settings.dlq_lease_seconds
         self.poll = settings.dlq_poll_interval
         self.alert_retry = settings.dlq_alert_retry_seconds
+        self.retention = settings.dlq_retention_seconds
         self.outage_alert = settings.outage_alert_seconds
         self.outage_budget = settings.outage_budget_seconds
         # Waiting work retries at least every backoff maximum, so an outage that has seen
@@ -219,6 +223,12 @@ class DeadLetterWorker:
         log.warning("alert sent to Slack: %s", what)
         return True
 
+    def expire_resolved(self) -> int:
+        gone = self.store.expire_resolved(self.retention)
+        if gone:
+            log.info("deleted %s DLQ entries resolved over %.0fs ago", gone, self.retention)
+        return gone
+
     def run_once(self) -> bool:
         entry = self.store.claim(self.lease)
         if entry is None:
@@ -239,13 +249,17 @@ class DeadLetterWorker:
         log.info("DLQ worker started: max_attempts=%s", self.max_attempts)
         outage = OutageReporter(log)  # Redis down: said once when it starts and ends
         redis_down = RedisOutagePage(self)
-        next_outage_check = 0.0
+        next_outage_check = next_expiry = 0.0
         while not stop.is_set():
             try:
                 if time.monotonic() >= next_outage_check:
                     # Outages change slowly: a look every few seconds is enough.
                     next_outage_check = time.monotonic() + OUTAGE_CHECK_SECONDS
                     self.check_outages()
+                if time.monotonic() >= next_expiry:
+                    # History is bounded: resolved entries go after their retention.
+                    next_expiry = time.monotonic() + EXPIRY_CHECK_SECONDS
+                    self.expire_resolved()
                 busy = self.run_once()
                 outage.ok()
                 redis_down.ok()

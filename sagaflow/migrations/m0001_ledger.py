@@ -6,19 +6,14 @@ a change to this table is a new numbered migration.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sqlalchemy as sa
-
-if TYPE_CHECKING:
-    from alembic.operations import Operations
 
 NUMBER = 1
 PART = "ledger"
 TABLES = ("sagaflow_ledger",)
 
 
-def upgrade(op: Operations) -> None:
+def upgrade(op) -> None:
     op.create_table(
         "sagaflow_ledger",
         sa.Column("saga_id", sa.String(length=80), nullable=False),

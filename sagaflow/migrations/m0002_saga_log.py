@@ -7,19 +7,14 @@ a change to these tables is a new numbered migration.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sqlalchemy as sa
-
-if TYPE_CHECKING:
-    from alembic.operations import Operations
 
 NUMBER = 2
 PART = "saga_log"
 TABLES = ("sagaflow_instances", "sagaflow_steps")
 
 
-def upgrade(op: Operations) -> None:
+def upgrade(op) -> None:
     op.create_table(
         "sagaflow_instances",
         sa.Column("saga_id", sa.String(length=80), nullable=False),

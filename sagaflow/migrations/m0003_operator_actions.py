@@ -7,19 +7,14 @@ a change to this table is a new numbered migration.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sqlalchemy as sa
-
-if TYPE_CHECKING:
-    from alembic.operations import Operations
 
 NUMBER = 3
 PART = "operator_actions"
 TABLES = ("sagaflow_operator_actions",)
 
 
-def upgrade(op: Operations) -> None:
+def upgrade(op) -> None:
     op.create_table(
         "sagaflow_operator_actions",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -7,19 +7,14 @@ a change to this table is a new numbered migration.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sqlalchemy as sa
-
-if TYPE_CHECKING:
-    from alembic.operations import Operations
 
 NUMBER = 4
 PART = "outbox"
 TABLES = ("sagaflow_outbox",)
 
 
-def upgrade(op: Operations) -> None:
+def upgrade(op) -> None:
     op.create_table(
         "sagaflow_outbox",
         sa.Column("id", sa.Integer(), nullable=False),

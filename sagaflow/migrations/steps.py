@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from sagaflow.migrations import m0001_ledger, m0002_saga_log, m0003_operator_actions, m0004_outbox
+from sagaflow.migrations import (
+    m0001_ledger,
+    m0002_saga_log,
+    m0003_operator_actions,
+    m0004_outbox,
+    m0005_archive,
+)
 
 # A new step goes at the end, with the next number; a shipped one is never edited.
-STEPS = (m0001_ledger, m0002_saga_log, m0003_operator_actions, m0004_outbox)
+STEPS = (m0001_ledger, m0002_saga_log, m0003_operator_actions, m0004_outbox, m0005_archive)
 LATEST = STEPS[-1].NUMBER
 
 SERVICE_PARTS = ("ledger", "outbox")  # every service that runs saga steps
-HOME_PARTS = (*SERVICE_PARTS, "saga_log", "operator_actions")  # also, a workflow's home
+HOME_PARTS = (*SERVICE_PARTS, "saga_log", "operator_actions", "archive")  # also, a home
 PARTS = HOME_PARTS
 
 # Frozen: applications' own Alembic histories made steps 1 to 4 through sagaflow.schema
