@@ -31,6 +31,12 @@ def alembic_config(service: str, url: str) -> Config:
     return cfg
 
 
+def upgrade_service(service: str, url: str) -> None:
+    """One service's database: its Alembic history, then sagaflow's own migrations."""
+    command.upgrade(alembic_config(service, url), "head")
+    migrations.upgrade(url, HOME_PARTS if service in HOMES else SERVICE_PARTS)
+
+
 def upgrade_all(settings: Settings) -> None:
     """Bring every service's database to its latest schema (safe to run again)."""
     for service in SERVICES:
@@ -39,8 +45,7 @@ def upgrade_all(settings: Settings) -> None:
             from pathlib import Path
 
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        command.upgrade(alembic_config(service, url), "head")
-        migrations.upgrade(url, HOME_PARTS if service in HOMES else SERVICE_PARTS)
+        upgrade_service(service, url)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class SagaInstance(SagaBase):
     saga_id: Mapped[str] = mapped_column(String(80), primary_key=True)
     workflow: Mapped[str] = mapped_column(String(40))
     business_key: Mapped[str] = mapped_column(String(40), index=True)
+    # The workflow's version it started on (Workflow.version; NULL: before it was kept).
+    version: Mapped[str | None] = mapped_column(String(40), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
     turned_back: Mapped[int] = mapped_column(Integer, default=0)
     context: Mapped[str] = mapped_column(Text, default="{}")
@@ -156,6 +158,7 @@ class SagaLog:
                 saga_id=saga_id,
                 workflow=workflow.name,
                 business_key=str(workflow.key(ctx)),
+                version=workflow.version,
                 status=SagaStatus.PENDING,
                 context=json.dumps(workflow.parse(ctx).model_dump(mode="json")),
             )
@@ -205,6 +208,7 @@ class SagaLog:
         return {
             "saga_id": instance.saga_id,
             "workflow": instance.workflow,
+            "version": instance.version,
             "status": instance.status,
             "failed_step": instance.failed_step,
             "failure_reason": instance.failure_reason,

@@ -25,6 +25,8 @@ takes the services and the saga id and returns what it undid.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,9 +106,15 @@ class Workflow:
     # turns back. Retryable: infrastructure errors that may succeed on a second try.
     business_errors: tuple[type[BaseException], ...] = ()
     retryable: tuple[type[BaseException], ...] = ()
+    # Recorded with each saga when it starts. Declared ("2"), or derived from the plan (the
+    # steps, their services and compensations, in order): a change to the plan is a new
+    # version whether or not anybody remembered to say so.
+    version: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
+        if not self.version:
+            object.__setattr__(self, "version", self.plan_version)
         names = [s.name for s in self.steps] + [c.name for c in self.compensations]
         if len(names) != len(set(names)):
             raise DeclarationError(
@@ -125,6 +133,15 @@ class Workflow:
                 )
 
     # --- reading the declaration ---------------------------------------------------
+
+    @property
+    def plan_version(self) -> str:
+        """A short digest of the plan: what a saga started on it will run, and undo."""
+        plan = [
+            [s.name, s.queue, s.compensation.name if s.compensation else None]
+            for s in self.steps
+        ]
+        return "p" + hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:10]
 
     @property
     def compensations(self) -> list[Compensation]:

@@ -216,9 +216,23 @@ class SagaCollector:
             oldest = session.scalar(
                 select(func.min(SagaInstance.updated_at)).where(SagaInstance.status.in_(UNSETTLED))
             )
+            by_version = session.execute(
+                select(SagaInstance.workflow, SagaInstance.version, func.count())
+                .where(SagaInstance.status.in_(UNSETTLED))
+                .group_by(SagaInstance.workflow, SagaInstance.version)
+            ).all()
         for status in SagaStatus:
             sagas.add_metric([status.value], counts.get(status.value, 0))
         yield sagas
+        # An old version can be retired once no saga started on it is still moving.
+        in_flight = GaugeMetricFamily(
+            "sagaflow_sagas_in_flight",
+            "Sagas still moving, by workflow and the version they started on",
+            labels=["workflow", "version"],
+        )
+        for workflow, version, count in by_version:
+            in_flight.add_metric([workflow, version or "unrecorded"], count)
+        yield in_flight
         age = max(0.0, self.clock() - epoch(oldest)) if oldest else 0.0
         yield GaugeMetricFamily(
             "sagaflow_oldest_stuck_saga_age_seconds",

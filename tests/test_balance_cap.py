@@ -6,10 +6,9 @@ the old 32-bit column made that refund fail for ever."""
 from __future__ import annotations
 
 import pytest
-from alembic import command
 
 from app.errors import InvalidRequest
-from app.schema import alembic_config
+from app.schema import upgrade_service
 from app.services.balances import MAX_BALANCE, BalanceService
 from sagaflow._db import Database
 from tests.stack import available_backends
@@ -24,7 +23,7 @@ def balances(request, tmp_path):
         url = pg.create()["balances"]
     else:
         url = f"sqlite:///{tmp_path / 'balances.db'}"
-    command.upgrade(alembic_config("balances", url), "head")
+    upgrade_service("balances", url)
     db = Database(url)
     yield BalanceService(db)
     db.dispose()

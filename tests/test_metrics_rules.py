@@ -84,3 +84,25 @@ def test_cumulative_buckets_an_older_version_stored_still_count(tmp_path, redis)
 
     assert seen[("bucket", "0.01")] == 0 and seen[("bucket", "0.025")] == 1
     assert seen[("bucket", "0.5")] == 2 and seen[("count", None)] == 2
+
+
+def test_sagas_in_flight_are_counted_by_the_version_they_started_on(tmp_path, redis):
+    """An operator retires an old version once its gauge reads zero."""
+    import dataclasses
+
+    from sagaflow import SagaLog
+    from tests.test_runtime_rules import TOPUP, TopUp
+
+    world = World(tmp_path, redis)
+    older = dataclasses.replace(TOPUP, version="1")
+    with world.db.write() as session:
+        SagaLog.create(session, older, TopUp(topup_id=101, user_id=7, amount=10))
+        SagaLog.create(session, older, TopUp(topup_id=102, user_id=7, amount=10))
+        SagaLog.create(session, TOPUP, TopUp(topup_id=103, user_id=7, amount=10))
+    world.start(amount=20)  # finished: no longer in flight
+
+    collector = SagaCollector(world.redis, world.store, world.db)
+    [gauge] = [m for m in collector.collect() if m.name == "sagaflow_sagas_in_flight"]
+    counted = {(s.labels["workflow"], s.labels["version"]): s.value for s in gauge.samples}
+    assert counted == {("topup", "1"): 2, ("topup", TOPUP.version): 1}
+    assert world.log.timeline("topup-101")["version"] == "1"

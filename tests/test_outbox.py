@@ -10,12 +10,11 @@ import time
 
 import pytest
 import redis as redis_lib
-from alembic import command
 from sqlalchemy import select
 
 from app.order_context import OrderContext
 from app.order_saga import ORDER
-from app.schema import alembic_config
+from app.schema import upgrade_service
 from app.services.orders import Outbox as OrdersOutbox
 from app.workflows import WORKFLOWS
 from sagaflow import SagaLog, Workflow
@@ -37,7 +36,7 @@ def orders_db(request, tmp_path):
         url = pg.create()["orders"]
     else:
         url = f"sqlite:///{tmp_path / 'orders.db'}"
-    command.upgrade(alembic_config("orders", url), "head")
+    upgrade_service("orders", url)
     db = Database(url)
     yield db
     db.dispose()

@@ -39,6 +39,7 @@ SHIPPED = {
     "m0002_saga_log.py": "23ace94954712096a124f7010839a08f4cde0c86277a77c78f4eef85553354ea",
     "m0003_operator_actions.py": "be318e0e34eaaafe73f2c46b872946dc4395a156968c1f452d7be106c264bdfa",
     "m0004_outbox.py": "0167f3c1d27e169d9e259b5624c3829ea2698aec2926a2197ff79bde9d32374a",
+    "m0006_saga_version.py": "7656b4914996884dded8220b840b5dabfda762abc4b5081d53aa56cc55d3cadf",
     "m0005_archive.py": "26abee4dc35a5aa6dd40e05ce5db413e847fa666d04e95e7c8242b589e08767b",
 }
 
@@ -105,7 +106,9 @@ def _describe(url: str, tables) -> dict:
         found = sa.inspect(engine)
         return {
             table: {
-                "columns": [
+                # By name: a column a later step added comes last in the table, and the
+                # models declare it where it reads best.
+                "columns": sorted(
                     (
                         c["name"],
                         c["type"].compile(dialect=engine.dialect),
@@ -113,7 +116,7 @@ def _describe(url: str, tables) -> dict:
                         c.get("default"),
                     )
                     for c in found.get_columns(table)
-                ],
+                ),
                 "primary_key": found.get_pk_constraint(table)["constrained_columns"],
                 "indexes": sorted(
                     (i["name"], tuple(i["column_names"]), bool(i["unique"]))
@@ -149,9 +152,9 @@ def test_a_fresh_database_gets_every_table_and_the_latest_version(fresh_database
     at_home = upgrade(home, HOME_PARTS)
     elsewhere = upgrade(service, SERVICE_PARTS)
 
-    assert at_home.applied == (1, 2, 3, 4, 5) and at_home.adopted == frozenset()
+    assert at_home.applied == (1, 2, 3, 4, 5, 6) and at_home.adopted == frozenset()
     assert _tables(home) == {VERSION_TABLE, *(t for p in HOME_PARTS for t in TABLES_OF[p])}
-    assert _version_row(home)["version"] == LATEST == 5
+    assert _version_row(home)["version"] == LATEST == 6
     assert _version_row(home)["parts"] == "archive,ledger,operator_actions,outbox,saga_log"
     assert elsewhere.applied == (1, 4)
     assert _tables(service) == {VERSION_TABLE, "sagaflow_ledger", "sagaflow_outbox"}
@@ -190,9 +193,16 @@ def test_a_database_the_shops_history_made_only_gets_its_version_row(fresh_datab
         outcome = upgrade(url, SHOP_PARTS[service])
 
         assert outcome.adopted == SHOP_PARTS[service], service
-        assert outcome.applied == (), service
+        # Only what came after the shop's histories stopped making sagaflow's tables:
+        # the saga's version (0006) in the home.
+        assert outcome.applied == ((6,) if service in HOMES else ()), service
         assert _tables(url) - set(before[service]) == {VERSION_TABLE}
-        assert _describe(url, before[service]) == before[service], service
+        now = _describe(url, before[service])
+        if service in HOMES:
+            added = [c for c in now["sagaflow_instances"]["columns"] if c[0] == "version"]
+            assert len(added) == 1 and added[0][2] is True  # nullable: older sagas had none
+            now["sagaflow_instances"]["columns"].remove(added[0])
+        assert now == before[service], service
         assert _version_row(url)["version"] == LATEST
         assert upgrade(url, SHOP_PARTS[service]).changed is False
     engine = sa.create_engine(urls["orders"])
@@ -222,12 +232,15 @@ def test_a_shop_database_missing_a_part_gets_that_part_only(fresh_databases):
 
 
 def test_the_numbered_steps_make_the_tables_the_shops_history_makes(fresh_databases):
+    """Whichever way a database got there (the shop's history, then the command; or the
+    command alone), it holds the same tables."""
     by_shop, by_sagaflow = fresh_databases(), fresh_databases()
     _shop_history(by_shop)
 
     for service in SERVICES:
-        upgrade(by_sagaflow[service], SHOP_PARTS[service])
         made = _sagaflow_tables(by_shop[service])
+        upgrade(by_shop[service], SHOP_PARTS[service])
+        upgrade(by_sagaflow[service], SHOP_PARTS[service])
         assert made == {t for p in SHOP_PARTS[service] for t in TABLES_OF[p]}, service
         assert _describe(by_sagaflow[service], made) == _describe(by_shop[service], made)
 
@@ -258,7 +271,7 @@ def test_the_home_parts_asked_for_later_are_added(fresh_databases):
 
     outcome = upgrade(url, HOME_PARTS)
 
-    assert outcome.applied == (2, 3, 5)
+    assert outcome.applied == (2, 3, 5, 6)
     assert _version_row(url)["parts"] == "archive,ledger,operator_actions,outbox,saga_log"
 
 
@@ -337,8 +350,9 @@ def test_the_command_migrates_a_database_and_a_second_run_does_nothing(tmp_path)
 
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
-        "applied: 0001 ledger, 0002 saga_log, 0003 operator_actions, 0004 outbox, 0005 archive",
-        f"{url}: at sagaflow migration 5 (archive, ledger, operator_actions, outbox, saga_log)",
+        "applied: 0001 ledger, 0002 saga_log, 0003 operator_actions, 0004 outbox,"
+        " 0005 archive, 0006 saga_log",
+        f"{url}: at sagaflow migration 6 (archive, ledger, operator_actions, outbox, saga_log)",
     ]
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip().endswith("; nothing to do")

@@ -9,11 +9,10 @@ import itertools
 import time
 
 import pytest
-from alembic import command
 
 from app.order_context import OrderContext
 from app.order_saga import ORDER
-from app.schema import alembic_config
+from app.schema import upgrade_service
 from app.services.orders import Order
 from app.workflows import HOOKS, WORKFLOWS
 from sagaflow import Event, Phase, Projector, SagaLog
@@ -59,7 +58,7 @@ class Log:
 @pytest.fixture
 def log(tmp_path) -> Log:
     url = f"sqlite:///{tmp_path / 'orders.db'}"
-    command.upgrade(alembic_config("orders", url), "head")
+    upgrade_service("orders", url)
     db = Database(url)
     yield Log(db)
     db.dispose()

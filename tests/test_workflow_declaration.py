@@ -143,3 +143,17 @@ def test_the_shop_reaches_sagaflow_only_through_its_contract():
                 ]
     assert private == []
     assert all(hasattr(sagaflow, name) for name in sagaflow.__all__)
+
+
+def test_a_workflow_is_versioned_by_its_plan_unless_it_says_its_version():
+    same = dataclasses.replace(ORDER)
+    assert same.version == ORDER.version and ORDER.version.startswith("p")
+    fewer = dataclasses.replace(ORDER, steps=ORDER.steps[1:], version="")
+    assert fewer.version != ORDER.version  # a step removed is a new version
+    moved = dataclasses.replace(
+        ORDER,
+        steps=[dataclasses.replace(ORDER.steps[0], queue="products"), *ORDER.steps[1:]],
+        version="",
+    )
+    assert moved.version != ORDER.version  # so is a step moved to another service
+    assert dataclasses.replace(ORDER, version="2").version == "2"  # declared: kept

@@ -280,7 +280,8 @@ def build_cli(make_context: Callable[[], DlqContext], prog: str) -> click.Group:
             console.print(f"{entry['saga_id']} is not in the saga log")
             return
         console.print(
-            f"{timeline['saga_id']} is [bold]{timeline['status']}[/]"
+            f"{timeline['saga_id']} (version {timeline.get('version') or 'unrecorded'}) is "
+            f"[bold]{timeline['status']}[/]"
             + (f" ({timeline['failure_reason']})" if timeline["failure_reason"] else "")
         )
         table = Table("step", "kind", "status", "attempts", "worker", "detail / error")

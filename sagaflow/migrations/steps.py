@@ -8,10 +8,18 @@ from sagaflow.migrations import (
     m0003_operator_actions,
     m0004_outbox,
     m0005_archive,
+    m0006_saga_version,
 )
 
 # A new step goes at the end, with the next number; a shipped one is never edited.
-STEPS = (m0001_ledger, m0002_saga_log, m0003_operator_actions, m0004_outbox, m0005_archive)
+STEPS = (
+    m0001_ledger,
+    m0002_saga_log,
+    m0003_operator_actions,
+    m0004_outbox,
+    m0005_archive,
+    m0006_saga_version,
+)
 LATEST = STEPS[-1].NUMBER
 
 SERVICE_PARTS = ("ledger", "outbox")  # every service that runs saga steps
