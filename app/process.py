@@ -12,11 +12,11 @@ from app.logs import configure_logging
 from config.settings import Settings, SettingsError
 
 
-def run_until_stopped(build: Callable[[Settings], object]) -> None:
+def run_until_stopped(build: Callable[[Settings], object], role: str) -> None:
     """`build(settings)` returns something with `run(stop: threading.Event)`."""
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format, role)
         loop = build(settings)
     except SettingsError as exc:  # a wrong setting: say which, in one line
         print(f"error: {exc}", file=sys.stderr)

@@ -5,5 +5,5 @@ from app.logs import configure_logging
 from config.settings import Settings
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format, role="web")
 app = create_app(settings)

@@ -26,6 +26,17 @@ class AccessLogWithoutQueries(Logger):
     A token sent there is refused (401), and must not be kept in the log either. The path
     is the raw one, still percent-encoded, so a client cannot write a line break into it."""
 
+    def setup(self, cfg):
+        super().setup(cfg)
+        if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+            # gunicorn's own lines (its errors, each request) as JSON too.
+            from app.logs import WorkFields, json_formatter
+
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(json_formatter())
+                    handler.addFilter(WorkFields("web"))
+
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
         path = environ["RAW_URI"].split("?", 1)[0]

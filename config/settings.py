@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_SUFFIX = "_DATABASE_URL"
+LOG_FORMATS = ("text", "json")  # app/logs.py
 SAGA_MODES = ("orchestration", "choreography")  # sagaflow._choreography.MODES
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Settings:
     flower_port: int = 5555
     flower_basic_auth: str = "operator:change-me"
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line (app/logs.py)
     # How an alert tells the operator to run the DLQ CLI: `make run` sets the absolute path
     # of .venv/bin/saga-dlq, so the printed command works from a plain shell.
     cli_command: str = "saga-dlq"
@@ -178,6 +180,10 @@ class Settings:
             raise SettingsError(
                 f"SAGA_MODE={self.saga_mode!r}: it is one of {', '.join(SAGA_MODES)}"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(
+                f"LOG_FORMAT={self.log_format!r}: it is one of {', '.join(LOG_FORMATS)}"
+            )
         if self.step_soft_time_limit >= self.step_time_limit:
             raise SettingsError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
         return self
@@ -228,6 +234,7 @@ class Settings:
             flower_port=number("FLOWER_PORT", defaults.flower_port, int),
             flower_basic_auth=env.get("FLOWER_BASIC_AUTH") or defaults.flower_basic_auth,
             log_level=env.get("LOG_LEVEL") or defaults.log_level,
+            log_format=(env.get("LOG_FORMAT") or defaults.log_format).strip().lower(),
             auth_dir=cls.auth_dir_from_env(env),
             cli_command=env.get("SAGA_CLI") or defaults.cli_command,
             step_soft_time_limit=number("STEP_SOFT_TIME_LIMIT", defaults.step_soft_time_limit),

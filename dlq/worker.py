@@ -21,4 +21,4 @@ def build_worker(settings: Settings) -> DeadLetterWorker:
 
 
 def main() -> None:
-    run_until_stopped(build_worker)
+    run_until_stopped(build_worker, "dlq-worker")

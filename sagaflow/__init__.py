@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 # are `sagaflow.celery_app` (the Celery adapter), `sagaflow.testing` (in-process fakes),
 # `sagaflow.schema` and `sagaflow.migrations` (its tables), `sagaflow.metrics` (the
 # `metrics` extra) and `sagaflow.dlq` (the dead-letter queue, its alerts and CLI).
+from sagaflow._context import current_work, working_on
 from sagaflow._db import Database, UnusableDatabaseURL, open_database
 from sagaflow._errors import (
     AlreadyCompensated,
@@ -98,6 +99,7 @@ __all__ = [
     "Workflow",
     "apply_once",
     "compensate_once",
+    "current_work",
     "enqueue",
     "error_text",
     "home_of",
@@ -110,4 +112,5 @@ __all__ = [
     "stream_message",
     "utcnow",
     "workflow_of",
+    "working_on",
 ]

@@ -26,6 +26,7 @@ from celery.signals import worker_process_init
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.entity import Queue
 
+from sagaflow._context import working_on
 from sagaflow._dependencies import unreachable
 from sagaflow._errors import (
     AlreadyCompensated,
@@ -176,7 +177,14 @@ class SagaTask(Task):  # type: ignore[misc]
             ran = True
             # Call run() directly: Task.__call__ would push a fresh request and lose the
             # retry count that bounds autoretry.
-            result = run(*args, **kwargs)
+            with working_on(
+                saga_id=saga_id,
+                workflow=self.workflow.name if self.workflow else None,
+                step=self.work or self.name,
+                attempt=self.request.retries + 1,
+                task_id=self.request.id,
+            ):
+                result = run(*args, **kwargs)
         except Ignore:
             raise
         except Reject as reject:

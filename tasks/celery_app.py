@@ -87,7 +87,7 @@ def create_celery(settings: Settings) -> Celery:
         return app.sagas.runner.deps.issue_requests.process(request_id)
 
     @celeryd_init.connect(weak=False)
-    def _serve_the_consumed_queues(options=None, **_):
+    def _serve_the_consumed_queues(options=None, instance=None, **_):
         queues = _queues((options or {}).get("queues"))
         unknown = sorted(set(queues) - set(SERVICES))
         problem = None
@@ -107,6 +107,8 @@ def create_celery(settings: Settings) -> Celery:
             print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(2)
         app.served = queues
+        if settings.log_format == "json" and instance is not None:
+            instance.quiet = True  # no start banner: every line on stdout is a JSON log line
         log.info("worker serves %s", ", ".join(queues))
 
     return app

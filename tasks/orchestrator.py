@@ -20,7 +20,7 @@ def build(settings: Settings) -> Orchestrator:
 
 
 def main() -> None:
-    run_until_stopped(build)
+    run_until_stopped(build, "orchestrator")
 
 
 if __name__ == "__main__":

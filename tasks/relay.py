@@ -21,7 +21,7 @@ def build(settings: Settings):
 
 
 def main() -> None:
-    run_until_stopped(build)
+    run_until_stopped(build, "relay")
 
 
 if __name__ == "__main__":

@@ -5,5 +5,5 @@ from config.settings import Settings
 from tasks.celery_app import create_celery
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format, role="worker")
 celery = create_celery(settings)

@@ -152,3 +152,48 @@ def test_task_events_are_off_unless_asked_for():
         conf = create_celery(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", **env})).conf
         assert conf.worker_send_task_events is expected
         assert conf.task_send_sent_event is expected
+
+
+def test_log_format_is_text_unless_json_is_asked_for_and_nothing_else():
+    assert Settings.from_env({}).log_format == "text"
+    assert Settings.from_env({"LOG_FORMAT": " JSON "}).log_format == "json"
+    with pytest.raises(ValueError, match="LOG_FORMAT='xml': it is one of text, json"):
+        Settings.from_env({"LOG_FORMAT": "xml"})
+
+
+def test_a_json_line_names_the_work_it_was_logged_in_and_keeps_its_own_fields():
+    import io
+    import json
+    import logging
+
+    from app.logs import WorkFields, json_formatter
+    from sagaflow import working_on
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(WorkFields("worker"))
+    logger = logging.getLogger("test.json_lines")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        with working_on(saga_id="order-7", workflow="order", step="use_balance", attempt=2):
+            logger.warning("balance low")
+        logger.info("dead-lettered saga_id=order-8 step=use_coupon dlq_id=order-8:use_coupon")
+        logger.info("orchestrator started")
+    finally:
+        logger.removeHandler(handler)
+    first, second, third = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (first["saga_id"], first["step"], first["attempt"], first["role"]) == (
+        "order-7",
+        "use_balance",
+        "2",
+        "worker",
+    )
+    assert (second["saga_id"], second["step"], second["dlq_id"]) == (
+        "order-8",
+        "use_coupon",
+        "order-8:use_coupon",
+    )
+    assert "saga_id" not in third and third["level"] == "INFO" and third["time"].endswith("+00:00")
