@@ -44,18 +44,23 @@ from celery.signals import worker_process_init
 from sqlalchemy import insert, update
 
 from app.errors import CouponUnavailable, InsufficientBalance, OutOfStock
+from app.order_saga import ORDER
 from app.services.balances import Balance
 from app.services.coupons import UNUSED, USED, IssuedCoupon
 from app.services.dataplatform import STREAM, OrderRecord
 from app.services.orders import PENDING, Order, OrderItem
 from app.services.products import Product
-from app.workflows import SERVICES
 from config.settings import Settings
 from sagaflow import Database
 from sagaflow.celery_app import delivery_conf
 
 SETTINGS = Settings.from_env()
-QUEUES = SERVICES  # orders, products, balances, coupons, dataplatform: the saga's order
+# Each task's queue is that of the saga step it stands for (the one of the same name, see
+# STEPS): read from ORDER, not SERVICES, which would also name services of steps this
+# peer does not have (a step on a new service, added to ORDER only) and pair the five
+# tasks with the wrong queues.
+STEP_NAMES = ("create_order", "decrease_stock", "use_balance", "use_coupon", "publish_order")
+QUEUES = tuple(ORDER.queue_of(name) for name in STEP_NAMES)
 COMPLETED_KEY, PUBLISHED_KEY = "bench:naive:completed", "bench:naive:published"
 
 app = Celery("bench_naive", broker=os.environ.get("NAIVE_REDIS_URL"), set_as_current=False)
@@ -76,7 +81,7 @@ class _Child:
 @worker_process_init.connect(weak=False)
 def _open(**_):
     # After the fork: never share the parent's connections.
-    _Child.databases = {name: Database(SETTINGS.database_url(name)) for name in SERVICES}
+    _Child.databases = {name: Database(SETTINGS.database_url(name)) for name in QUEUES}
     _Child.redis = redis.Redis.from_url(app.conf.broker_url)
 
 
@@ -185,6 +190,7 @@ def publish_order(ctx: dict) -> None:
 
 
 STEPS = (create_order, decrease_stock, use_balance, use_coupon, publish_order)
+assert tuple(task.name.removeprefix("naive.") for task in STEPS) == STEP_NAMES
 
 
 def make_chain(ctx: dict):

@@ -12,8 +12,8 @@
 #                                ($VAR_DIR/auth) and local credentials ($VAR_DIR/credentials)
 #   REDIS_URL                    use this Redis; if unset, start a private one on
 #   REDIS_PORT=6380              127.0.0.1:$REDIS_PORT with its data in $VAR_DIR/redis
-#   ORDERS_DATABASE_URL, PRODUCTS_DATABASE_URL, BALANCES_DATABASE_URL,
-#   COUPONS_DATABASE_URL, DATAPLATFORM_DATABASE_URL   (default: SQLite files in $VAR_DIR)
+#   <SERVICE>_DATABASE_URL       one per service the workflows name (`python -m app.services`:
+#                                ORDERS_, PRODUCTS_, ...); default: SQLite files in $VAR_DIR
 #   SEED=1                       load the demo catalogue when the products table is empty
 #
 # Needs no terminal. SIGTERM or Ctrl-C stops every process it started, the private Redis too.
@@ -105,8 +105,10 @@ fi
 # Where everything is, set explicitly: no process falls back to a default of its own.
 # The services are the workflows' (app/workflows.py), not a list kept here.
 services=$(python -m app.services) || { echo "could not list the services" >&2; exit 1; }
+database_vars=""
 for service in $services; do
     var="$(printf '%s' "$service" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
+    database_vars+=" $var"
     if [[ -z ${!var:-} ]]; then
         export "$var=sqlite:///$VAR_DIR/$service.db"
     fi
@@ -126,8 +128,9 @@ export SAGA_MODE=${SAGA_MODE:-orchestration}
 env_file=$VAR_DIR/saga.env
 {
     echo "# written by make run at $(date -u '+%Y-%m-%d %H:%M:%S UTC'); read by saga-dlq, make demo"
-    for var in REDIS_URL ORDERS_DATABASE_URL PRODUCTS_DATABASE_URL BALANCES_DATABASE_URL \
-               COUPONS_DATABASE_URL DATAPLATFORM_DATABASE_URL VAR_DIR PORT FLOWER_PORT SAGA_CLI SAGA_MODE; do
+    # Every service's URL, from the same list as above: a service added to a workflow is
+    # written here too, with no name to add to this script.
+    for var in REDIS_URL $database_vars VAR_DIR PORT FLOWER_PORT SAGA_CLI SAGA_MODE; do
         printf '%s=%q\n' "$var" "${!var}"
     done
     printf 'AUTH_DIR=%q\n' "${AUTH_DIR:-$VAR_DIR/auth}"

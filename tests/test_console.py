@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.order_saga import ORDER
 from tests.inspect_view import eid
 from tests.stack import Stack
 from tests.support import wait_for
@@ -103,7 +104,8 @@ def test_a_stuck_order_is_read_requeued_and_completes_in_the_browser(stack, api,
         page.click(f"a[href='/console/dlq/{entry_id}/requeue']")
         plan = page.inner_text("#plan")
         assert "use_balance on the balances queue" in plan
-        assert "use_coupon, publish_order" in plan
+        # Then the rest of the chain, in the declaration's order (use_coupon, ...).
+        assert ", ".join(ORDER.steps_after("use_balance")) in plan
         page.click("#confirm")
         page.wait_for_url(f"{api.url}/console/orders/{order_id}*")
         assert "ok" in page.inner_text(".message")

@@ -73,8 +73,10 @@ def step_cases() -> list[Case]:
 def compensation_cases() -> list[Case]:
     cases = []
     for name in ORDER.compensation_names:
-        # use_coupon refusing the order runs every compensation, its own (a void) first.
-        trigger = "use_coupon:business"
+        # The pivot (the last step with a compensation) refusing the order runs every
+        # compensation, its own (a void) first. Read from ORDER: a step added before the
+        # pivot, or a new pivot, is in the matrix with no edit here.
+        trigger = f"{ORDER.pivot}:business"
         cases += [
             Case(name, "error-recovers", f"{trigger},{name}:transient:1", "FAILED", "succeeded", 2),
             Case(
@@ -177,7 +179,7 @@ def _check_route(case: Case, order: dict, steps: dict) -> None:
         later = ORDER.steps_after(case.target)
         assert all(steps[s]["status"] == "not_run" for s in later)
     if case.target in ORDER.compensation_names:
-        expected = ORDER.compensations_for("use_coupon")
+        expected = ORDER.compensations_for(ORDER.pivot)
         assert compensations == expected
         later = compensations[compensations.index(case.target) + 1 :]
         if case.kind == "error-exhausts":

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from app.workflows import SERVICES
 from config.settings import REPO_ROOT
 from tests.support import free_port, kill_session, patient, track, wait_for
 
@@ -181,7 +182,10 @@ def _the_cli_reaches_it_from_a_plain_shell(var_dir, order_id: int) -> None:
     Python, find the running system through the settings make run wrote."""
     env = _plain_shell_env(var_dir)
     settings = (var_dir / "saga.env").read_text()
-    assert "REDIS_URL=" in settings and "ORDERS_DATABASE_URL=" in settings
+    assert "REDIS_URL=" in settings
+    # Every service's database, the workflows' list (app.workflows.SERVICES), not five names.
+    for service in SERVICES:
+        assert f"\n{service.upper()}_DATABASE_URL=" in settings, service
     command = settings.split("SAGA_CLI=", 1)[1].splitlines()[0]
     listed = subprocess.run(
         [command, "list", "--json"], env=env, capture_output=True, text=True, timeout=60
