@@ -31,7 +31,7 @@ from sagaflow._errors import (
     TransientError,
     error_text,
 )
-from sagaflow._events import Event, EventLog, Phase
+from sagaflow._events import Event, EventLog, Phase, RedisKeys
 from sagaflow._faults import (
     HOLD_KEY,
     LIVE_KEY,
@@ -76,6 +76,7 @@ __all__ = [
     "NotApplicable",
     "Orchestrator",
     "PendingStart",
+    "RedisKeys",
     "Phase",
     "Projector",
     "RetryPolicy",

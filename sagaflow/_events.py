@@ -33,6 +33,23 @@ from redis.typing import EncodableT, FieldT
 from sagaflow.dlq.store import DUE, ENTRY, entry_id
 
 STREAM = "sagaflow:events"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The keys through which one home's saga log is kept: the progress reports' stream,
+    its consumer group, and the lock that lets one projector at a time apply them. Named
+    after the home (`RedisKeys.of_home`), so the workflows of two homes on one Redis never
+    share a stream or fight over a lock; the workflows of one home share its saga log, so
+    they share these too. The defaults are the names before they were per home."""
+
+    stream: str = STREAM
+    group: str = "sagaflow-projector"
+    lock: str = "sagaflow:projector:lock"
+
+    @classmethod
+    def of_home(cls, home: str) -> RedisKeys:
+        return cls(f"sagaflow:{home}:events", f"sagaflow-projector:{home}", f"sagaflow:{home}:lock")
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
 DONE = "sagaflow:done:"
 MARKER_TTL = 7 * 86_400

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sagaflow._db import DatabaseHandle
-from sagaflow._events import STREAM, Event, Phase
+from sagaflow._events import Event, Phase, RedisKeys
 from sagaflow._log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
 from sagaflow._status import DONE, SagaStatus, StepStatus, WorkKind
 from sagaflow._workflow import Workflow
@@ -39,8 +39,10 @@ from sagaflow.dlq import store as dead_letters
 if TYPE_CHECKING:
     from sagaflow.metrics import MetricsRecorder
 
-GROUP, CONSUMER = "sagaflow-projector", "projector"
-LOCK, LOCK_SECONDS = "sagaflow:projector:lock", 15
+CONSUMER, LOCK_SECONDS = "projector", 15
+# How often a projector looks for reports left in a stream of the old names (written by a
+# worker of an earlier release during a rolling deploy) and applies them.
+LEGACY_CHECK_SECONDS = 30.0
 # Renew the lock if it is ours, take it if it is free.
 _HOLD_LOCK = """
 local holder = redis.call('GET', KEYS[1])
@@ -112,8 +114,14 @@ class Projector:
         workflows: dict[str, Workflow],
         hooks: dict[str, Hooks],
         metrics: MetricsRecorder | None = None,
+        keys: RedisKeys | None = None,
+        legacy: RedisKeys | None = None,
     ) -> None:
         self.db, self.redis = db, redis
+        self.keys = keys or RedisKeys()
+        # The keys of an earlier release, drained now and then until nothing writes there.
+        self.legacy = legacy if legacy is not None and legacy != self.keys else None
+        self._legacy_due = 0.0
         self.workflows, self.hooks = workflows, hooks
         self.metrics = metrics  # sagaflow.metrics.MetricsRecorder, or None
         self.me = f"{socket.gethostname()}:{id(self):x}"
@@ -134,7 +142,7 @@ class Projector:
         round trip: the orchestrator asks before every batch, idle or not."""
         if self._hold is None:
             self._hold = self._redis.register_script(_HOLD_LOCK)
-        return bool(self._hold(keys=[LOCK], args=[self.me, LOCK_SECONDS]))
+        return bool(self._hold(keys=[self.keys.lock], args=[self.me, LOCK_SECONDS]))
 
     def release_lock(self) -> None:
         """On the way out (with the metrics kept so far); if Redis is already gone
@@ -142,9 +150,9 @@ class Projector:
         try:
             if self.metrics:
                 self.metrics.flush(force=True)
-            holder = self._redis.get(LOCK) or b""
+            holder = self._redis.get(self.keys.lock) or b""
             if (holder.decode() if isinstance(holder, bytes) else holder) == self.me:
-                self._redis.delete(LOCK)
+                self._redis.delete(self.keys.lock)
         except redis_errors.RedisError as exc:
             log.warning("could not release the projector lock (it expires): %s", exc)
 
@@ -154,7 +162,7 @@ class Projector:
         if self._group_ready:
             return
         try:
-            self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            self._redis.xgroup_create(self.keys.stream, self.keys.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -169,6 +177,9 @@ class Projector:
         and this process far less than one for a few, and the log is at most
         linger_ms x lingers behind."""
         self.ensure_group()
+        if self.legacy is not None and time.monotonic() >= self._legacy_due:
+            self._legacy_due = time.monotonic() + LEGACY_CHECK_SECONDS
+            self.drain_legacy(batch)
         try:
             return self._run_once(batch, block_ms, linger_ms, lingers)
         except ResponseError as exc:
@@ -197,19 +208,48 @@ class Projector:
         if entries:
             self.apply_entries(entries)
             ids = [entry_id for entry_id, _ in entries]
-            self._redis.xack(STREAM, GROUP, *ids)
-            self._redis.xdel(STREAM, *ids)  # applied: the stream keeps only what is not
+            self._redis.xack(self.keys.stream, self.keys.group, *ids)
+            # applied: the stream keeps only what is not
+            self._redis.xdel(self.keys.stream, *ids)
         elif self.metrics:
             self.metrics.flush()  # idle: what earlier batches kept goes out when due
         self.caught_up = len(entries) < batch
         return len(entries)
 
-    def _read(self, start: str, count: int, block: int | None = None) -> list[StreamEntry]:
+    def drain_legacy(self, batch: int = 500) -> int:
+        """Apply what is left in the stream of the old names (an earlier release's workers
+        wrote there), then leave it alone until the next look; how many were applied."""
+        old = self.legacy
+        if old is None or not self._redis.exists(old.stream):
+            return 0
+        try:
+            self._redis.xgroup_create(old.stream, old.group, id="0")
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        applied = 0
+        for start in ("0", ">"):
+            while entries := self._read(start, count=batch, keys=old):
+                self.apply_entries(entries)
+                ids = [entry_id for entry_id, _ in entries]
+                self._redis.xack(old.stream, old.group, *ids)
+                self._redis.xdel(old.stream, *ids)
+                applied += len(entries)
+                if start == "0" and len(entries) < batch:
+                    break
+        if applied:
+            log.info("applied %s progress reports left in %s", applied, old.stream)
+        return applied
+
+    def _read(
+        self, start: str, count: int, block: int | None = None, keys: RedisKeys | None = None
+    ) -> list[StreamEntry]:
         """One XREADGROUP of the event stream: its entries, oldest first."""
+        keys = keys or self.keys
         # redis types the reply as either protocol's shape; this client speaks RESP2:
         # [[stream, [(entry id, fields), ...]]], or nothing.
         found: Any = self._redis.xreadgroup(
-            GROUP, CONSUMER, {STREAM: start}, count=count, block=block
+            keys.group, CONSUMER, {keys.stream: start}, count=count, block=block
         )
         entries: list[StreamEntry] = found[0][1] if found else []
         return entries

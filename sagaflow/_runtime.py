@@ -31,7 +31,7 @@ from redis import Redis
 from sagaflow._choreography import CHOREOGRAPHY, Choreography
 from sagaflow._db import DatabaseHandle
 from sagaflow._errors import DeclarationError
-from sagaflow._events import EventLog
+from sagaflow._events import EventLog, RedisKeys
 from sagaflow._faults import NO_FAULTS, FaultInjector
 from sagaflow._log import SagaLog
 from sagaflow._orchestrator import Orchestrator, StallCheck
@@ -104,8 +104,9 @@ def dlq_backoff(settings: RuntimeSettings) -> Callable[[int], float]:
 
 
 def home_of(workflows: Mapping[str, Workflow]) -> str:
-    """The service whose database keeps the saga log. One per process for now: the
-    event stream, the projector and its lock are one per Redis."""
+    """The service whose database keeps the saga log: one per Runtime (its stream, group
+    and lock are named after it, RedisKeys.of_home); workflows with another home get a
+    Runtime of their own, on the same Redis without sharing a key."""
     homes = {wf.home for wf in workflows.values()}
     if len(homes) != 1:
         raise DeclarationError(f"the workflows must share one home service, not {sorted(homes)}")
@@ -130,6 +131,8 @@ class Runtime:
     ) -> None:
         self.workflows = dict(workflows)
         self.home = home_of(self.workflows)
+        # The saga log's stream, group and lock, named after its home (sagaflow._events).
+        self.keys = RedisKeys.of_home(self.home)
         self.databases, self.redis = dict(databases), redis
         self.settings: RuntimeSettings = settings or Settings()
         self.hooks = dict(hooks or {})
@@ -142,7 +145,7 @@ class Runtime:
         self.runner = Runner(
             self.workflows,
             services,
-            EventLog(redis),
+            EventLog(redis, self.keys.stream),
             DeadLetterStore(redis, dlq_backoff(self.settings)),
             dispatcher,
             faults,
@@ -191,7 +194,15 @@ class Runtime:
         return SagaLog(self._home_db(), self.workflows)
 
     def projector(self) -> Projector:
-        return Projector(self._home_db(), self.redis, self.workflows, self.hooks, self.metrics)
+        return Projector(
+            self._home_db(),
+            self.redis,
+            self.workflows,
+            self.hooks,
+            self.metrics,
+            keys=self.keys,
+            legacy=RedisKeys(),  # the names before they were per home: drained, then idle
+        )
 
     def orchestrator(self) -> Orchestrator:
         """The saga log's keeper (the projector) and the stall check, in one loop."""

@@ -89,3 +89,44 @@ def test_a_process_without_the_home_database_is_told_so(wallet_db, redis):
         runtime.saga_log  # noqa: B018
     with pytest.raises(DeclarationError, match="does not serve 'wallet', the home of workflow"):
         runtime.starts.start(TOPUP)
+
+
+def test_a_homes_stream_group_and_lock_are_named_after_it_and_old_names_are_drained(
+    wallet_db, redis
+):
+    """Two homes on one Redis never share a key; progress reports an earlier release's
+    workers left in the old, shared stream are still applied, then deleted."""
+    import dataclasses
+
+    from sagaflow import EventLog, RedisKeys
+
+    runtime = _runtime(wallet_db, redis)
+    assert runtime.keys == RedisKeys.of_home("wallet")
+    assert runtime.runner.events.stream == "sagaflow:wallet:events"
+    elsewhere = RedisKeys.of_home(dataclasses.replace(TOPUP, home="ledger").home)
+    assert {runtime.keys.stream, runtime.keys.group, runtime.keys.lock}.isdisjoint(
+        {elsewhere.stream, elsewhere.group, elsewhere.lock}
+    )
+
+    saga_id = _start(runtime, wallet_db, TopUp(topup_id=3, user_id=9, amount=100))
+    assert redis.xlen(runtime.keys.stream) == 0  # applied, then deleted
+    projector = runtime.projector()
+    assert projector.hold_lock() and redis.get(runtime.keys.lock)
+    projector.release_lock()
+
+    # An old worker reports on the old stream: the projector applies it on its next look.
+    ctx = TopUp(topup_id=4, user_id=9, amount=50)
+    with wallet_db.write() as session:
+        late = runtime.saga_log.create(session, TOPUP, ctx)
+    old = EventLog(redis)  # the names before they were per home
+    runtime.runner.events, kept = old, runtime.runner.events
+    runtime.runner.run_step(TOPUP, "credit", ctx.model_dump(), attempt=1)
+    runtime.runner.events = kept
+    assert (
+        redis.xlen(RedisKeys().stream) >= 2
+        and runtime.saga_log.step(late, "credit")["status"] == "pending"
+    )
+    assert projector.drain_legacy() >= 2
+    assert runtime.saga_log.step(late, "credit")["status"] == "succeeded"
+    assert redis.xlen(RedisKeys().stream) == 0
+    assert runtime.saga_log.timeline(saga_id)["status"] == SagaStatus.COMPLETED
