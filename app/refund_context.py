@@ -49,5 +49,9 @@ def refund_of(order: dict, asked_at: datetime) -> RefundContext:
     )
 
 
+def saga_id_of(order_id: int) -> str:
+    return f"{WORKFLOW}-{order_id}"
+
+
 def order_id_of(saga_id: str) -> int:
     return int(saga_id.removeprefix(f"{WORKFLOW}-"))

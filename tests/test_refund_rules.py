@@ -109,33 +109,33 @@ def test_only_a_completed_order_is_refunded_and_asking_again_starts_nothing(orde
     started: list[int] = []
     pending = _place(service, orders.PENDING)
     with pytest.raises(Conflict, match="only a COMPLETED order"):
-        service.request_refund(pending, _start(started))
+        service.request_refund(pending, 7, _start(started))
     assert service.statuses([pending]) == {pending: orders.PENDING} and started == []
 
     completed = _place(service, orders.COMPLETED)
-    answer, created = service.request_refund(completed, _start(started))
+    answer, created = service.request_refund(completed, 7, _start(started))
     assert (answer["status"], created, started) == (orders.REFUNDING, True, [completed])
     assert saga_log.status(REFUND.saga_id_for(completed)) == "PENDING"
-    again, created = service.request_refund(completed, _start(started))
+    again, created = service.request_refund(completed, 7, _start(started))
     assert (again["status"], created, started) == (orders.REFUNDING, False, [completed])
 
 
 def test_a_refund_that_turned_back_is_not_started_twice(order_service):
     service, _ = order_service
     order_id = _place(service, orders.COMPLETED)
-    service.request_refund(order_id, _start([]))
+    service.request_refund(order_id, 7, _start([]))
     with service.db.write() as session:  # the refund failed: its hook puts the order back
         orders.OrderService.refund_turned_back(session, order_id)
     assert service.statuses([order_id]) == {order_id: orders.COMPLETED}
     with pytest.raises(Conflict, match="already tried"):
-        service.request_refund(order_id, _start([]))
+        service.request_refund(order_id, 7, _start([]))
     assert service.statuses([order_id]) == {order_id: orders.COMPLETED}
 
 
 def test_the_order_sagas_late_word_never_hides_a_refund(order_service):
     service, _ = order_service
     order_id = _place(service, orders.COMPLETED)
-    service.request_refund(order_id, _start([]))
+    service.request_refund(order_id, 7, _start([]))
     with service.db.write() as session:
         orders.OrderService.mirror(session, order_id, orders.COMPLETED, None, None)
     assert service.statuses([order_id]) == {order_id: orders.REFUNDING}

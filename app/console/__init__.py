@@ -199,13 +199,13 @@ def order(order_id: int):
     )
     # Every saga of this order (the order's own, its refund), each keyed by the order id.
     sagas, entries, history = [], [], []
+    max_attempts = runner.deps.settings.dlq_max_attempts
     for workflow in WORKFLOWS.values():
         saga_id = workflow.saga_id_for(order_id)
         timeline = saga_log.timeline(saga_id)
         if timeline is None:
             continue
         parked = runner.dead_letters.entries(saga_id=saga_id)
-        max_attempts = runner.deps.settings.dlq_max_attempts
         sagas.append(
             {
                 "timeline": timeline,

@@ -185,9 +185,15 @@ def place_order():
         "status": order["status"],
         "links": {"self": f"/orders/{order['order_id']}"},
     }
+    return _accepted(answer, start, created, "order")
+
+
+def _accepted(answer: dict, start, created: bool, what: str):
+    """202 for a saga's start: sent now, or left to the outbox relay when the broker is
+    down (said in `start`); a repeat of the same request is marked as a replay."""
     if created and not start.send():
         answer["start"] = (
-            "queued: the broker cannot be reached now; the order starts when it returns"
+            f"queued: the broker cannot be reached now; the {what} starts when it returns"
         )
     response = jsonify(answer)
     if not created:
@@ -245,10 +251,11 @@ def get_order(order_id: int):
 def refund_order(order_id: int):
     """A customer's refund of their own COMPLETED order: the refund saga (app/refund_saga.py).
     Asking again while it runs, or once refunded, answers the same (nothing new starts)."""
-    _own(_rt().orders.get(order_id), f"order {order_id} does not exist")
     start = current_app.extensions["starts"].start(REFUND)
     order, created = _rt().orders.request_refund(
-        order_id, lambda session, completed: start.write(session, refund_of(completed, utcnow()))
+        order_id,
+        caller().user_id,
+        lambda session, completed: start.write(session, refund_of(completed, utcnow())),
     )
     answer = {
         "order_id": order_id,
@@ -256,14 +263,7 @@ def refund_order(order_id: int):
         "refund": {"saga_id": REFUND.saga_id_for(order_id)},
         "links": {"self": f"/orders/{order_id}"},
     }
-    if created and not start.send():
-        answer["start"] = (
-            "queued: the broker cannot be reached now; the refund starts when it returns"
-        )
-    response = jsonify(answer)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response, 202
+    return _accepted(answer, start, created, "refund")
 
 
 @bp.get("/healthz")

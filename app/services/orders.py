@@ -245,15 +245,16 @@ class OrderService:
     # --- the refund saga ------------------------------------------------------------
 
     def request_refund(
-        self, order_id: int, start_refund: Callable[[object, dict], None]
+        self, order_id: int, user_id: int, start_refund: Callable[[object, dict], None]
     ) -> tuple[dict, bool]:
-        """Mark a COMPLETED order REFUNDING; `start_refund(session, order)` records the
+        """Mark a COMPLETED order of `user_id` REFUNDING (another user's is NotFound, so
+        ids do not leak); `start_refund(session, order)` records the
         refund saga in the same transaction. Returns (order, created); asking again while
         it is refunding or once refunded returns it with created=False."""
         try:
             with self.db.write() as session:
                 order = session.get(Order, order_id, with_for_update=True)
-                if order is None:
+                if order is None or order.user_id != user_id:
                     raise NotFound(f"order {order_id} does not exist")
                 if order.status in REFUND_STATUSES:
                     return {"order_id": order.id, "status": order.status}, False
