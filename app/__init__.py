@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from config.settings import Settings
+from sagaflow import tracing
 
 # The services whose routes the API serves (and whose databases it opens), unless SERVICES
 # says otherwise. The data platform has no routes.
@@ -39,6 +40,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["saga_log"] = runtime.saga_log
     # The front door of saga starts: POST /orders writes and sends through it.
     app.extensions["starts"] = runtime.starts
+    if tracing.enabled():
+        # Each request a span (opentelemetry-instrumentation-flask): a saga's trace starts
+        # at the POST that asked for it. Probes and scrapes are not traced.
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(
+            app, tracer_provider=tracing.provider(), excluded_urls="healthz,metrics"
+        )
     register_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)

@@ -4,7 +4,7 @@ LOG_FORMAT=json, one JSON object per line for a log pipeline to read without a r
 JSON lines come from python-json-logger (a small, well-kept formatter for the standard
 logging module, which every library here already logs through; structlog would ask each
 call site to change). Each line carries the process's role and, whenever they exist, the
-saga id, workflow, step, attempt and task id: from the work the line was logged in
+saga id, workflow, step, attempt, task id and trace id: from the work the line was logged in
 (sagaflow.current_work, set by the Celery adapter around each task), else from the
 `key=value` fields our own messages already write."""
 
@@ -16,7 +16,7 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-from sagaflow import current_work
+from sagaflow import current_work, tracing
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s"
 # The fields a line carries when they are known, in this order.
@@ -35,6 +35,9 @@ class WorkFields(logging.Filter):
         record.role = self.role
         found = dict(_FIELD.findall(record.getMessage()))
         found.update({k: str(v) for k, v in current_work().items()})
+        trace_id = tracing.current_trace_id()  # "" at once when tracing is off
+        if trace_id:
+            found["trace_id"] = trace_id
         for name in WORK_FIELDS:
             if name in found:
                 setattr(record, name, found[name])

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from app.logs import configure_logging
 from config.settings import Settings, SettingsError
+from sagaflow import tracing
 
 
 def run_until_stopped(build: Callable[[Settings], object], role: str) -> None:
@@ -17,6 +18,7 @@ def run_until_stopped(build: Callable[[Settings], object], role: str) -> None:
     try:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format, role)
+        tracing.configure(role)
         loop = build(settings)
     except SettingsError as exc:  # a wrong setting: say which, in one line
         print(f"error: {exc}", file=sys.stderr)

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sagaflow import tracing
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_SUFFIX = "_DATABASE_URL"
 LOG_FORMATS = ("text", "json")  # app/logs.py
@@ -138,6 +140,11 @@ class Settings:
     slack_api_url: str = "https://slack.com/api/"
     slack_timeout: float = 5.0
 
+    # Tracing is switched on by the standard OTEL_* settings (sagaflow/tracing.py). A trace
+    # viewer's page for one trace, {trace_id} filled in (the console links to it), e.g.
+    # http://localhost:16686/trace/{trace_id} for Jaeger.
+    trace_url_template: str = ""
+
     def database_url(self, service: str) -> str:
         url = self.database_urls.get(service)
         if not url:
@@ -186,6 +193,8 @@ class Settings:
             )
         if self.step_soft_time_limit >= self.step_time_limit:
             raise SettingsError("STEP_SOFT_TIME_LIMIT must be below STEP_TIME_LIMIT")
+        if self.trace_url_template and "{trace_id}" not in self.trace_url_template:
+            raise SettingsError("TRACE_URL_TEMPLATE must say where the trace id goes: {trace_id}")
         return self
 
     @staticmethod
@@ -220,6 +229,10 @@ class Settings:
 
         faults_enabled = _flag(env.get("SAGA_FAULTS_ENABLED"), False)
         faults_spec = env.get("SAGA_FAULTS", "")
+        try:
+            tracing.check(env)  # the OTEL_* settings, read by the SDK itself
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if faults_spec and not faults_enabled:
             log.warning(
                 "SAGA_FAULTS is set but ignored: set SAGA_FAULTS_ENABLED=1 to inject faults"
@@ -290,4 +303,5 @@ class Settings:
             slack_channel=env.get("SLACK_CHANNEL", ""),
             slack_api_url=env.get("SLACK_API_URL") or defaults.slack_api_url,
             slack_timeout=number("SLACK_TIMEOUT", defaults.slack_timeout),
+            trace_url_template=env.get("TRACE_URL_TEMPLATE", "").strip(),
         ).validate()

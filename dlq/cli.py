@@ -25,9 +25,13 @@ class Context:
     def settings(self):
         from config.localenv import load_local_env
         from config.settings import Settings
+        from sagaflow import tracing
 
         load_local_env()  # what `make run` chose, when run from a plain shell
-        return Settings.from_env()
+        settings = Settings.from_env()
+        # An operator's requeue, compensate or cancel joins the saga's trace (sent at exit).
+        tracing.configure("cli")
+        return settings
 
     @cached_property
     def runner(self):

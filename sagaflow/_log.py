@@ -46,6 +46,9 @@ class SagaInstance(SagaBase):
     business_key: Mapped[str] = mapped_column(String(40), index=True)
     # The workflow's version it started on (Workflow.version; NULL: before it was kept).
     version: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Its trace's W3C context (sagaflow.tracing; NULL: not traced), so the console shows
+    # the trace and an operator's action on it joins the trace.
+    traceparent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
     turned_back: Mapped[int] = mapped_column(Integer, default=0)
     context: Mapped[str] = mapped_column(Text, default="{}")
@@ -150,8 +153,9 @@ class SagaLog:
     # --- starting ------------------------------------------------------------------
 
     @staticmethod
-    def create(session: Session, workflow: Workflow, ctx: Any) -> str:
-        """Record a new saga and its plan, in the caller's transaction."""
+    def create(session: Session, workflow: Workflow, ctx: Any, traceparent: str = "") -> str:
+        """Record a new saga and its plan, in the caller's transaction; `traceparent`: the
+        W3C context of its trace, if it is traced (sagaflow.tracing)."""
         saga_id = workflow.saga_id(ctx)
         session.add(
             SagaInstance(
@@ -159,6 +163,7 @@ class SagaLog:
                 workflow=workflow.name,
                 business_key=str(workflow.key(ctx)),
                 version=workflow.version,
+                traceparent=traceparent or None,
                 status=SagaStatus.PENDING,
                 context=json.dumps(workflow.parse(ctx).model_dump(mode="json")),
             )
@@ -209,6 +214,7 @@ class SagaLog:
             "saga_id": instance.saga_id,
             "workflow": instance.workflow,
             "version": instance.version,
+            "traceparent": instance.traceparent,
             "status": instance.status,
             "failed_step": instance.failed_step,
             "failure_reason": instance.failure_reason,

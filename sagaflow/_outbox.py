@@ -39,6 +39,7 @@ from sqlalchemy import DateTime, Integer, String, Text, and_, event, exists, fun
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
+from sagaflow import tracing
 from sagaflow._errors import error_text
 from sagaflow._outage import OutageReporter
 
@@ -94,6 +95,10 @@ def enqueue(
     collecting = _collecting.get() if held_by is None else None
     if collecting is not None:
         held_by = collecting.outbox_for(table)
+    trace = tracing.carrier()
+    if trace:
+        # Whoever sends the row (this process, or a relay after a crash) joins this trace.
+        payload = {**payload, tracing.TRACE_KEY: trace}
     row = table(key=key, kind=kind, payload=json.dumps(payload), attempts=0, parked=0)
     if held_by is not None:
         row.claimed_by = held_by.me
@@ -329,7 +334,7 @@ class Relay:
                 held.append(row_id)  # keep this key's order: it waits for the next pass
                 continue
             try:
-                self.send(kind, payload, message_id(outbox.service, row_id))
+                self._send(kind, payload, message_id(outbox.service, row_id))
             except Exception as exc:
                 failed_keys.add(key)
                 self._failed(outbox, row, exc)
@@ -338,6 +343,10 @@ class Relay:
         outbox.sent(done)
         outbox.release(held)
         return len(done)
+
+    def _send(self, kind: str, payload: dict[str, Any], mid: str) -> None:
+        with tracing.continued(payload.get(tracing.TRACE_KEY), f"outbox.send {kind}", message=mid):
+            self.send(kind, payload, mid)
 
     def send_held(
         self, outbox: Outbox, row_id: int, kind: str, payload: dict[str, Any], changed: bool = True
@@ -348,7 +357,7 @@ class Relay:
         leaves it to the relays."""
         kept = payload if changed else None
         try:
-            self.send(kind, payload, message_id(outbox.service, row_id))
+            self._send(kind, payload, message_id(outbox.service, row_id))
         except Exception as exc:
             key = payload.get("saga_id", "")
             self._failed(outbox, (row_id, key, kind, payload, 0), exc, kept)

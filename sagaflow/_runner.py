@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from sagaflow import tracing
 from sagaflow._choreography import CHAINED, Announcer
 from sagaflow._dependencies import OutageBoard, unreachable
 from sagaflow._errors import (
@@ -383,10 +384,12 @@ class Runner:
                 if isinstance(error, BaseException)
                 else ""
             ),
+            traceparent=tracing.traceparent(),
         )
         if entry is None:
             log.info("not parking %s of %s: it has succeeded meanwhile", name, saga_id)
             return None
+        tracing.note(outcome="dead_lettered", **{"dlq.entry": entry["id"]})
         # Redis first: if the push fails, nothing claims the work is parked, and the task
         # (or callback) that saw the failure tries again.
         self.events.mark_failure(saga_id, name, PARKED)
@@ -405,10 +408,23 @@ class Runner:
 
     # --- after the DLQ or an operator ------------------------------------------------
 
-    def redispatch(self, entry: dict[str, Any]) -> str:
+    def redispatch(self, entry: dict[str, Any], by: str = "") -> str:
         """Send parked work to its service's queue once more; what follows it is sent on
         from there when it succeeds. The entry is closed (or its failure recorded) by the
-        work itself."""
+        work itself. `by`: the operator who asked (else the DLQ worker's own retry). In the
+        trace of the work that failed."""
+        with tracing.continued(
+            entry.get("traceparent"),
+            "dlq.requeue" if by else "dlq.retry",
+            id=entry["saga_id"],
+            workflow=entry.get("workflow"),
+            step=entry["name"],
+            operator=by,
+            **{"dlq.entry": entry["id"], "dlq.attempt": entry.get("attempts")},
+        ):
+            return self._redispatch(entry)
+
+    def _redispatch(self, entry: dict[str, Any]) -> str:
         name, args, eid = entry["name"], entry["args"], entry["id"]
         if "outbox" in args:
             # A message its relay could not send: sending it is all there is to do.
@@ -446,6 +462,7 @@ class Runner:
             error_class="OutboxSendFailed",
             error=error,
             traceback="",
+            traceparent=(payload.get(tracing.TRACE_KEY) or {}).get(tracing.TRACEPARENT, ""),
         )
         log.error("parked an outbox message %s of %s: %s", mid, key, error)
         return entry

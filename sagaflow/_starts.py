@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from sagaflow import tracing
 from sagaflow._errors import DeclarationError, error_text
 from sagaflow._faults import NO_FAULTS, FaultInjector
 from sagaflow._log import SagaLog
@@ -49,12 +50,18 @@ class PendingStart:
         """The saga's log rows and its held start message, in `session`'s transaction;
         returns the saga id. Held: the relays leave the row alone for its lease, and take
         it over if this process dies before it sends."""
-        ctx = self.workflow.parse(ctx)
-        self.saga_id = SagaLog.create(session, self.workflow, ctx)
-        kind, payload = start_message(self.workflow.name, ctx.model_dump(mode="json"))
-        row_id = enqueue(
-            session, self.outbox.table, self.saga_id, kind, payload, held_by=self.outbox
-        )
+        wf = self.workflow
+        ctx = wf.parse(ctx)
+        # The saga's trace starts here (a child of the request's span, if it is traced): its
+        # log row and its start message carry it to whatever runs the saga.
+        with tracing.span(f"saga.start {wf.name}", workflow=wf.name, version=wf.version) as span:
+            self.saga_id = SagaLog.create(session, wf, ctx, tracing.traceparent())
+            if span is not None:
+                span.set_attribute("saga.id", self.saga_id)
+            kind, payload = start_message(wf.name, ctx.model_dump(mode="json"))
+            row_id = enqueue(
+                session, self.outbox.table, self.saga_id, kind, payload, held_by=self.outbox
+            )
         self._message = (row_id, kind, payload)
         # Only a committed start may be sent: a rolled-back one would start a saga for a
         # record that does not exist.

@@ -26,6 +26,7 @@ from celery.signals import worker_process_init
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.entity import Queue
 
+from sagaflow import tracing
 from sagaflow._context import working_on
 from sagaflow._dependencies import unreachable
 from sagaflow._errors import (
@@ -184,8 +185,10 @@ class SagaTask(Task):  # type: ignore[misc]
                 attempt=self.request.retries + 1,
                 task_id=self.request.id,
             ):
+                self._traced(saga_id, dlq_entry)
                 result = run(*args, **kwargs)
         except Ignore:
+            tracing.note(outcome="ignored")
             raise
         except Reject as reject:
             if reject.requeue or not isinstance(reject.reason, Exception):
@@ -201,6 +204,7 @@ class SagaTask(Task):  # type: ignore[misc]
             )
             raise Reject(reject.reason, requeue=True) from None
         except Retry as retry:
+            tracing.note(outcome="retrying", failure_class=self._failure_class(retry.exc))
             log.warning(
                 "retrying %s attempt=%s in=%ss error=%r",
                 fields,
@@ -210,6 +214,7 @@ class SagaTask(Task):  # type: ignore[misc]
             )
             raise
         except AlreadyCompensated:
+            tracing.note(outcome="refused")
             log.info("ignored late delivery %s: the saga is being or was undone", fields)
             raise Ignore() from None
         except Exception as exc:
@@ -223,6 +228,7 @@ class SagaTask(Task):  # type: ignore[misc]
                 down, error = exc.dependency, exc.error
             else:
                 down = unreachable(exc, self.service)
+            tracing.failed(error, outcome="failed", failure_class=self._failure_class(error))
             if down:
                 self._wait_for(down, error, args, kwargs, fields)  # raises unless spent
             elif not ran:
@@ -234,7 +240,36 @@ class SagaTask(Task):  # type: ignore[misc]
                 raise error from None  # the real error, as the callback should see it
             raise
         self._back_from_outage()
+        tracing.note(outcome="succeeded")
         return result
+
+    def _traced(self, saga_id: str, dlq_entry: str) -> None:
+        """The task's span (opentelemetry-instrumentation-celery's) says which saga work it is."""
+        if not tracing.enabled():
+            return
+        wf = self.workflow
+        tracing.note(
+            id=saga_id,
+            workflow=wf.name if wf else None,
+            version=wf.version if wf else None,
+            step=self.work or None,
+            kind=str(wf.kind_of(self.work)) if wf and self.work else None,
+            attempt=self.request.retries + 1,
+            **{"dlq.entry": dlq_entry},
+        )
+
+    def _failure_class(self, exc: BaseException | None) -> str:
+        """Which of the failure classes an error is, as a span says it."""
+        wf = self.workflow
+        if exc is None or wf is None:
+            return "error"
+        if isinstance(exc, DependencyUnreachable) or unreachable(exc, self.service):
+            return "dependency"
+        if self.runner.is_business(wf, exc):
+            return "business"
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return "timeout"
+        return "retryable" if isinstance(exc, wf.retryable) else "error"
 
     # --- an unreachable dependency ---------------------------------------------------
 
@@ -485,6 +520,8 @@ def install(
     # Celery is untyped: its signal's decorator is Any to mypy.
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _runtime_of_the_child(**_: Any) -> None:
+        # Each pool child its own exporter (OTEL_*): an exporter thread does not survive a fork.
+        tracing.configure("worker")
         app.sagas.start_child()
 
     sagas: Sagas = app.sagas

@@ -41,6 +41,7 @@ SHIPPED = {
     "m0004_outbox.py": "0167f3c1d27e169d9e259b5624c3829ea2698aec2926a2197ff79bde9d32374a",
     "m0006_saga_version.py": "7656b4914996884dded8220b840b5dabfda762abc4b5081d53aa56cc55d3cadf",
     "m0005_archive.py": "26abee4dc35a5aa6dd40e05ce5db413e847fa666d04e95e7c8242b589e08767b",
+    "m0007_saga_trace.py": "2d5f5fdf35095ecf8bc34d2816b50c35e6fd5cc20fbed4cadf84d3a81522914a",
 }
 
 TABLES_OF = {
@@ -152,9 +153,9 @@ def test_a_fresh_database_gets_every_table_and_the_latest_version(fresh_database
     at_home = upgrade(home, HOME_PARTS)
     elsewhere = upgrade(service, SERVICE_PARTS)
 
-    assert at_home.applied == (1, 2, 3, 4, 5, 6) and at_home.adopted == frozenset()
+    assert at_home.applied == (1, 2, 3, 4, 5, 6, 7) and at_home.adopted == frozenset()
     assert _tables(home) == {VERSION_TABLE, *(t for p in HOME_PARTS for t in TABLES_OF[p])}
-    assert _version_row(home)["version"] == LATEST == 6
+    assert _version_row(home)["version"] == LATEST == 7
     assert _version_row(home)["parts"] == "archive,ledger,operator_actions,outbox,saga_log"
     assert elsewhere.applied == (1, 4)
     assert _tables(service) == {VERSION_TABLE, "sagaflow_ledger", "sagaflow_outbox"}
@@ -194,14 +195,15 @@ def test_a_database_the_shops_history_made_only_gets_its_version_row(fresh_datab
 
         assert outcome.adopted == SHOP_PARTS[service], service
         # Only what came after the shop's histories stopped making sagaflow's tables:
-        # the saga's version (0006) in the home.
-        assert outcome.applied == ((6,) if service in HOMES else ()), service
+        # the saga's version (0006) and trace (0007) in the home.
+        assert outcome.applied == ((6, 7) if service in HOMES else ()), service
         assert _tables(url) - set(before[service]) == {VERSION_TABLE}
         now = _describe(url, before[service])
         if service in HOMES:
-            added = [c for c in now["sagaflow_instances"]["columns"] if c[0] == "version"]
-            assert len(added) == 1 and added[0][2] is True  # nullable: older sagas had none
-            now["sagaflow_instances"]["columns"].remove(added[0])
+            for column in ("version", "traceparent"):
+                added = [c for c in now["sagaflow_instances"]["columns"] if c[0] == column]
+                assert len(added) == 1 and added[0][2] is True  # nullable: older sagas had none
+                now["sagaflow_instances"]["columns"].remove(added[0])
         assert now == before[service], service
         assert _version_row(url)["version"] == LATEST
         assert upgrade(url, SHOP_PARTS[service]).changed is False
@@ -271,7 +273,7 @@ def test_the_home_parts_asked_for_later_are_added(fresh_databases):
 
     outcome = upgrade(url, HOME_PARTS)
 
-    assert outcome.applied == (2, 3, 5, 6)
+    assert outcome.applied == (2, 3, 5, 6, 7)
     assert _version_row(url)["parts"] == "archive,ledger,operator_actions,outbox,saga_log"
 
 
@@ -351,8 +353,8 @@ def test_the_command_migrates_a_database_and_a_second_run_does_nothing(tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [
         "applied: 0001 ledger, 0002 saga_log, 0003 operator_actions, 0004 outbox,"
-        " 0005 archive, 0006 saga_log",
-        f"{url}: at sagaflow migration 6 (archive, ledger, operator_actions, outbox, saga_log)",
+        " 0005 archive, 0006 saga_log, 0007 saga_log",
+        f"{url}: at sagaflow migration 7 (archive, ledger, operator_actions, outbox, saga_log)",
     ]
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip().endswith("; nothing to do")

@@ -27,6 +27,7 @@ from app.console.explain import bars, explain
 from app.http.access import CONSOLE_COOKIE, CSRF_COOKIE, caller, console, public
 from app.services.orders import ORDER_STATUSES, Order
 from app.workflows import WORKFLOWS, order_id_of
+from sagaflow import tracing
 from sagaflow.dlq.actions import OperatorActions, Refused
 from sagaflow.dlq.store import STATUSES
 
@@ -206,9 +207,12 @@ def order(order_id: int):
         if timeline is None:
             continue
         parked = runner.dead_letters.entries(saga_id=saga_id)
+        trace_id = tracing.trace_id_of(timeline.get("traceparent"))
         sagas.append(
             {
                 "timeline": timeline,
+                "trace_id": trace_id,
+                "trace_url": tracing.trace_url(runner.deps.settings.trace_url_template, trace_id),
                 "rows": bars(timeline),
                 "explanation": explain(timeline, parked, max_attempts),
             }

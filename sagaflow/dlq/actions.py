@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from sagaflow import tracing
 from sagaflow._errors import NotApplicable
 from sagaflow._log import OperatorAction, SagaLog
 from sagaflow._status import DONE, WorkKind
@@ -124,7 +125,7 @@ class OperatorActions:
         self.store.update(eid, status=RETRYING, by_operator=1)
         self.store.schedule(eid, time.time() + max(wait, self.lease))
         try:
-            sent = self.runner.redispatch(entry)
+            sent = self.runner.redispatch(entry, by=who)
         except ValueError as exc:  # the runner's way of saying it cannot be sent
             self._leave_as_it_was(entry, due)
             reason = str(exc).removeprefix(f"{eid}: ")
@@ -177,7 +178,15 @@ class OperatorActions:
                 f"{entry['id']} is still being retried by the DLQ worker (attempt "
                 f"{entry['attempts']}); wait until it needs a human, or force it"
             )
-        launched = self.runner.give_up(entry, who)
+        with tracing.continued(
+            entry.get("traceparent"),
+            "dlq.compensate",
+            id=entry["saga_id"],
+            step=entry["name"],
+            operator=who,
+            **{"dlq.entry": entry["id"]},
+        ):
+            launched = self.runner.give_up(entry, who)
         self.record(
             entry, who, "compensate", "", f"compensating: {', '.join(launched) or 'nothing'}"
         )
@@ -231,9 +240,12 @@ class OperatorActions:
         wf = self.runner.workflows[plan["workflow"]]
         for eid in plan["gives_up"]:  # the boundary step is parked: it is given up too
             self.store.give_up(eid, f"cancelled by {who}: compensating")
-        launched = self.runner.turn_back(
-            wf, saga_id, plan["turns_back_at"], f"cancelled by {who}: {note.strip()}"
-        )
+        # In the saga's trace: its compensations read as the cancel's children.
+        traced = (self.saga_log.timeline(saga_id) or {}).get("traceparent")
+        with tracing.continued(traced, "saga.cancel", id=saga_id, workflow=wf.name, operator=who):
+            launched = self.runner.turn_back(
+                wf, saga_id, plan["turns_back_at"], f"cancelled by {who}: {note.strip()}"
+            )
         if not launched:
             raise Refused(f"{saga_id} is already turning back")
         entry = {"saga_id": saga_id, "id": f"{saga_id}:{plan['turns_back_at']}"}

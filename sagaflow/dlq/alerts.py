@@ -14,6 +14,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
+from sagaflow.tracing import trace_id_of, trace_url
+
 log = logging.getLogger("sagaflow.dlq.alerts")
 
 
@@ -27,9 +29,10 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def alert_text(entry: dict[str, Any], cli: str = "saga-dlq") -> str:
-    """What a human needs to act: what, which saga, the error, the attempts, and the exact
-    commands (`cli` is how the operator's shell reaches the CLI)."""
+def alert_text(entry: dict[str, Any], cli: str = "saga-dlq", trace_url_template: str = "") -> str:
+    """What a human needs to act: what, which saga, the error, the attempts, its trace (a
+    link with `trace_url_template`), and the exact commands (`cli` is how the operator's
+    shell reaches the CLI)."""
     eid = entry["id"]
     lines = [
         f":rotating_light: Saga needs a human: {entry['kind']} `{entry['name']}` "
@@ -38,6 +41,12 @@ def alert_text(entry: dict[str, Any], cli: str = "saga-dlq") -> str:
         f"Attempts: {entry['attempts']} by the DLQ, after the worker's own retries; "
         f"first failed {_when(entry.get('first_failed_at'))}, "
         f"last {_when(entry.get('last_failed_at'))}.",
+    ]
+    trace_id = trace_id_of(entry.get("traceparent"))
+    if trace_id:
+        url = trace_url(trace_url_template, trace_id)
+        lines.append(f"Trace: <{url}|{trace_id}>" if url else f"Trace: {trace_id}")
+    lines += [
         f"Inspect:    {cli} show {eid}",
         f"Retry now:  {cli} requeue {eid}",
     ]

@@ -158,10 +158,12 @@ class DeadLetterStore:
         error: str,
         traceback: str,
         dependency: str = "",
+        traceparent: str = "",
     ) -> dict[str, Any] | None:
         """Hand stuck work to the DLQ; the first retry comes after one backoff. None when
         the work has succeeded meanwhile: there is nothing to park. `dependency`: what
-        could not be reached, when that is why it failed."""
+        could not be reached, when that is why it failed; `traceparent`: the trace of the
+        work that failed (its retries join it)."""
         now = self.clock()
         eid = entry_id(saga_id, name)
         fields: dict[str, Any] = {
@@ -184,6 +186,7 @@ class DeadLetterStore:
             "alerted": 0,
             "note": "",
             "dependency": dependency,
+            "traceparent": traceparent,
         }
         flat = [str(x) for pair in fields.items() for x in pair]
         pushed = self._push(

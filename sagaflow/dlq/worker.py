@@ -51,6 +51,8 @@ class WorkerSettings(Protocol):
     def step_retry_backoff_max(self) -> float: ...
     @property
     def saga_stall_check_seconds(self) -> float: ...
+    @property
+    def trace_url_template(self) -> str: ...
 
 
 class DeadLetterWorker:
@@ -68,6 +70,7 @@ class DeadLetterWorker:
         self.poll = settings.dlq_poll_interval
         self.alert_retry = settings.dlq_alert_retry_seconds
         self.retention = settings.dlq_retention_seconds
+        self.trace_url_template = settings.trace_url_template
         self.outage_alert = settings.outage_alert_seconds
         self.outage_budget = settings.outage_budget_seconds
         # Waiting work retries at least every backoff maximum, so an outage that has seen
@@ -138,7 +141,7 @@ class DeadLetterWorker:
         return self._alert(entry)
 
     def _alert(self, entry: dict[str, Any]) -> str:
-        eid, text = entry["id"], alert_text(entry, self.cli)
+        eid, text = entry["id"], alert_text(entry, self.cli, self.trace_url_template)
         if self._succeeded(entry):
             return "already succeeded"
         fingerprint = f"{entry.get('error_class')}|{entry.get('error')}"

@@ -9,6 +9,7 @@ from sagaflow.migrations import (
     m0004_outbox,
     m0005_archive,
     m0006_saga_version,
+    m0007_saga_trace,
 )
 
 # A new step goes at the end, with the next number; a shipped one is never edited.
@@ -19,6 +20,7 @@ STEPS = (
     m0004_outbox,
     m0005_archive,
     m0006_saga_version,
+    m0007_saga_trace,
 )
 LATEST = STEPS[-1].NUMBER
 
