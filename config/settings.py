@@ -88,6 +88,10 @@ class Settings:
     # restore interval), so the DLQ is the backstop and never races a redelivery.
     saga_stall_seconds: float = 300.0
     saga_stall_check_seconds: float = 30.0
+    # Once a saga is final (COMPLETED or FAILED, nothing owed), its markers, kept inputs and
+    # fence in Redis expire this soon (sagaflow/_events.py KEYS_GRACE_SECONDS says why an
+    # hour): long enough for a late report or a redelivery to find them.
+    saga_keys_grace_seconds: float = 3_600.0
     # A dependency that cannot be reached (a service's database, Redis, the broker) is not
     # the work's fault (sagaflow/_dependencies.py): work waits for it with backoff, spending
     # none of its attempts, for at most this long before it goes to the DLQ; one alert
@@ -265,6 +269,9 @@ class Settings:
             saga_stall_seconds=number("SAGA_STALL_SECONDS", defaults.saga_stall_seconds),
             saga_stall_check_seconds=number(
                 "SAGA_STALL_CHECK_SECONDS", defaults.saga_stall_check_seconds
+            ),
+            saga_keys_grace_seconds=number(
+                "SAGA_KEYS_GRACE_SECONDS", defaults.saga_keys_grace_seconds
             ),
             outage_budget_seconds=number("OUTAGE_BUDGET_SECONDS", defaults.outage_budget_seconds),
             outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),
