@@ -180,6 +180,13 @@ class Settings:
                 f"redelivery (BROKER_VISIBILITY_TIMEOUT + BROKER_RESTORE_INTERVAL = "
                 f"{redelivery}s), or the DLQ re-runs work that Redis is about to redeliver"
             )
+        late = redelivery + self.step_time_limit
+        if self.saga_keys_grace_seconds <= late:
+            raise SettingsError(
+                f"SAGA_KEYS_GRACE_SECONDS={self.saga_keys_grace_seconds}s must exceed the "
+                f"broker's redelivery plus the hard time limit ({late}s): a message held by a "
+                "killed worker must still find the saga's fence and done markers"
+            )
         if self.saga_mode not in SAGA_MODES:
             raise SettingsError(
                 f"SAGA_MODE={self.saga_mode!r}: it is one of {', '.join(SAGA_MODES)}"
