@@ -90,6 +90,10 @@ class Settings:
     # restore interval), so the DLQ is the backstop and never races a redelivery.
     saga_stall_seconds: float = 300.0
     saga_stall_check_seconds: float = 30.0
+    # Once a saga is final (COMPLETED or FAILED, nothing owed), its markers, kept inputs and
+    # fence in Redis expire this soon (sagaflow/_events.py KEYS_GRACE_SECONDS says why an
+    # hour): long enough for a late report or a redelivery to find them.
+    saga_keys_grace_seconds: float = 3_600.0
     # A dependency that cannot be reached (a service's database, Redis, the broker) is not
     # the work's fault (sagaflow/_dependencies.py): work waits for it with backoff, spending
     # none of its attempts, for at most this long before it goes to the DLQ; one alert
@@ -182,6 +186,13 @@ class Settings:
                 f"SAGA_STALL_SECONDS={self.saga_stall_seconds}s must exceed the broker's "
                 f"redelivery (BROKER_VISIBILITY_TIMEOUT + BROKER_RESTORE_INTERVAL = "
                 f"{redelivery}s), or the DLQ re-runs work that Redis is about to redeliver"
+            )
+        late = redelivery + self.step_time_limit
+        if self.saga_keys_grace_seconds <= late:
+            raise SettingsError(
+                f"SAGA_KEYS_GRACE_SECONDS={self.saga_keys_grace_seconds}s must exceed the "
+                f"broker's redelivery plus the hard time limit ({late}s): a message held by a "
+                "killed worker must still find the saga's fence and done markers"
             )
         if self.saga_mode not in SAGA_MODES:
             raise SettingsError(
@@ -278,6 +289,9 @@ class Settings:
             saga_stall_seconds=number("SAGA_STALL_SECONDS", defaults.saga_stall_seconds),
             saga_stall_check_seconds=number(
                 "SAGA_STALL_CHECK_SECONDS", defaults.saga_stall_check_seconds
+            ),
+            saga_keys_grace_seconds=number(
+                "SAGA_KEYS_GRACE_SECONDS", defaults.saga_keys_grace_seconds
             ),
             outage_budget_seconds=number("OUTAGE_BUDGET_SECONDS", defaults.outage_budget_seconds),
             outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),

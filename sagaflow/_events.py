@@ -17,17 +17,22 @@ Redis also holds two small flags every worker can read:
 - the done marker `sagaflow:done:<saga>:<work>`, set when the work succeeds: a failure
   reported afterwards (the late callback of a killed attempt) is stale, and must neither
   park the work again nor page anyone.
+
+Each is written with a fixed expiry; once its saga is final (COMPLETED or FAILED, nothing
+owed), the projector shortens them all to a grace period (`KeyExpiry`, KEYS_GRACE_SECONDS).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
 from sagaflow.dlq.store import DUE, ENTRY, entry_id
@@ -50,11 +55,82 @@ class RedisKeys:
     @classmethod
     def of_home(cls, home: str) -> RedisKeys:
         return cls(f"sagaflow:{home}:events", f"sagaflow-projector:{home}", f"sagaflow:{home}:lock")
+
+
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
 DONE = "sagaflow:done:"
 MARKER_TTL = 7 * 86_400
 INPUT_TTL = 2 * 86_400
 FENCE_TTL = 30 * 86_400
+# How long a saga's keys outlive it once it is final (COMPLETED or FAILED with nothing owed,
+# running or parked; SAGA_KEYS_GRACE_SECONDS). What can still arrive for a final saga is
+# late: the link_error callback of an attempt whose worker was killed (sent when its pool
+# noticed, seconds later, but queued behind whatever its queue holds), or a message held by
+# a SIGKILLed worker, redelivered after the broker's visibility timeout (120 s) plus its
+# restore interval and run for up to the hard time limit. The done marker must still be
+# there for them (the report is stale: it parks nothing and pages nobody), and so must the
+# fence (the redelivered step is refused before it touches anything). An hour is more than
+# ten times the slowest of these paths; past it, a forward step of a turned-back saga is
+# still refused by its service's ledger (the compensation voided it), only later.
+KEYS_GRACE_SECONDS = 3_600
+
+
+def saga_keys(saga_id: str, names: Iterable[str]) -> list[str]:
+    """The keys the workers may have left for one saga: its fence, and the failure marker,
+    kept input and done marker of each named step or compensation."""
+    work = [f"{saga_id}:{name}" for name in names]
+    return [FENCE + saga_id, *(prefix + w for w in work for prefix in (FAILURE, INPUT, DONE))]
+
+
+# Shorten each key's expiry to ARGV[1] milliseconds, never lengthen it: a key without an
+# expiry gets one, a missing key is left missing. (EXPIRE ... LT says the same from Redis 7
+# on; this works on any Redis, and on the in-memory one of the tests.)
+_SHORTEN = """
+local ms = tonumber(ARGV[1])
+local shortened = 0
+for _, key in ipairs(KEYS) do
+  local left = redis.call('PTTL', key)
+  if left == -1 or left > ms then
+    redis.call('PEXPIRE', key, ms)
+    shortened = shortened + 1
+  end
+end
+return shortened
+"""
+
+
+class KeyExpiry:
+    """Shortens the expiry of finished sagas' keys to the grace period, in one round trip
+    however many sagas and keys: one script call per CHUNK keys, pipelined, so Redis is
+    never held for long by one (about a millisecond for 500 keys; every other client of
+    the server, the broker first, waits while a script runs)."""
+
+    CHUNK = 500
+
+    def __init__(self, redis: Redis, grace_seconds: float = KEYS_GRACE_SECONDS) -> None:
+        self.redis = redis
+        self.grace_ms = max(1, int(grace_seconds * 1000))
+        self._script = redis.register_script(_SHORTEN)
+
+    def shorten(self, keys: list[str]) -> int:
+        """How many keys got a shorter expiry."""
+        if not keys:
+            return 0
+        chunks = [keys[at : at + self.CHUNK] for at in range(0, len(keys), self.CHUNK)]
+        for _ in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for chunk in chunks:
+                pipe.evalsha(self._script.sha, len(chunk), *chunk, self.grace_ms)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            if not any(isinstance(reply, NoScriptError) for reply in replies):
+                break
+            # A Redis that restarted (or never saw it): load it, and run it all again (a
+            # key shortened the first time is not touched the second).
+            self.redis.script_load(_SHORTEN)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return sum(int(reply) for reply in replies)
 
 
 class Phase(StrEnum):

@@ -30,9 +30,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sagaflow._db import DatabaseHandle
-from sagaflow._events import Event, Phase, RedisKeys
-from sagaflow._log import COMPENSATION_POSITION, SagaInstance, SagaStepRow
-from sagaflow._status import DONE, SagaStatus, StepStatus, WorkKind
+from sagaflow._events import KEYS_GRACE_SECONDS, Event, KeyExpiry, Phase, RedisKeys, saga_keys
+from sagaflow._log import COMPENSATION_POSITION, FINAL, SagaInstance, SagaStepRow
+from sagaflow._status import DONE, SETTLED, SagaStatus, StepStatus, WorkKind
 from sagaflow._workflow import Workflow
 from sagaflow.dlq import store as dead_letters
 
@@ -106,6 +106,22 @@ def derive_status(instance: SagaInstance, rows: list[SagaStepRow], wf: Workflow)
     return SagaStatus.PENDING
 
 
+def at_rest(instance: SagaInstance, rows: dict[str, SagaStepRow], wf: Workflow) -> bool:
+    """The saga is final and will not move again: COMPLETED or FAILED, a row for each of
+    its steps (they are made with the saga; a saga the log never recorded is not judged),
+    and every row settled but the forward step it turned back at. A step after the pivot
+    that failed is still owed (its failure is being routed to the DLQ), and a COMPLETED
+    saga's steps after the pivot are pending until they ran."""
+    return (
+        instance.status in FINAL
+        and all(name in rows for name in wf.step_names)
+        and all(
+            row.status in SETTLED or (row.status == StepStatus.FAILED and row.kind == WorkKind.STEP)
+            for row in rows.values()
+        )
+    )
+
+
 class Projector:
     def __init__(
         self,
@@ -116,8 +132,11 @@ class Projector:
         metrics: MetricsRecorder | None = None,
         keys: RedisKeys | None = None,
         legacy: RedisKeys | None = None,
+        keys_grace: float = KEYS_GRACE_SECONDS,
     ) -> None:
         self.db, self.redis = db, redis
+        # Once a saga is at rest, its markers, inputs and fence expire this soon.
+        self.expiry = KeyExpiry(redis, keys_grace) if redis is not None else None
         self.keys = keys or RedisKeys()
         # The keys of an earlier release, drained now and then until nothing writes there.
         self.legacy = legacy if legacy is not None and legacy != self.keys else None
@@ -268,19 +287,36 @@ class Projector:
                 log.error("skipping a malformed event id=%s error=%r", stream_id, str(exc))
                 continue
             by_saga.setdefault(event.saga_id, []).append((stream_id, event))
+        finished: list[str] = []  # the keys of the sagas at rest after this batch
         try:
             with self.db.write() as session:
                 instances, rows = self._load(session, list(by_saga))
                 for saga_id, events in by_saga.items():
-                    self._apply_saga(
+                    wf = self._apply_saga(
                         session, saga_id, events, instances.get(saga_id), rows.get(saga_id, {})
                     )
+                    if wf is not None:
+                        finished += saga_keys(saga_id, wf.step_names + wf.compensation_names)
         except Exception:
             if self.metrics:
                 self.metrics.discard()  # the batch will be read again: count it then
             raise
         if self.metrics:
             self.metrics.flush()
+        self._expire(finished)
+
+    def _expire(self, keys: list[str]) -> None:
+        """After the commit: the keys of sagas at rest expire after the grace, in one round
+        trip for the batch. Every batch that touches such a saga does it again (a late
+        report may have written a key anew; a crash may have come between the commit and
+        this), and a key already closer to its end is left as it is. If Redis fails here
+        the keys keep the expiry they were written with: nothing is lost but time."""
+        if not keys or self.expiry is None:
+            return
+        try:
+            self.expiry.shorten(keys)
+        except redis_errors.RedisError as exc:
+            log.warning("could not shorten the expiry of finished sagas' keys: %s", exc)
 
     def apply(self, session: Session, event: Event, stream_id: str = "") -> None:
         instances, rows = self._load(session, [event.saga_id])
@@ -318,11 +354,12 @@ class Projector:
         events: list[tuple[str, Event]],
         instance: SagaInstance | None,
         rows: dict[str, SagaStepRow],
-    ) -> None:
+    ) -> Workflow | None:
+        """Apply one saga's events; its workflow if the saga is now at rest, else None."""
         wf = self.workflows.get(events[0][1].workflow)
         if wf is None:
             log.error("events for unknown workflow %r saga_id=%s", events[0][1].workflow, saga_id)
-            return
+            return None
         if instance is None:
             log.warning("event for a saga never recorded saga_id=%s: adding it", saga_id)
             instance = SagaInstance(
@@ -359,6 +396,7 @@ class Projector:
                     self.metrics.status(wf.name, new)
                 for status_hook in hooks.on_status:
                     status_hook(session, instance, old, new)
+        return wf if at_rest(instance, rows, wf) else None
 
     def _row(
         self,

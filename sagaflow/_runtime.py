@@ -31,7 +31,7 @@ from redis import Redis
 from sagaflow._choreography import CHOREOGRAPHY, Choreography
 from sagaflow._db import DatabaseHandle
 from sagaflow._errors import DeclarationError
-from sagaflow._events import EventLog, RedisKeys
+from sagaflow._events import KEYS_GRACE_SECONDS, EventLog, RedisKeys
 from sagaflow._faults import NO_FAULTS, FaultInjector
 from sagaflow._log import SagaLog
 from sagaflow._orchestrator import Orchestrator, StallCheck
@@ -71,6 +71,8 @@ class RuntimeSettings(Protocol):
     def dlq_backoff(self) -> float: ...
     @property
     def dlq_backoff_max(self) -> float: ...
+    @property
+    def saga_keys_grace_seconds(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Settings:
     outbox_idle_poll_seconds: float = 30.0
     dlq_backoff: float = 5.0
     dlq_backoff_max: float = 300.0
+    # How long a final saga's markers, inputs and fence are kept (sagaflow._events).
+    saga_keys_grace_seconds: float = float(KEYS_GRACE_SECONDS)
     # Read by the Celery adapter (sagaflow.celery_app.install): the DLQ's attempts after a
     # step's own, and the longest retry delay (what an outage's wait is measured against).
     dlq_max_attempts: int = 5
@@ -202,6 +206,7 @@ class Runtime:
             self.metrics,
             keys=self.keys,
             legacy=RedisKeys(),  # the names before they were per home: drained, then idle
+            keys_grace=self.settings.saga_keys_grace_seconds,
         )
 
     def orchestrator(self) -> Orchestrator:

@@ -54,6 +54,14 @@ def test_visibility_timeout_shorter_than_a_retry_delay_is_refused():
         Settings.from_env({"BROKER_VISIBILITY_TIMEOUT": "30", "STEP_RETRY_BACKOFF_MAX": "60"})
 
 
+def test_a_final_sagas_keys_outlive_any_redelivery():
+    assert Settings.from_env({}).saga_keys_grace_seconds == 3_600
+    assert Settings.from_env({"SAGA_KEYS_GRACE_SECONDS": "600"}).saga_keys_grace_seconds == 600
+    # 120 s visibility + 10 s restore + 20 s hard limit: a redelivered message runs later.
+    with pytest.raises(ValueError, match="SAGA_KEYS_GRACE_SECONDS=150.0s must exceed"):
+        Settings.from_env({"SAGA_KEYS_GRACE_SECONDS": "150"})
+
+
 def test_non_numeric_setting_names_the_variable():
     with pytest.raises(ValueError, match="STEP_MAX_RETRIES"):
         Settings.from_env({"STEP_MAX_RETRIES": "many"})

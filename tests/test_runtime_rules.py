@@ -32,7 +32,7 @@ from sagaflow import (
 )
 from sagaflow._choreography import CHOREOGRAPHY, MODES, Choreography
 from sagaflow._db import Database
-from sagaflow._faults import FaultInjector, parse_faults
+from sagaflow._faults import NO_FAULTS, FaultInjector, parse_faults
 from sagaflow._log import SagaBase
 from sagaflow._orchestrator import StallCheck
 from sagaflow._outbox import Outbox, Relay, outbox_table
@@ -420,3 +420,116 @@ def test_resolved_dlq_entries_expire_after_their_retention_and_open_ones_never(r
     assert store.get("topup-1:notify") is None
     assert store.get("topup-2:notify")["status"] != "resolved"  # open: kept however old
     assert [e["id"] for e in store.entries()] == ["topup-2:notify"]
+
+
+# --- a final saga's keys in Redis expire after the grace ------------------------------
+
+
+def _ttls(world, saga_id: str) -> dict[str, int]:
+    """Every per-saga key that exists, by its name after the saga id's, and its TTL."""
+    from sagaflow._events import saga_keys
+
+    names = TOPUP.step_names + TOPUP.compensation_names
+    found = {key: world.redis.ttl(key) for key in saga_keys(saga_id, names)}
+    return {key.replace(f"{saga_id}", "<saga>"): ttl for key, ttl in found.items() if ttl != -2}
+
+
+def test_a_final_sagas_markers_inputs_and_fence_expire_within_the_grace(world):
+    from sagaflow._events import KEYS_GRACE_SECONDS
+
+    done, refused = world.start(amount=300), world.start(amount=5_000)
+    assert world.log.timeline(done)["status"] == SagaStatus.COMPLETED
+    assert world.log.timeline(refused)["status"] == SagaStatus.FAILED
+
+    completed, failed = _ttls(world, done), _ttls(world, refused)
+    assert set(completed) == {"sagaflow:done:<saga>:credit", "sagaflow:done:<saga>:notify"}
+    assert set(failed) == {
+        "sagaflow:fence:<saga>",
+        "sagaflow:failure:<saga>:credit",
+        "sagaflow:input:<saga>:credit",
+        "sagaflow:done:<saga>:debit",
+    }
+    for key, ttl in {**completed, **failed}.items():
+        assert 0 < ttl <= KEYS_GRACE_SECONDS, (key, ttl)
+
+
+def test_a_saga_still_moving_keeps_its_keys_expiry(tmp_path, redis, mode):
+    from sagaflow._events import INPUT_TTL, KEYS_GRACE_SECONDS
+
+    # COMPLETED, but its step after the pivot is parked in the DLQ: it is still owed.
+    world = World(tmp_path, redis, faults="notify:transient", mode=mode)
+    parked = world.start(amount=300)
+    assert world.log.timeline(parked)["status"] == SagaStatus.COMPLETED
+    assert world.steps(parked)["notify"]["status"] == "dead_lettered"
+    # COMPLETED a moment ago, its step after the pivot not run yet; applied in the same
+    # batch as a saga that finishes.
+    ctx = TopUp(topup_id=900, user_id=8, amount=10)
+    with world.db.write() as session:
+        moving = SagaLog.create(session, TOPUP, ctx)
+    world.runner.run_step(TOPUP, "credit", ctx.model_dump(), attempt=1)
+    world.dispatcher.work.clear()  # notify is on its way (choreography announced it)
+    world.runner.faults = NO_FAULTS
+    finished = world.start(amount=100)
+    assert world.log.timeline(moving)["status"] == SagaStatus.COMPLETED
+    assert world.steps(moving)["notify"]["status"] == "pending"
+    assert world.log.timeline(finished)["status"] == SagaStatus.COMPLETED
+
+    kept = {**_ttls(world, parked), **{k + " (moving)": v for k, v in _ttls(world, moving).items()}}
+    assert set(kept) == {
+        "sagaflow:done:<saga>:credit",
+        "sagaflow:input:<saga>:notify",
+        "sagaflow:failure:<saga>:notify",
+        "sagaflow:done:<saga>:credit (moving)",
+    }
+    for key, ttl in kept.items():
+        assert ttl > INPUT_TTL - 60, (key, ttl)  # as they were written: days, not the grace
+    assert all(0 < ttl <= KEYS_GRACE_SECONDS for ttl in _ttls(world, finished).values())
+
+
+def test_an_expiry_already_shorter_is_not_lengthened(world):
+    from sagaflow._events import DONE, KEYS_GRACE_SECONDS
+
+    ctx = TopUp(topup_id=901, user_id=7, amount=10)
+    with world.db.write() as session:
+        saga = SagaLog.create(session, TOPUP, ctx)
+    world.runner.start(TOPUP, ctx)
+    world.dispatcher.drain()  # the work is done; the saga log has not seen it yet
+    world.redis.expire(f"{DONE}{saga}:credit", 30)  # closer to its end than the grace
+    world.redis.persist(f"{DONE}{saga}:notify")  # no expiry at all: it gets one
+    world.settle()
+
+    assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
+    ttls = _ttls(world, saga)
+    assert 0 < ttls["sagaflow:done:<saga>:credit"] <= 30
+    assert 30 < ttls["sagaflow:done:<saga>:notify"] <= KEYS_GRACE_SECONDS
+
+
+def test_within_the_grace_a_late_failure_report_of_a_finished_saga_is_stale(world):
+    from sagaflow._events import KEYS_GRACE_SECONDS
+
+    saga = world.start(amount=300)
+    assert 0 < world.redis.ttl(f"sagaflow:done:{saga}:credit") <= KEYS_GRACE_SECONDS
+
+    # The link_error callback of a killed attempt of credit, arriving after the saga
+    # finished: it parks nothing and turns nothing back.
+    assert world.runner.step_failed(TOPUP, "credit", saga, []) == "already succeeded"
+    world.settle()
+    assert world.store.entries(saga_id=saga) == []
+    assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
+    assert world.balance() == 300
+
+
+def test_redis_failing_to_shorten_the_expiry_does_not_hold_the_saga_log_back(world, caplog):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class Failing:
+        def shorten(self, keys):
+            raise RedisConnectionError("Redis went away")
+
+    world.projector.expiry = Failing()
+    saga = world.start(amount=300)
+
+    assert world.log.timeline(saga)["status"] == SagaStatus.COMPLETED
+    assert world.redis.xlen("sagaflow:events") == 0  # applied, acknowledged and deleted
+    assert "could not shorten the expiry" in caplog.text
+    assert world.redis.ttl(f"sagaflow:done:{saga}:credit") > 86_400  # as it was written
