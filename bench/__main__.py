@@ -38,6 +38,7 @@ from bench.stack import (
     PostgresDatabases,
     RedisServer,
     Relay,
+    SpanSink,
     SqliteDatabases,
     database_env,
     migrate,
@@ -114,6 +115,7 @@ SETTING_PREFIXES = (
     "RATE_",
     "NAIVE_",
     "DBOS_",
+    "OTEL_",  # tracing: off unless --tracing turns it on for its own run
 )
 PEERS = ("naive", "dbos")
 
@@ -145,6 +147,12 @@ def parse_args(argv=None):
         "--peers",
         default=",".join(PEERS),
         help="peers to run besides the raw chain and the monolith: naive, dbos (default both)",
+    )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run the first --modes entry with tracing on (OTLP/HTTP to a local span "
+        "sink, bench/otlp_sink.py), side by side with it off",
     )
     parser.add_argument(
         "--profile",
@@ -346,12 +354,26 @@ class Bench:
         modes = {first: mode_figures(saga_results)}
         for mode in others:
             modes[mode] = mode_figures(self.saga({**env, "SAGA_MODE": mode}, settings, mode))
+        if self.args.tracing:
+            modes[f"{first}, traced"] = self.traced(env, settings, first)
         dbos = self.dbos(env, settings, urls["dbos"]) if "dbos" in self.args.peers else None
         mono = self.monolith(env, urls["monolith"])
         results = self.results(started, view, raw, saga_results, mono, unfair, naive, dbos)
         results["saga_mode"] = first
         results["modes"] = modes
         return results
+
+    def traced(self, env, settings, mode: str) -> dict:
+        """The saga in `mode` on fresh processes with tracing on: every span built and
+        exported (OTLP/HTTP, the SDK's default batching) to a local sink. What the saga's
+        processes spend on it is in their CPU; the sink's, as a collector's, is not."""
+        sink = self.start(SpanSink(env, self.logs))
+        try:
+            traced_env = {**env, "SAGA_MODE": mode, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+            return mode_figures(self.saga(traced_env, settings, f"{mode}-traced"))
+        finally:
+            self.stop(sink)
+            say(f"   span sink: {sink.log_text().strip().splitlines()[-1:] or 'no count'}")
 
     def ceiling(self, env, redis) -> dict:
         c = self.counts

@@ -195,6 +195,32 @@ class Relay(Process):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class SpanSink(Process):
+    """bench/otlp_sink.py on a free port: where a traced saga's processes send their spans."""
+
+    def __init__(self, env: dict[str, str], logdir: Path):
+        self.port = free_port()
+        super().__init__(
+            "span-sink", [sys.executable, "-m", "bench.otlp_sink", str(self.port)], env, logdir
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def start(self) -> SpanSink:
+        super().start()
+        self.wait_ready(self._answers, 30)
+        return self
+
+
 class Gunicorn(Process):
     """The Procfile's web line (config/gunicorn.py, its defaults) on a free port."""
 
