@@ -10,6 +10,7 @@ that means for the cost per order is measured in the bench (`make bench`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def traced(primary_backend, tmp_path_factory, slack):
                 OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint,
                 OTEL_BSP_SCHEDULE_DELAY="100",  # ms: spans reach the receiver at once
                 TRACE_URL_TEMPLATE=VIEWER,
+                LOG_FORMAT="json",
                 SLACK_WEBHOOK_URL=slack.webhook_url,
             )
             undo.callback(stack.stop)
@@ -153,6 +155,10 @@ def test_a_completed_order_is_one_trace_from_its_post_through_every_step(traced,
     trace_id = spans[0].trace_id
     page = _console_page(stack, api, order_id)
     assert trace_id in page and VIEWER.format(trace_id=trace_id) in page
+    # Every JSON log line a step of this saga wrote carries the saga's trace id.
+    lines = [r for r in _json_lines(stack) if r.get("saga_id") == saga_id and r.get("task_id")]
+    assert {r["step"] for r in lines} >= set(ORDER.step_names), lines
+    assert {r.get("trace_id") for r in lines} == {trace_id}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -235,6 +241,15 @@ def test_dlq_retries_and_an_operators_requeue_join_the_sagas_trace(traced, slack
     trace_id = spans[0].trace_id
     alert = next(t for t in slack.texts() if saga_id in t)
     assert f"Trace: <{VIEWER.format(trace_id=trace_id)}|{trace_id}>" in alert
+
+
+def _json_lines(stack) -> list[dict]:
+    records = []
+    for path in sorted((stack.workdir / "logs").glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):  # Celery prints its "Warm shutdown" line as text
+                records.append(json.loads(line))
+    return records
 
 
 def _console_page(stack, api, order_id: int) -> str:
