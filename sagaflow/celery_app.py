@@ -379,7 +379,9 @@ class SagaTask(Task):  # type: ignore[misc]
         # A retry the DLQ sent is one attempt of its entry: it is recorded there, not waited.
         if not dlq_entry and now - since < wait:
             tries = int(seen.get("tries") or 0)
-            delay = self._backoff(tries)
+            # The step's backoff, but never at once: a jittered 0 s would have a worker
+            # that is alone on the queue refuse the same message in a tight loop.
+            delay = max(1, self._backoff(tries))
             retried = self.signature_from_request(
                 self.request,
                 args,
@@ -387,7 +389,9 @@ class SagaTask(Task):  # type: ignore[misc]
                 countdown=delay,
                 retries=self.request.retries,  # not the work's failure: no attempt spent
             )
-            log.warning(
+            # Said once per message as a warning; its later refusals only at INFO.
+            log.log(
+                logging.WARNING if tries == 0 else logging.INFO,
                 "refusing %s: version %s of workflow %s is not known here (this worker knows:"
                 " %s); sent back to the queue for a worker that knows it, in=%ss, waited"
                 " %.0fs of %.0fs",

@@ -412,8 +412,23 @@ def test_a_version_this_worker_does_not_know_is_sent_back_then_dead_lettered(ada
     assert again["retries"] == 1 and again["countdown"] >= 1
     assert again["kwargs"]["version"] == "3"
     assert again["kwargs"]["unknown_version"]["tries"] == 1
-    [line] = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
-    assert "version 3 of workflow topup" in line and "this worker knows: 2, 1" in line
+    [line] = [r for r in caplog.records if "refusing" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "version 3 of workflow topup" in line.getMessage()
+    assert "this worker knows: 2, 1" in line.getMessage()
+    # Sent back again later: said at INFO only, not one warning per refusal.
+    caplog.clear()
+    with pytest.raises(Retry):
+        call(
+            "topup.credit",
+            ctx.model_dump(),
+            saga_id=saga,
+            version="3",
+            unknown_version=again["kwargs"]["unknown_version"],
+            retries=1,
+        )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sent.messages[-1]["kwargs"]["unknown_version"]["tries"] == 2
 
     # Still nobody after the wait: the DLQ, with the reason and the saga's version.
     waited = {"since": time.time() - 601, "tries": 9}
@@ -427,7 +442,7 @@ def test_a_version_this_worker_does_not_know_is_sent_back_then_dead_lettered(ada
             retries=1,
         )
     world.settle()
-    assert len(sent.messages) == 1  # not sent back again
+    assert len(sent.messages) == 2  # not sent back again
     [entry] = world.store.entries(saga_id=saga)
     assert "no worker knows version 3 of workflow topup" in entry["error"]
     assert (entry["name"], entry["version"], entry["args"]["ctx"]) == (
