@@ -112,7 +112,9 @@ def warm_up(services: Services, within: float) -> None:
 
 def fault_names() -> list[str]:
     """What SAGA_FAULTS may name: every step and compensation, and the API's saga start."""
-    known = [n for wf in WORKFLOWS.values() for n in wf.step_names + wf.compensation_names]
+    # Every version's: a step an earlier version still in flight has can be drilled too.
+    plans = [plan for wf in WORKFLOWS.values() for plan in wf.versions.values()]
+    known = list(dict.fromkeys(n for p in plans for n in p.step_names + p.compensation_names))
     known.append("start_saga")  # the API, between an order's commit and its saga's start
     return known
 

@@ -100,6 +100,10 @@ class Settings:
     # goes out per outage once it lasts this long, and one when it is over.
     outage_budget_seconds: float = 1800.0
     outage_alert_seconds: float = 120.0
+    # Work of a saga whose workflow version this worker's build does not know is sent back
+    # to its queue, spending no attempt, for a worker that knows it; after this long it is
+    # dead-lettered, the reason said (sagaflow.celery_app).
+    unknown_version_wait_seconds: float = 600.0
     # PostgreSQL connections each process keeps open per database, and how many more a
     # burst may borrow (closed after use): every process of every service shares the
     # server's max_connections.
@@ -295,6 +299,9 @@ class Settings:
             ),
             outage_budget_seconds=number("OUTAGE_BUDGET_SECONDS", defaults.outage_budget_seconds),
             outage_alert_seconds=number("OUTAGE_ALERT_SECONDS", defaults.outage_alert_seconds),
+            unknown_version_wait_seconds=number(
+                "UNKNOWN_VERSION_WAIT_SECONDS", defaults.unknown_version_wait_seconds
+            ),
             worker_start_timeout=number("WORKER_START_TIMEOUT", defaults.worker_start_timeout),
             task_events=_flag(env.get("CELERY_TASK_EVENTS"), defaults.task_events),
             db_pool_size=number("DB_POOL_SIZE", defaults.db_pool_size, int),

@@ -29,6 +29,7 @@ from sagaflow._errors import (
     SagaError,
     StepTimeout,
     TransientError,
+    UnknownVersion,
     error_text,
 )
 from sagaflow._events import Event, EventLog, Phase, RedisKeys
@@ -55,6 +56,7 @@ from sagaflow._workflow import (
     RetryPolicy,
     Step,
     Workflow,
+    plan_of,
     services_of,
     workflow_of,
 )
@@ -95,6 +97,7 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "TransientError",
+    "UnknownVersion",
     "UnusableDatabaseURL",
     "WorkKind",
     "Workflow",
@@ -108,6 +111,7 @@ __all__ = [
     "open_database",
     "outbox_table",
     "parse_faults",
+    "plan_of",
     "services_of",
     "start_message",
     "stream_message",

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from sagaflow._outbox import Outbox, Relay, enqueue
-from sagaflow._workflow import Workflow
+from sagaflow._workflow import Workflow, plan_of
 
 if TYPE_CHECKING:
     from sagaflow._runner import Runner
@@ -102,8 +102,11 @@ def reaction(wf: Workflow, payload: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def react(runner: Runner, payload: dict[str, Any], message_id: str) -> None:
-    """Send the piece of work an announcement calls for (the relay's sender)."""
-    wf = runner.workflows[payload["workflow"]]
+    """Send the piece of work an announcement calls for (the relay's sender), by the plan
+    of the version the saga started on, which the announcement carries (none: written
+    before versions were carried, the current plan). A version this process does not know
+    raises UnknownVersion: the relay keeps the row and tries again, then parks it."""
+    wf = plan_of(runner.workflows, payload["workflow"], payload.get("version"))
     found = reaction(wf, payload)
     log.info("event %s of %s (%s) -> %s", payload["event"], payload["saga_id"], message_id, found)
     if found is None:
@@ -177,6 +180,7 @@ class Choreography(Announcer):
             return
         payload = {
             "workflow": wf.name,
+            "version": wf.version,  # who reacts is read from the saga's own plan
             "saga_id": saga_id,
             "event": wf.event_of(name),
             "after": name,
@@ -195,6 +199,7 @@ class Choreography(Announcer):
             return
         payload = {
             "workflow": wf.name,
+            "version": wf.version,
             "saga_id": saga_id,
             "event": wf.event_of(name),
             "after": name,

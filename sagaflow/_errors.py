@@ -86,3 +86,20 @@ class DependencyUnreachable(SagaError):
     def __init__(self, dependency: str, error: BaseException):
         super().__init__(f"{dependency} cannot be reached: {error_text(error)}")
         self.dependency, self.error = dependency, error
+
+
+class UnknownVersion(NotApplicable):
+    """Work of a saga started on a version of its workflow this process does not know (its
+    build has neither that plan as current nor among `Workflow.earlier`). Never guessed:
+    a worker sends the message back for one that knows it, and after a bounded wait
+    dead-letters it (sagaflow.celery_app); the DLQ and an operator's requeue refuse it."""
+
+    code = "unknown_version"
+
+    def __init__(self, workflow: str, version: str, known: list[str]):
+        known_text = ", ".join(known) or "none"
+        super().__init__(
+            f"no worker knows version {version} of workflow {workflow} (this process knows:"
+            f" {known_text})"
+        )
+        self.workflow, self.version, self.known = workflow, version, list(known)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from sagaflow._errors import UnknownVersion
 from sagaflow._log import SagaLog
 from sagaflow._outage import OutageReporter
 from sagaflow._projector import Projector
@@ -49,7 +50,12 @@ class StallCheck:
         for instance, name, status in stalled:
             if instance.saga_id in waiting:
                 continue
-            wf = self.runner.workflows[instance.workflow]
+            try:
+                # By the plan of the version the saga started on.
+                wf = self.runner.plan(instance.workflow, instance.version)
+            except UnknownVersion as unknown:
+                log.error("not checking %s: %s", instance.saga_id, unknown)
+                continue
             if status == StepStatus.FAILED:
                 log.warning(
                     "routing a failure whose callback was lost saga_id=%s step=%s",

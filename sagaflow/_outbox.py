@@ -491,9 +491,15 @@ class AfterCommit:
 START, STREAM = "start", "stream"
 
 
-def start_message(workflow: str, ctx: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Start a saga: its chain is sent when the row is."""
-    return START, {"workflow": workflow, "ctx": ctx}
+def start_message(
+    workflow: str, ctx: dict[str, Any], version: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """Start a saga: its chain is sent when the row is, by the plan of `version` (the one
+    its log row records)."""
+    payload: dict[str, Any] = {"workflow": workflow, "ctx": ctx}
+    if version:
+        payload["version"] = version
+    return START, payload
 
 
 def stream_message(stream: str, fields: dict[str, str]) -> tuple[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sagaflow._db import DatabaseHandle
+from sagaflow._errors import UnknownVersion
 from sagaflow._events import KEYS_GRACE_SECONDS, Event, KeyExpiry, Phase, RedisKeys, saga_keys
 from sagaflow._log import COMPENSATION_POSITION, FINAL, SagaInstance, SagaStepRow
 from sagaflow._status import DONE, SETTLED, SagaStatus, StepStatus, WorkKind
@@ -356,10 +357,11 @@ class Projector:
         rows: dict[str, SagaStepRow],
     ) -> Workflow | None:
         """Apply one saga's events; its workflow if the saga is now at rest, else None."""
-        wf = self.workflows.get(events[0][1].workflow)
-        if wf is None:
+        declared = self.workflows.get(events[0][1].workflow)
+        if declared is None:
             log.error("events for unknown workflow %r saga_id=%s", events[0][1].workflow, saga_id)
             return None
+        wf = self._plan(declared, instance)
         if instance is None:
             log.warning("event for a saga never recorded saga_id=%s: adding it", saga_id)
             instance = SagaInstance(
@@ -397,6 +399,18 @@ class Projector:
                 for status_hook in hooks.on_status:
                     status_hook(session, instance, old, new)
         return wf if at_rest(instance, rows, wf) else None
+
+    @staticmethod
+    def _plan(declared: Workflow, instance: SagaInstance | None) -> Workflow:
+        """The plan the saga runs by, its version's: its statuses (the pivot, what turning
+        back undoes) are that plan's. The events are applied whatever happens (the log
+        must not stop), so a version this build does not know is read by the current
+        plan, and said: the orchestrator's build must know every version in flight."""
+        try:
+            return declared.plan(instance.version if instance is not None else None)
+        except UnknownVersion as unknown:
+            log.error("%s: applying %s by the current plan", unknown, instance and instance.saga_id)
+            return declared
 
     def _row(
         self,

@@ -25,6 +25,7 @@ from sagaflow._errors import (
     InjectedBusinessError,
     InputNotKnown,
     NotApplicable,
+    UnknownVersion,
     error_text,
 )
 from sagaflow._events import Event, EventLog, Phase
@@ -32,7 +33,7 @@ from sagaflow._faults import NO_FAULTS, FaultInjector
 from sagaflow._outbox import AfterCommit, Held, message_id
 from sagaflow._sending import sender
 from sagaflow._status import WorkKind
-from sagaflow._workflow import Workflow, workflow_of
+from sagaflow._workflow import Workflow, plan_of, workflow_of
 from sagaflow.dlq.store import DeadLetterStore
 
 log = logging.getLogger("sagaflow")
@@ -88,6 +89,10 @@ class Runner:
         self.outage_budget = outage_budget
         # Outages of the dependencies work needs, seen by any process (dependencies.py).
         self.outages = OutageBoard(events.redis)
+
+    def plan(self, workflow: str, version: str | None) -> Workflow:
+        """The plan a saga of `workflow` started on `version` runs by (Workflow.plan)."""
+        return plan_of(self.workflows, workflow, version)
 
     def is_business(self, wf: Workflow, exc: BaseException) -> bool:
         return isinstance(exc, (InjectedBusinessError, *wf.business_errors))
@@ -238,6 +243,33 @@ class Runner:
         )
         return "dead_lettered"
 
+    def park_unknown_version(
+        self,
+        unknown: UnknownVersion,
+        name: str,
+        saga_id: str,
+        args: dict[str, Any],
+        dlq_entry: str = "",
+        max_attempts: int = 1,
+    ) -> None:
+        """Work of a version no worker took in time (sagaflow.celery_app): parked with the
+        reason, and the saga's version, so that a process that knows it can send it again.
+        Its kind and service in the entry are those of the newest plan this process knows
+        that has it (only the saga's own plan could say for sure)."""
+        current = self.workflows.get(unknown.workflow)
+        like = current.any_plan_with(name) if current is not None else None
+        if like is None:
+            # Not a step of any plan known here: nothing can be said about it. Its saga's
+            # row stays as it is, and the stall check (where the version is known) finds it.
+            log.error("cannot park %s of %s: %s", name, saga_id, unknown)
+            return
+        if dlq_entry:
+            self.dlq_attempt_failed(like, name, saga_id, dlq_entry, unknown, max_attempts)
+            return
+        self.dead_letter(
+            like, name, saga_id, {**args, "saga_id": saga_id}, unknown, version=unknown.version
+        )
+
     def after_failure(
         self,
         wf: Workflow,
@@ -361,9 +393,11 @@ class Runner:
         args: dict[str, Any],
         error: BaseException | str,
         task: str = "",
+        version: str = "",
     ) -> dict[str, Any] | None:
         """Retries ran out (classes 2, 3, 4): park the work in the DLQ. None when it has
-        succeeded meanwhile (the report was stale): nothing is parked."""
+        succeeded meanwhile (the report was stale): nothing is parked. The entry records
+        the saga's version (`wf`'s, unless `version` says another): its retry runs by it."""
         trace = (
             "".join(traceback.format_exception(error))[-4000:]
             if isinstance(error, BaseException)
@@ -385,6 +419,7 @@ class Runner:
                 else ""
             ),
             traceparent=tracing.traceparent(),
+            version=version or wf.version,
         )
         if entry is None:
             log.info("not parking %s of %s: it has succeeded meanwhile", name, saga_id)
@@ -432,7 +467,10 @@ class Runner:
             sender(self)(message["kind"], message["payload"], message["message_id"])
             self.dead_letters.resolve(eid, "sent by the DLQ")
             return f"sent {message['message_id']}"
-        wf = self.workflows[entry["workflow"]]
+        # By the plan of the version the saga started on (an entry parked before versions
+        # were recorded: the current plan). One this process does not know: UnknownVersion,
+        # a NotApplicable: the DLQ asks a human, an operator's requeue says why.
+        wf = self.plan(entry["workflow"], entry.get("version"))
         if wf.kind_of(name) == WorkKind.COMPENSATION:
             plan = args.get("plan") or [name]
             self.dispatcher.compensate(wf, entry["saga_id"], plan, plan.index(name), eid)
@@ -469,7 +507,7 @@ class Runner:
 
     def give_up(self, entry: dict[str, Any], who: str) -> list[str]:
         """An operator stops retrying a stuck forward step and undoes the saga instead."""
-        wf = self.workflows[entry["workflow"]]
+        wf = self.plan(entry["workflow"], entry.get("version"))
         if wf.kind_of(entry["name"]) != WorkKind.STEP:
             raise NotApplicable(f"{entry['id']} is not a forward step before the pivot")
         if not self.dead_letters.give_up(entry["id"], f"given up by {who}: compensating"):

@@ -95,6 +95,9 @@ class Settings:
     # step's own, and the longest retry delay (what an outage's wait is measured against).
     dlq_max_attempts: int = 5
     step_retry_backoff_max: int = 30
+    # How long work of a version this build does not know goes back to its queue for a
+    # worker that knows it, before it is dead-lettered with the reason.
+    unknown_version_wait_seconds: float = 600.0
 
 
 def dlq_backoff(settings: RuntimeSettings) -> Callable[[int], float]:

@@ -21,7 +21,9 @@ def sender(runner: Runner) -> Sender:
 
     def send(kind: str, payload: dict[str, Any], mid: str) -> None:
         if kind == START:
-            wf = runner.workflows[payload["workflow"]]
+            # The version the saga was recorded with (a start written before a deploy
+            # runs the plan it was written for); none: the current plan.
+            wf = runner.plan(payload["workflow"], payload.get("version"))
             runner.dispatcher.forward(wf, payload["ctx"], wf.step_names, message_id=mid)
         elif kind == STREAM:
             runner.events.redis.xadd(payload["stream"], {**payload["fields"], "message_id": mid})

@@ -58,7 +58,7 @@ class PendingStart:
             self.saga_id = SagaLog.create(session, wf, ctx, tracing.traceparent())
             if span is not None:
                 span.set_attribute("saga.id", self.saga_id)
-            kind, payload = start_message(wf.name, ctx.model_dump(mode="json"))
+            kind, payload = start_message(wf.name, ctx.model_dump(mode="json"), wf.version)
             row_id = enqueue(
                 session, self.outbox.table, self.saga_id, kind, payload, held_by=self.outbox
             )

@@ -17,6 +17,16 @@ with the compensation that undoes it, the queue (service) it runs on and its ret
 The pivot is the last step with a compensation: once it applied, the saga is COMPLETED,
 and the steps after it are retried until they succeed, never compensated.
 
+A saga runs, from start to end, by the plan of the version it started on. A build keeps
+the earlier plans it still runs as values, passed with the current one:
+
+    ORDER_V1 = Workflow(name="order", ..., steps=[...as they were...])
+    ORDER = Workflow(name="order", ..., steps=[...], earlier=(ORDER_V1,))
+
+`ORDER.plan(version)` is the plan a saga of that version runs; everything that takes the
+workflows (the Runtime, the Celery adapter, the projector) knows the earlier ones through
+it. A version nobody passes any more is one this build refuses (UnknownVersion).
+
 A step's action takes the services of the process it runs in (`services.<name>`, what
 the owner's composition root built) and the context, and returns (context, detail): the
 context the next step gets, and one line for the timeline (None: skipped). A compensation
@@ -33,7 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sagaflow._errors import DeclarationError
+from sagaflow._errors import DeclarationError, UnknownVersion
 from sagaflow._status import WorkKind
 
 # `services`: whatever the workflow's owner hands the runner (the shop: app.bootstrap's
@@ -110,11 +120,21 @@ class Workflow:
     # steps, their services and compensations, in order): a change to the plan is a new
     # version whether or not anybody remembered to say so.
     version: str = ""
+    # The earlier versions this build still runs sagas of (each the declaration as it was,
+    # kept as a value): a saga started on one of them runs and is undone by its own plan.
+    # Drop one once `sagaflow_sagas_in_flight{version=...}` reads zero. An earlier version's
+    # own `earlier` are kept too (declarations are copied as they were), so dropping the
+    # oldest means dropping it where it is listed. A field of the workflow rather than an
+    # argument of the Runtime: every place that takes the workflows (the Runtime, the
+    # Celery adapter, the projector, the CLI) then knows them, with nothing else to wire.
+    earlier: tuple[Workflow, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "earlier", tuple(self.earlier))
         if not self.version:
             object.__setattr__(self, "version", self.plan_version)
+        self._check_earlier()
         names = [s.name for s in self.steps] + [c.name for c in self.compensations]
         if len(names) != len(set(names)):
             raise DeclarationError(
@@ -132,14 +152,63 @@ class Workflow:
                     " has none; steps after the pivot cannot be undone"
                 )
 
+    def _check_earlier(self) -> None:
+        plans: dict[str, Workflow] = {self.version: self}
+        for older in self.earlier:
+            for wf in (older, *older.versions.values()):
+                if wf.name != self.name:
+                    raise DeclarationError(
+                        f"workflow {self.name}: an earlier version must be of the same"
+                        f" workflow, not {wf.name}"
+                    )
+                if wf.home != self.home:
+                    raise DeclarationError(
+                        f"workflow {self.name}: version {wf.version} keeps its log in"
+                        f" {wf.home}, not {self.home}; a workflow's versions share one home"
+                    )
+                known = plans.setdefault(wf.version, wf)
+                if known is not wf and known.plan_version != wf.plan_version:
+                    raise DeclarationError(
+                        f"workflow {self.name}: two different plans are both version {wf.version}"
+                    )
+        # Flat, current first: version -> the plan a saga started on it runs.
+        object.__setattr__(self, "_plans", plans)
+
+    # --- versions --------------------------------------------------------------------------
+
+    @property
+    def versions(self) -> dict[str, Workflow]:
+        """Every version this declaration runs, by version, the current one first."""
+        plans: dict[str, Workflow] = self.__dict__["_plans"]
+        return plans
+
+    @property
+    def known_versions(self) -> list[str]:
+        return list(self.versions)
+
+    def plan(self, version: str | None) -> Workflow:
+        """The plan a saga of `version` runs by. No version (work sent before versions
+        were carried, or a saga recorded before they were kept): the current plan, as
+        before. A version this build does not know: UnknownVersion, never a guess."""
+        if not version:
+            return self
+        found = self.versions.get(version)
+        if found is None:
+            raise UnknownVersion(self.name, version, self.known_versions)
+        return found
+
+    def any_plan_with(self, name: str) -> Workflow | None:
+        """The newest known version that has step or compensation `name` (what a task
+        named after it is, when the saga's own version is not known)."""
+        return next((wf for wf in self.versions.values() if wf.knows(name)), None)
+
     # --- reading the declaration ---------------------------------------------------
 
     @property
     def plan_version(self) -> str:
         """A short digest of the plan: what a saga started on it will run, and undo."""
         plan = [
-            [s.name, s.queue, s.compensation.name if s.compensation else None]
-            for s in self.steps
+            [s.name, s.queue, s.compensation.name if s.compensation else None] for s in self.steps
         ]
         return "p" + hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:10]
 
@@ -166,8 +235,10 @@ class Workflow:
     @property
     def services(self) -> list[str]:
         """Every service this workflow needs, in order: its home (the saga log) first,
-        then each step's (a step's queue is its service's)."""
-        return list(dict.fromkeys([self.home, *self.queues]))
+        then each step's (a step's queue is its service's), then those only an earlier
+        version still in flight needs (its steps must still be run or undone there)."""
+        older = [q for wf in list(self.versions.values())[1:] for q in wf.queues]
+        return list(dict.fromkeys([self.home, *self.queues, *older]))
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -243,6 +314,13 @@ def services_of(workflows: Iterable[Workflow]) -> tuple[str, ...]:
     list settings, schema, workers and tests read, so adding a step on a new service is
     the step and its service, nothing else."""
     return tuple(dict.fromkeys(name for wf in workflows for name in wf.services))
+
+
+def plan_of(workflows: Mapping[str, Workflow], name: str, version: str | None) -> Workflow:
+    """The plan a saga of workflow `name` started on `version` runs by (Workflow.plan):
+    KeyError for a workflow this process does not run, UnknownVersion for a version it
+    does not know."""
+    return workflows[name].plan(version)
 
 
 def workflow_of(workflows: Mapping[str, Workflow], saga_id: str) -> Workflow | None:

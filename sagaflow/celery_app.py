@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from celery import Celery, Task, chain
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
@@ -33,11 +33,12 @@ from sagaflow._errors import (
     AlreadyCompensated,
     DependencyUnreachable,
     InjectedBusinessError,
+    UnknownVersion,
     error_text,
 )
 from sagaflow._runner import Runner
 from sagaflow._status import WorkKind
-from sagaflow._workflow import RetryPolicy, Workflow
+from sagaflow._workflow import RetryPolicy, Workflow, plan_of
 
 
 class AdapterSettings(Protocol):
@@ -48,6 +49,9 @@ class AdapterSettings(Protocol):
 
     @property
     def dlq_max_attempts(self) -> int: ...
+
+    @property
+    def unknown_version_wait_seconds(self) -> float: ...
 
 
 log = logging.getLogger("sagaflow.tasks")
@@ -110,6 +114,10 @@ class Sagas:
         self._runner: Runner | None = None
         self._lock = threading.Lock()
 
+    def plan(self, workflow: str, version: str | None) -> Workflow:
+        """The plan a message's saga runs by: its version's (Workflow.plan)."""
+        return plan_of(self.workflows, workflow, version)
+
     @property
     def runner(self) -> Runner:
         if self._runner is None:
@@ -165,6 +173,15 @@ class SagaTask(Task):  # type: ignore[misc]
         saga_id = kwargs.get("saga_id") or (args[0] if args and isinstance(args[0], str) else "")
         fields = f"saga_id={saga_id} step={self.work} task_id={self.request.id}"
         ran = False
+        # The plan of the saga's own version, which the message carries (none: sent before
+        # versions were carried, so the current plan, as then). A version this worker does
+        # not know is never run by another plan: the message goes back to the queue.
+        wf: Workflow | None = None
+        if self.workflow is not None:
+            try:
+                wf = self.workflow.plan(kwargs.get("version"))
+            except UnknownVersion as unknown:
+                self._unknown_version(unknown, self.work, saga_id, args, kwargs, fields)
         try:
             mid = kwargs.get("message_id")
             if mid and not self.runner.events.first_delivery(mid, self.request.id):
@@ -180,12 +197,12 @@ class SagaTask(Task):  # type: ignore[misc]
             # retry count that bounds autoretry.
             with working_on(
                 saga_id=saga_id,
-                workflow=self.workflow.name if self.workflow else None,
+                workflow=wf.name if wf else None,
                 step=self.work or self.name,
                 attempt=self.request.retries + 1,
                 task_id=self.request.id,
             ):
-                self._traced(saga_id, dlq_entry)
+                self._traced(saga_id, dlq_entry, wf)
                 result = run(*args, **kwargs)
         except Ignore:
             tracing.note(outcome="ignored")
@@ -204,7 +221,7 @@ class SagaTask(Task):  # type: ignore[misc]
             )
             raise Reject(reject.reason, requeue=True) from None
         except Retry as retry:
-            tracing.note(outcome="retrying", failure_class=self._failure_class(retry.exc))
+            tracing.note(outcome="retrying", failure_class=self._failure_class(retry.exc, wf))
             log.warning(
                 "retrying %s attempt=%s in=%ss error=%r",
                 fields,
@@ -218,7 +235,7 @@ class SagaTask(Task):  # type: ignore[misc]
             log.info("ignored late delivery %s: the saga is being or was undone", fields)
             raise Ignore() from None
         except Exception as exc:
-            if self.workflow is None:
+            if wf is None:
                 log.error("failed %s error=%r", fields, str(exc))
                 raise
             wrapped = isinstance(exc, DependencyUnreachable)
@@ -228,14 +245,14 @@ class SagaTask(Task):  # type: ignore[misc]
                 down, error = exc.dependency, exc.error
             else:
                 down = unreachable(exc, self.service)
-            tracing.failed(error, outcome="failed", failure_class=self._failure_class(error))
+            tracing.failed(error, outcome="failed", failure_class=self._failure_class(error, wf))
             if down:
                 self._wait_for(down, error, args, kwargs, fields)  # raises unless spent
             elif not ran:
                 # It failed before the work began (reaching Redis, building the runtime):
                 # nothing applied, so it is retried like a timeout, within the same budget.
-                self._retry_before_run(error, fields)
-            self._failed(error, args, kwargs, dlq_entry, fields)
+                self._retry_before_run(error, fields, wf)
+            self._failed(error, args, kwargs, dlq_entry, fields, wf)
             if wrapped:
                 raise error from None  # the real error, as the callback should see it
             raise
@@ -243,11 +260,10 @@ class SagaTask(Task):  # type: ignore[misc]
         tracing.note(outcome="succeeded")
         return result
 
-    def _traced(self, saga_id: str, dlq_entry: str) -> None:
+    def _traced(self, saga_id: str, dlq_entry: str, wf: Workflow | None) -> None:
         """The task's span (opentelemetry-instrumentation-celery's) says which saga work it is."""
         if not tracing.enabled():
             return
-        wf = self.workflow
         tracing.note(
             id=saga_id,
             workflow=wf.name if wf else None,
@@ -258,9 +274,8 @@ class SagaTask(Task):  # type: ignore[misc]
             **{"dlq.entry": dlq_entry},
         )
 
-    def _failure_class(self, exc: BaseException | None) -> str:
+    def _failure_class(self, exc: BaseException | None, wf: Workflow | None) -> str:
         """Which of the failure classes an error is, as a span says it."""
-        wf = self.workflow
         if exc is None or wf is None:
             return "error"
         if isinstance(exc, DependencyUnreachable) or unreachable(exc, self.service):
@@ -339,9 +354,83 @@ class SagaTask(Task):  # type: ignore[misc]
             self.runner.outages.back(dependency)
         seen.clear()
 
-    def _retry_before_run(self, exc: BaseException, fields: str) -> None:
-        assert self.workflow is not None  # __call__ checked it
-        retryable = isinstance(exc, (*self.workflow.retryable, SoftTimeLimitExceeded))
+    # --- a version this worker does not know ----------------------------------------------
+
+    def _unknown_version(
+        self,
+        unknown: UnknownVersion,
+        work: str,
+        saga_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fields: str,
+        parked: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """Work of a saga whose version this build does not know (a worker of an older
+        build, in a rolling deploy, meets a saga started on the new plan; or one that
+        dropped a version too early). Its plan is not guessed: the same message is sent
+        again after a backoff without spending an attempt, for a worker that knows the
+        version to pick up (as _wait_for does for an outage), and after
+        UNKNOWN_VERSION_WAIT_SECONDS it is dead-lettered with the reason. Always raises."""
+        wait, now = self.sagas.settings.unknown_version_wait_seconds, time.time()
+        seen = dict(kwargs.get("unknown_version") or {})
+        since = float(seen.get("since") or now)
+        dlq_entry = kwargs.get("dlq_entry") or ""
+        # A retry the DLQ sent is one attempt of its entry: it is recorded there, not waited.
+        if not dlq_entry and now - since < wait:
+            tries = int(seen.get("tries") or 0)
+            # The step's backoff, but never at once: a jittered 0 s would have a worker
+            # that is alone on the queue refuse the same message in a tight loop.
+            delay = max(1, self._backoff(tries))
+            retried = self.signature_from_request(
+                self.request,
+                args,
+                {**kwargs, "unknown_version": {"since": since, "tries": tries + 1}},
+                countdown=delay,
+                retries=self.request.retries,  # not the work's failure: no attempt spent
+            )
+            # Said once per message as a warning; its later refusals only at INFO.
+            log.log(
+                logging.WARNING if tries == 0 else logging.INFO,
+                "refusing %s: version %s of workflow %s is not known here (this worker knows:"
+                " %s); sent back to the queue for a worker that knows it, in=%ss, waited"
+                " %.0fs of %.0fs",
+                fields,
+                unknown.version,
+                unknown.workflow,
+                ", ".join(unknown.known),
+                delay,
+                now - since,
+                wait,
+            )
+            try:
+                retried.apply_async()
+            except Exception as send_error:
+                log.warning("could not send %s back either: kept for redelivery", fields)
+                raise Reject(send_error, requeue=True) from None
+            raise Retry(exc=unknown, when=delay, sig=retried)
+        log.error(
+            "dead-lettering %s: no worker took version %s of workflow %s within %.0fs",
+            fields,
+            unknown.version,
+            unknown.workflow,
+            wait,
+        )
+        if work and saga_id:
+            self.runner.park_unknown_version(
+                unknown,
+                work,
+                saga_id,
+                parked if parked is not None else _parked_args_of(args, kwargs),
+                dlq_entry,
+                self.sagas.settings.dlq_max_attempts,
+            )
+        # Nothing more is owed by this message: its link_error callback must not run (it
+        # would meet the same unknown version), nor anything chained after it.
+        raise Ignore()
+
+    def _retry_before_run(self, exc: BaseException, fields: str, wf: Workflow) -> None:
+        retryable = isinstance(exc, (*wf.retryable, SoftTimeLimitExceeded))
         if not retryable or self.request.retries >= (self.max_retries or 0):
             return
         log.warning("failed before its work began %s error=%r", fields, error_text(exc))
@@ -357,9 +446,8 @@ class SagaTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         dlq_entry: str,
         fields: str,
+        wf: Workflow,
     ) -> None:
-        wf = self.workflow
-        assert wf is not None  # __call__ checked it
         if wf.kind_of(self.work) == WorkKind.COMPENSATION:
             saga_id = kwargs.get("saga_id") or args[0]
             retry_args = {"saga_id": saga_id, "plan": kwargs.get("plan")}
@@ -376,6 +464,14 @@ class SagaTask(Task):  # type: ignore[misc]
             fields,
             self.sagas.settings.dlq_max_attempts,
         )
+
+
+def _parked_args_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a retry of refused work needs, read from its message: a step's input context,
+    a compensation's plan (whichever the message has)."""
+    if "plan" in kwargs:
+        return {"plan": kwargs.get("plan") or []}
+    return {"ctx": args[0] if args else None}
 
 
 def _options(
@@ -424,9 +520,12 @@ def _step_task(wf: Workflow, name: str) -> Callable[..., dict[str, Any]]:
         dlq_entry: str = "",
         message_id: str = "",
         outage: dict[str, Any] | None = None,
+        version: str = "",
+        unknown_version: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        with _outages_told_apart(self.service):
-            return self.runner.run_step(wf, name, ctx, self.request.retries + 1, dlq_entry)
+        plan = wf.plan(version)  # SagaTask refused a version it does not know
+        with _outages_told_apart(plan.queue_of(name)):
+            return self.runner.run_step(plan, name, ctx, self.request.retries + 1, dlq_entry)
 
     run.__name__ = name
     run.__doc__ = f"Step {name} of {wf.name}: runs on its service's queue, returns the context."
@@ -441,23 +540,39 @@ def _compensation_task(wf: Workflow, name: str) -> Callable[..., str]:
         dlq_entry: str = "",
         message_id: str = "",
         outage: dict[str, Any] | None = None,
+        version: str = "",
+        unknown_version: dict[str, Any] | None = None,
     ) -> str:
         attempt = self.request.retries + 1
-        with _outages_told_apart(self.service):
-            return self.runner.run_compensation(wf, name, saga_id, attempt, dlq_entry, plan)
+        own = wf.plan(version)  # SagaTask refused a version it does not know
+        with _outages_told_apart(own.queue_of(name)):
+            return self.runner.run_compensation(own, name, saga_id, attempt, dlq_entry, plan)
 
     run.__name__ = name
     run.__doc__ = f"Compensation {name} of {wf.name}: undoes its step once for one saga."
     return run
 
 
+def _every_step(wf: Workflow) -> list[tuple[Workflow, Any]]:
+    """Each step of every version `wf` runs, once by name, as the newest version that has
+    it declares it: a step removed in the current plan keeps its task (and its
+    compensation's) while an earlier version that has it is known."""
+    seen: dict[str, tuple[Workflow, Any]] = {}
+    for plan in wf.versions.values():  # the current first
+        for step in plan.steps:
+            seen.setdefault(step.name, (plan, step))
+    return list(seen.values())
+
+
 def routes(workflows: list[Workflow]) -> dict[str, Any]:
+    # The dispatcher names each message's queue from the saga's own plan; these are the
+    # default for a task sent without one.
     found: dict[str, Any] = {}
     for wf in workflows:
-        for step in wf.steps:
-            found[f"{wf.name}.{step.name}"] = {"queue": step.queue}
+        for _, step in _every_step(wf):
+            found.setdefault(f"{wf.name}.{step.name}", {"queue": step.queue})
             if step.compensation:
-                found[f"{wf.name}.{step.compensation.name}"] = {"queue": step.queue}
+                found.setdefault(f"{wf.name}.{step.compensation.name}", {"queue": step.queue})
     return found
 
 
@@ -469,14 +584,22 @@ def install(
     settings: AdapterSettings,
     warm_up: Callable[[Runner], None] | None = None,
 ) -> Sagas:
-    """Register every workflow's tasks on `app` (shared=False: each app its own tasks).
+    """Register every workflow's tasks on `app` (shared=False: each app its own tasks):
+    those of each version it knows (Workflow.earlier), each message run by its saga's.
     `warm_up(runner)` runs in each pool child as it starts (open its connections)."""
     app.sagas = Sagas(workflows, build_runner, settings, warm_up)
     app.conf.task_routes = {**(app.conf.task_routes or {}), **routes(workflows)}
+    registered: set[str] = set()
     for wf in workflows:
         # Expected business refusals are logged as such, without a traceback.
-        throws = (InjectedBusinessError, *wf.business_errors)
-        for step in wf.steps:
+        errors = [e for plan in wf.versions.values() for e in plan.business_errors]
+        throws = (InjectedBusinessError, *dict.fromkeys(errors))
+        for plan, step in _every_step(wf):
+            if f"{wf.name}.{step.name}" in registered:
+                continue
+            registered.add(f"{wf.name}.{step.name}")
+            # `workflow` is the current declaration, which knows every version: each
+            # message is run by its saga's version's plan (SagaTask.__call__).
             app.task(
                 _step_task(wf, step.name),
                 bind=True,
@@ -487,9 +610,10 @@ def install(
                 work=step.name,
                 service=step.queue,
                 throws=throws,
-                **_options(step.retry, defaults, wf.retryable),
+                **_options(step.retry, defaults, plan.retryable),
             )
-            if step.compensation:
+            if step.compensation and f"{wf.name}.{step.compensation.name}" not in registered:
+                registered.add(f"{wf.name}.{step.compensation.name}")
                 app.task(
                     _compensation_task(wf, step.compensation.name),
                     bind=True,
@@ -500,19 +624,37 @@ def install(
                     work=step.compensation.name,
                     service=step.queue,
                     throws=throws,
-                    **_options(step.retry, defaults, wf.retryable),
+                    **_options(step.retry, defaults, plan.retryable),
                 )
 
     # The link_error callback retries what reaching Redis needs for as long as it takes.
-    retryable = tuple({t for wf in workflows for t in wf.retryable})
+    retryable = tuple({t for wf in workflows for p in wf.versions.values() for t in p.retryable})
     helper = {**_options(RetryPolicy(), defaults, retryable), "max_retries": None}
 
     # Celery is untyped: its task decorator is Any to mypy.
     @app.task(bind=True, shared=False, base=SagaTask, name=STEP_FAILED, **helper)  # type: ignore[untyped-decorator]
-    def step_failed(self: SagaTask, failure: dict[str, Any], saga_id: str = "") -> str:
+    def step_failed(
+        self: SagaTask,
+        failure: dict[str, Any],
+        saga_id: str = "",
+        unknown_version: dict[str, Any] | None = None,
+    ) -> str:
         """link_error callback of every step and compensation: route its failure. Takes one
-        argument so Celery sends it as a queued task rather than running it inline."""
-        wf = self.sagas.workflows[failure["workflow"]]
+        argument so Celery sends it as a queued task rather than running it inline. The
+        failure says the saga's version: it is routed by that version's plan."""
+        name, of_saga = failure["name"], failure["saga_id"]
+        try:
+            wf = self.sagas.plan(failure["workflow"], failure.get("version"))
+        except UnknownVersion as unknown:
+            fields = f"saga_id={of_saga} step={name} (its failure report)"
+            known = self.sagas.workflows[failure["workflow"]].any_plan_with(name)
+            parked: dict[str, Any] = (
+                {"plan": failure.get("plan") or [name]}
+                if known is not None and known.kind_of(name) == WorkKind.COMPENSATION
+                else {"ctx": self.runner.events.input(of_saga, name)}
+            )
+            message = {"saga_id": saga_id, "unknown_version": unknown_version}
+            self._unknown_version(unknown, name, of_saga, (failure,), message, fields, parked)
         return self.runner.step_failed(
             wf, failure["name"], failure["saga_id"], failure.get("plan") or []
         )
@@ -546,7 +688,13 @@ class CeleryDispatcher:
             signatures[0].apply_async()
 
     def _errback(self, wf: Workflow, saga_id: str, name: str, plan: Iterable[str] = ()) -> Any:
-        failure = {"workflow": wf.name, "saga_id": saga_id, "name": name, "plan": list(plan)}
+        failure = {
+            "workflow": wf.name,
+            "version": wf.version,  # the failure is routed by the saga's own plan
+            "saga_id": saga_id,
+            "name": name,
+            "plan": list(plan),
+        }
         return self.app.signature(
             STEP_FAILED,
             args=(failure,),
@@ -566,7 +714,9 @@ class CeleryDispatcher:
         saga_id = wf.saga_id(wf.parse(ctx))
         signatures = []
         for index, name in enumerate(steps):
-            kwargs = {"saga_id": saga_id}
+            # `wf` is the saga's own version's plan: each message says which, so that the
+            # worker runs it by that plan (SagaTask), whichever is current where it runs.
+            kwargs: dict[str, Any] = {"saga_id": saga_id, "version": wf.version}
             if index == 0 and dlq_entry:
                 kwargs["dlq_entry"] = dlq_entry
             if index == 0 and message_id:
@@ -594,7 +744,7 @@ class CeleryDispatcher:
     ) -> None:
         signatures = []
         for index, name in enumerate(plan[start:]):
-            kwargs = {"saga_id": saga_id, "plan": list(plan)}
+            kwargs = {"saga_id": saga_id, "plan": list(plan), "version": wf.version}
             if index == 0 and dlq_entry:
                 kwargs["dlq_entry"] = dlq_entry
             if index == 0 and message_id:

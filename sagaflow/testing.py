@@ -31,7 +31,11 @@ if TYPE_CHECKING:
 
 class SyncDispatcher:
     """chained=False: choreography's dispatcher, which sends only the first piece of work
-    (each announces the next, through its service's outbox)."""
+    (each announces the next, through its service's outbox).
+
+    Like a message, each piece of work keeps only its workflow's name and version: it is
+    run by the plan the runner finds for them (Runner.plan), as a worker finds it; a
+    version the runner does not know raises UnknownVersion where a worker would refuse."""
 
     def __init__(self, max_retries: int = 2, max_attempts: int = 2, chained: bool = True) -> None:
         self.runner: Runner | None = None  # set once the Runner that uses this dispatcher exists
@@ -51,7 +55,7 @@ class SyncDispatcher:
     ) -> None:
         steps = list(steps) if self.chained else list(steps[:1])
         self.sent.append(("forward", steps))
-        self.work.append(("forward", message_id, wf, ctx, steps, dlq_entry))
+        self.work.append(("forward", message_id, (wf.name, wf.version), ctx, steps, dlq_entry))
 
     def compensate(
         self,
@@ -64,7 +68,18 @@ class SyncDispatcher:
     ) -> None:
         end = len(plan) if self.chained else start + 1
         self.sent.append(("compensate", plan[start:end]))
-        self.work.append(("compensate", message_id, wf, saga_id, list(plan), start, end, dlq_entry))
+        self.work.append(
+            (
+                "compensate",
+                message_id,
+                (wf.name, wf.version),
+                saga_id,
+                list(plan),
+                start,
+                end,
+                dlq_entry,
+            )
+        )
 
     @property
     def _runner(self) -> Runner:
@@ -74,15 +89,16 @@ class SyncDispatcher:
     def drain(self, projector: Projector | None = None) -> None:
         """Run everything sent, and everything it sends, then bring the log up to date."""
         while self.work:
-            kind, message_id, *job = self.work.popleft()
+            kind, message_id, (name, version), *job = self.work.popleft()
             # A message id already delivered as another task is dropped (SagaTask does).
             if message_id and not self._runner.events.first_delivery(message_id, str(uuid4())):
                 self.dropped.append(message_id)
                 continue
+            wf = self._runner.plan(name, version)
             if kind == "forward":
-                self._forward(*job)
+                self._forward(wf, *job)
             else:
-                self._compensate(*job)
+                self._compensate(wf, *job)
         while projector is not None and projector.run_once(block_ms=1):
             pass
 

@@ -62,7 +62,7 @@ class OperatorActions:
                 "can_compensate": False,
                 "note": "consumers drop a message whose id they already had",
             }
-        wf = self.runner.workflows[entry["workflow"]]
+        wf = self.runner.plan(entry["workflow"], entry.get("version"))  # the saga's own plan
         name = entry["name"]
         if wf.kind_of(name) == WorkKind.COMPENSATION:
             owed = entry["args"].get("plan") or [name]
@@ -201,7 +201,7 @@ class OperatorActions:
         timeline = self.saga_log.timeline(saga_id)
         if timeline is None:
             raise Refused(f"no saga {saga_id}")
-        wf = self.runner.workflows[timeline["workflow"]]
+        wf = self.runner.plan(timeline["workflow"], timeline.get("version"))  # the saga's own
         statuses = {s["name"]: s["status"] for s in timeline["steps"]}
         if timeline["status"] == "COMPLETED":
             raise Refused(
@@ -223,6 +223,7 @@ class OperatorActions:
         return {
             "saga_id": saga_id,
             "workflow": wf.name,
+            "version": wf.version,
             "status": timeline["status"],
             "turns_back_at": boundary,
             "its_status": statuses.get(boundary, "pending"),
@@ -237,7 +238,7 @@ class OperatorActions:
         if not note.strip():
             raise Refused("say why the saga is cancelled (a note)")
         plan = self.cancel_plan(saga_id)
-        wf = self.runner.workflows[plan["workflow"]]
+        wf = self.runner.plan(plan["workflow"], plan["version"])
         for eid in plan["gives_up"]:  # the boundary step is parked: it is given up too
             self.store.give_up(eid, f"cancelled by {who}: compensating")
         # In the saga's trace: its compensations read as the cancel's children.

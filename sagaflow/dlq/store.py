@@ -159,11 +159,13 @@ class DeadLetterStore:
         traceback: str,
         dependency: str = "",
         traceparent: str = "",
+        version: str = "",
     ) -> dict[str, Any] | None:
         """Hand stuck work to the DLQ; the first retry comes after one backoff. None when
         the work has succeeded meanwhile: there is nothing to park. `dependency`: what
         could not be reached, when that is why it failed; `traceparent`: the trace of the
-        work that failed (its retries join it)."""
+        work that failed (its retries join it); `version`: the version of the workflow its
+        saga started on (its retry runs by that plan; "": the current one)."""
         now = self.clock()
         eid = entry_id(saga_id, name)
         fields: dict[str, Any] = {
@@ -187,6 +189,7 @@ class DeadLetterStore:
             "note": "",
             "dependency": dependency,
             "traceparent": traceparent,
+            "version": version,
         }
         flat = [str(x) for pair in fields.items() for x in pair]
         pushed = self._push(
