@@ -136,7 +136,10 @@ class Shop:
             refund = order["refund"]
             if refund is None or refund["status"] not in statuses or not settled(refund):
                 return None
-            return order
+            # Read again: the answer reads the order's row and the refund's saga one after
+            # the other, so the row may predate the commit that settled the refund (and,
+            # with it, the order's status): a row read after it has been seen is not.
+            return self.get_order(order_id)
 
         return wait_for(reached, timeout, what=f"refund of order {order_id} to reach {statuses}")
 
