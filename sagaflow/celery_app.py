@@ -307,14 +307,6 @@ class SagaTask(Task):  # type: ignore[misc]
             return
         tries = int(outage.get("tries") or 0)
         delay = self._backoff(tries)
-        retried = self.signature_from_request(
-            self.request,
-            args,
-            {**kwargs, "outage": {"since": since, "tries": tries + 1}},
-            countdown=delay,
-            # The same attempt again: an outage is not the work's failure.
-            retries=self.request.retries,
-        )
         log.warning(
             "%s unreachable; waiting %s attempt=%s in=%ss for %.0fs so far error=%r",
             dependency,
@@ -324,10 +316,28 @@ class SagaTask(Task):  # type: ignore[misc]
             now - since,
             error_text(exc),
         )
+        # The same attempt again: an outage is not the work's failure.
+        again = {**kwargs, "outage": {"since": since, "tries": tries + 1}}
+        self._send_again(args, again, delay, exc, f"the wait of {fields}")
+
+    def _send_again(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        delay: int,
+        exc: BaseException,
+        what: str,
+    ) -> NoReturn:
+        """Send this message again in `delay` s as the same attempt (what it waits for is
+        not the work's failure); if even that cannot reach the broker, keep the message
+        for redelivery. Always raises."""
+        retried = self.signature_from_request(
+            self.request, args, kwargs, countdown=delay, retries=self.request.retries
+        )
         try:
             retried.apply_async()
         except Exception as send_error:
-            log.warning("could not send the wait of %s either: kept for redelivery", fields)
+            log.warning("could not send %s either: kept for redelivery", what)
             raise Reject(send_error, requeue=True) from None
         raise Retry(exc=exc, when=delay, sig=retried)
 
@@ -382,13 +392,6 @@ class SagaTask(Task):  # type: ignore[misc]
             # The step's backoff, but never at once: a jittered 0 s would have a worker
             # that is alone on the queue refuse the same message in a tight loop.
             delay = max(1, self._backoff(tries))
-            retried = self.signature_from_request(
-                self.request,
-                args,
-                {**kwargs, "unknown_version": {"since": since, "tries": tries + 1}},
-                countdown=delay,
-                retries=self.request.retries,  # not the work's failure: no attempt spent
-            )
             # Said once per message as a warning; its later refusals only at INFO.
             log.log(
                 logging.WARNING if tries == 0 else logging.INFO,
@@ -403,12 +406,9 @@ class SagaTask(Task):  # type: ignore[misc]
                 now - since,
                 wait,
             )
-            try:
-                retried.apply_async()
-            except Exception as send_error:
-                log.warning("could not send %s back either: kept for redelivery", fields)
-                raise Reject(send_error, requeue=True) from None
-            raise Retry(exc=unknown, when=delay, sig=retried)
+            # Not the work's failure: no attempt spent.
+            again = {**kwargs, "unknown_version": {"since": since, "tries": tries + 1}}
+            self._send_again(args, again, delay, unknown, f"{fields} back")
         log.error(
             "dead-lettering %s: no worker took version %s of workflow %s within %.0fs",
             fields,
