@@ -55,7 +55,10 @@ Undo = Callable[[Any, str], str]
 @dataclass(frozen=True)
 class RetryPolicy:
     """Celery's autoretry for one step (whole seconds: delay = random(0, min(max, base*2^n))),
-    and its time limits. None: the process's defaults (settings)."""
+    and its time limits. None: the process's defaults (settings).
+
+    Part of the plan a saga runs by: a saga started on an earlier version is retried, and
+    timed, by that version's declaration, whichever is current on the worker."""
 
     max_retries: int | None = None
     backoff: int | None = None
@@ -63,6 +66,22 @@ class RetryPolicy:
     jitter: bool | None = None
     soft_time_limit: float | None = None
     time_limit: float | None = None
+
+    def over(self, defaults: RetryPolicy) -> RetryPolicy:
+        """This policy with what it leaves to the defaults filled in from them."""
+        return RetryPolicy(
+            **{
+                name: getattr(defaults, name) if value is None else value
+                for name, value in vars(self).items()
+            }
+        )
+
+    @property
+    def time_limits(self) -> dict[str, float]:
+        """The limits it declares itself, as Celery's per-message options (a message that
+        carries them is timed by them; one that does not, by the worker's settings)."""
+        limits = {"soft_time_limit": self.soft_time_limit, "time_limit": self.time_limit}
+        return {name: value for name, value in limits.items() if value is not None}
 
 
 # A whole policy, for a team without settings of its own: four retries with full jitter
@@ -259,6 +278,11 @@ class Workflow:
     def queue_of(self, name: str) -> str:
         """A compensation runs on its step's service."""
         return self.step(name).queue if name in self.step_names else self.undoing(name).queue
+
+    def retry_of(self, name: str) -> RetryPolicy:
+        """The retry policy of a step, or of the step a compensation undoes (a compensation
+        runs by its step's)."""
+        return (self.step(name) if name in self.step_names else self.undoing(name)).retry
 
     def kind_of(self, name: str) -> WorkKind:
         if name in self.compensation_names:

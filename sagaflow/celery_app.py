@@ -158,6 +158,10 @@ class SagaTask(Task):  # type: ignore[misc]
     workflow: Workflow | None = None
     work: str = ""
     service: str = ""
+    # This work's retry policy in each version that has it, the defaults filled in: a
+    # message is retried by its saga's own version's (the task's own attributes are the
+    # newest declaration's, what Celery reads where no saga version is at hand).
+    policies: dict[str, RetryPolicy] = {}
 
     @property
     def sagas(self) -> Sagas:
@@ -341,13 +345,53 @@ class SagaTask(Task):  # type: ignore[misc]
             raise Reject(send_error, requeue=True) from None
         raise Retry(exc=exc, when=delay, sig=retried)
 
+    # --- the retry policy of the saga's own version -----------------------------------
+
+    def _policy(self) -> RetryPolicy:
+        """This work's retry policy in the plan of the running message's saga (the version
+        it carries; none: the current plan, as for every other use of the version)."""
+        registered = RetryPolicy(
+            max_retries=self.max_retries,
+            backoff=int(self.retry_backoff),
+            backoff_max=int(self.retry_backoff_max),
+            jitter=bool(self.retry_jitter),
+        )
+        if self.workflow is None:
+            return registered
+        version = (self.request.kwargs or {}).get("version") or self.workflow.version
+        return self.policies.get(version, registered)
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Celery's retry, bounded and spaced by the saga's own version's policy. Autoretry
+        computes its countdown from the task's attributes, the newest declaration's, and
+        passes a stale `max_retries` of an earlier call (Celery keeps it on the task): both
+        are replaced, so a saga started on v1 is retried as v1 declared even on v2's build."""
+        policy = self._policy()
+        if countdown is not None:
+            countdown = self._backoff(self.request.retries)
+        retried: Retry = super().retry(
+            args, kwargs, exc, throw, eta, countdown, policy.max_retries, **options
+        )
+        return retried
+
     def _backoff(self, retries: int) -> int:
         """The step's own retry delay (autoretry's formula) after `retries` tries."""
+        policy = self._policy()
         delay: int = get_exponential_backoff_interval(
-            factor=max(1, int(self.retry_backoff)),
+            factor=max(1, int(policy.backoff or 0)),
             retries=retries,
-            maximum=int(self.retry_backoff_max),
-            full_jitter=self.retry_jitter,
+            maximum=int(policy.backoff_max or 0),
+            full_jitter=bool(policy.jitter),
         )
         return delay
 
@@ -431,7 +475,7 @@ class SagaTask(Task):  # type: ignore[misc]
 
     def _retry_before_run(self, exc: BaseException, fields: str, wf: Workflow) -> None:
         retryable = isinstance(exc, (*wf.retryable, SoftTimeLimitExceeded))
-        if not retryable or self.request.retries >= (self.max_retries or 0):
+        if not retryable or self.request.retries >= (self._policy().max_retries or 0):
             return
         log.warning("failed before its work began %s error=%r", fields, error_text(exc))
         try:
@@ -477,24 +521,33 @@ def _parked_args_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, 
 def _options(
     step_retry: RetryPolicy, defaults: RetryPolicy, retryable: tuple[Any, ...]
 ) -> dict[str, Any]:
-    def pick(field: str) -> Any:
-        value = getattr(step_retry, field)
-        return getattr(defaults, field) if value is None else value
-
+    policy = step_retry.over(defaults)
     return {
         # A step that overran its soft time limit is a timeout: retried like any other.
         "autoretry_for": (*retryable, SoftTimeLimitExceeded),
         # Waited for without spending an attempt (SagaTask._wait_for).
         "dont_autoretry_for": (DependencyUnreachable,),
-        "max_retries": pick("max_retries"),
-        "retry_backoff": pick("backoff"),
-        "retry_backoff_max": pick("backoff_max"),
-        "retry_jitter": pick("jitter"),
+        "max_retries": policy.max_retries,
+        "retry_backoff": policy.backoff,
+        "retry_backoff_max": policy.backoff_max,
+        "retry_jitter": policy.jitter,
         # Used when a lost worker counts as a retry: Celery's default (180 s) would outlast
         # the broker's visibility timeout and have Redis deliver the message again meanwhile.
-        "default_retry_delay": pick("backoff"),
-        "soft_time_limit": pick("soft_time_limit"),
-        "time_limit": pick("time_limit"),
+        "default_retry_delay": policy.backoff,
+        # The settings' limits. A step's own travel with each of its messages (the
+        # dispatcher puts its saga's version's there), so that every version is timed by
+        # its own declaration on a worker that runs several.
+        "soft_time_limit": defaults.soft_time_limit,
+        "time_limit": defaults.time_limit,
+    }
+
+
+def _policies(wf: Workflow, name: str, defaults: RetryPolicy) -> dict[str, RetryPolicy]:
+    """The retry policy of step or compensation `name` in each version of `wf` that has it."""
+    return {
+        version: plan.retry_of(name).over(defaults)
+        for version, plan in wf.versions.items()
+        if plan.knows(name)
     }
 
 
@@ -610,6 +663,7 @@ def install(
                 work=step.name,
                 service=step.queue,
                 throws=throws,
+                policies=_policies(wf, step.name, defaults),
                 **_options(step.retry, defaults, plan.retryable),
             )
             if step.compensation and f"{wf.name}.{step.compensation.name}" not in registered:
@@ -624,6 +678,7 @@ def install(
                     work=step.compensation.name,
                     service=step.queue,
                     throws=throws,
+                    policies=_policies(wf, step.compensation.name, defaults),
                     **_options(step.retry, defaults, plan.retryable),
                 )
 
@@ -728,6 +783,7 @@ class CeleryDispatcher:
                 queue=wf.queue_of(name),
                 # Flower shows this instead of the whole context.
                 argsrepr=f"('{saga_id} context',)",
+                **wf.retry_of(name).time_limits,
             )
             sig.link_error(self._errback(wf, saga_id, name))
             signatures.append(sig)
@@ -754,6 +810,7 @@ class CeleryDispatcher:
                 kwargs=kwargs,
                 immutable=True,
                 queue=wf.queue_of(name),
+                **wf.retry_of(name).time_limits,
             )
             sig.link_error(self._errback(wf, saga_id, name, plan))
             signatures.append(sig)

@@ -87,6 +87,8 @@ V1 = Workflow(
     retryable=(TransientError,),
 )
 
+V2_NOTIFY_RETRY = RetryPolicy(max_retries=4, backoff=3, backoff_max=60, soft_time_limit=30.0)
+
 V2 = Workflow(
     name="topup",
     context=TopUp,
@@ -101,7 +103,14 @@ V2 = Workflow(
             Compensation("clear_fraud", _undoing("clear_fraud")),
         ),
         Step("credit", "wallet", credit, Compensation("debit", debit)),
-        Step("notify", "notifier", _notify_as("2"), Compensation("unnotify", _undoing("unnotify"))),
+        # And retries it longer, further apart, with a time limit of its own.
+        Step(
+            "notify",
+            "notifier",
+            _notify_as("2"),
+            Compensation("unnotify", _undoing("unnotify")),
+            retry=V2_NOTIFY_RETRY,
+        ),
     ],
     business_errors=(TooMuch,),
     retryable=(TransientError,),
@@ -313,16 +322,20 @@ class _Sent:
         return Signature()
 
 
-@pytest.fixture
-def adapter(tmp_path, redis, monkeypatch):
+DEFAULTS = RetryPolicy(
+    max_retries=2, backoff=1, backoff_max=4, jitter=False, soft_time_limit=5.0, time_limit=9.0
+)
+
+
+def _adapter(tmp_path, redis, monkeypatch, faults: str = ""):
     """v2's build of the Celery tasks, over the rules' world (orchestration), called
     in-process: each call gets a request of its own, as a worker's delivery would."""
-    world = _world(tmp_path, redis, "orchestration")
+    world = _world(tmp_path, redis, "orchestration", faults=faults)
     app = Celery("versions-test", set_as_current=False)
     install(
         app,
         [V2],
-        defaults=RetryPolicy(max_retries=2, backoff=1, backoff_max=4, jitter=False),
+        defaults=DEFAULTS,
         build_runner=lambda: world.runner,
         settings=Settings(unknown_version_wait_seconds=600.0),
     )
@@ -331,13 +344,24 @@ def adapter(tmp_path, redis, monkeypatch):
     def call(task_name: str, *args, retries: int = 0, **kwargs):
         task = app.tasks[task_name]
         monkeypatch.setattr(task, "signature_from_request", sent.signature_from_request)
-        task.push_request(id=f"task-{task_name}", retries=retries, args=args, kwargs=kwargs)
+        task.push_request(
+            id=f"task-{task_name}",
+            retries=retries,
+            args=args,
+            kwargs=kwargs,
+            called_directly=False,  # as a worker runs it: Celery's retry sends a message
+        )
         try:
             return task(*args, **kwargs)
         finally:
             task.pop_request()
 
     return world, app, call, sent
+
+
+@pytest.fixture
+def adapter(tmp_path, redis, monkeypatch):
+    return _adapter(tmp_path, redis, monkeypatch)
 
 
 def test_every_known_versions_steps_have_their_tasks(adapter):
@@ -378,6 +402,42 @@ def test_a_message_says_its_sagas_version_and_runs_by_that_plan(adapter):
     assert [s.kwargs["version"] for s in signatures] == ["1"] * 5
     errbacks = [s.options["link_error"][0] for s in signatures]
     assert {e["args"][0]["version"] for e in errbacks} == {"1"}
+
+
+def test_a_sagas_work_is_retried_and_timed_by_its_own_versions_policy(tmp_path, redis, monkeypatch):
+    """v2 retries notify four times, 3 s apart and doubling; v1 twice, by the defaults'
+    backoff. One build runs both: each saga's attempts follow the plan it started on."""
+    world, app, call, sent = _adapter(tmp_path, redis, monkeypatch, faults="notify:transient")
+    ctx = TopUp(topup_id=9, user_id=7, amount=300).model_dump()
+
+    for version, countdown in (("1", 2), ("2", 6)):  # the second retry: backoff * 2^1
+        with pytest.raises(Retry):
+            call("topup.notify", ctx, saga_id="topup-9", version=version, retries=1)
+        assert (sent.messages[-1]["retries"], sent.messages[-1]["countdown"]) == (2, countdown)
+    # The third failure: v1's retries are spent (the error is the saga's to route), v2's not.
+    with pytest.raises(TransientError):
+        call("topup.notify", ctx, saga_id="topup-9", version="1", retries=2)
+    with pytest.raises(Retry):
+        call("topup.notify", ctx, saga_id="topup-9", version="2", retries=2)
+    assert sent.messages[-1]["countdown"] == 12
+    # Celery keeps an explicit max_retries on the task object; a v1 message after a v2
+    # retry is still bounded by v1's two.
+    with pytest.raises(TransientError):
+        call("topup.notify", ctx, saga_id="topup-9", version="1", retries=2)
+
+    # Time limits travel with the message: the worker's pool times each message by the
+    # limits it carries, and the task's own are the settings' (what a message without
+    # any gets), not the newest declaration's.
+    signatures = []
+    dispatcher = CeleryDispatcher(app)
+    dispatcher._send = signatures.extend
+    dispatcher.forward(V2, ctx, ["notify"])
+    dispatcher.forward(V1, ctx, ["notify"])
+    dispatcher.compensate(V2, "topup-9", ["unnotify"])
+    assert [s.options.get("soft_time_limit") for s in signatures] == [30.0, None, 30.0]
+    assert all("time_limit" not in s.options for s in signatures)
+    task = app.tasks["topup.notify"]
+    assert (task.soft_time_limit, task.time_limit) == (5.0, 9.0)
 
 
 def test_a_failure_report_is_routed_by_its_sagas_version(adapter):
