@@ -1,8 +1,11 @@
-"""Fault injection for tests and drills: SAGA_FAULTS=name:kind[:times],...
+"""Fault injection for tests and drills: SAGA_FAULTS=name:kind[:times][@saga_id],...
 
 Honoured only with SAGA_FAULTS_ENABLED=1 (the settings warn and drop it otherwise).
 `times` counts per (saga, name) in Redis, so it holds across processes and redeliveries:
 `decrease_stock:timeout:2` makes each saga's stock step time out twice, then succeed.
+`@saga_id` aims it at one saga (`decrease_stock:timeout:3@order-42`), every other saga
+untouched: a drill under load strikes the order it watches, not its neighbours. A fault
+aimed at the saga wins over one for every saga at the same step.
 
 With fault injection on, a spec stored under LIVE_KEY in Redis replaces SAGA_FAULTS for as
 long as it is there, in every process at once, read at each step: a drill (or the failure
@@ -36,16 +39,27 @@ class Fault:
     name: str
     kind: str
     times: int | None  # None: every time
+    saga: str | None = None  # None: every saga
+
+    @property
+    def key(self) -> str:
+        return self.name if self.saga is None else f"{self.name}@{self.saga}"
 
 
 def parse_faults(spec: str, known: Iterable[str]) -> dict[str, Fault]:
-    """Parse `name:kind[:times],...`; raises DeclarationError (a ValueError) naming the bad part."""
+    """Parse `name:kind[:times][@saga_id],...` into faults by key (`name`, or
+    `name@saga_id`); raises DeclarationError (a ValueError) naming the bad part."""
     known = set(known)
     faults: dict[str, Fault] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        fields = part.split(":")
+        aimed, at, saga = part.partition("@")
+        if at and not saga.strip():
+            raise DeclarationError(f"SAGA_FAULTS entry {part!r} names no saga after @")
+        fields = aimed.split(":")
         if len(fields) not in (2, 3):
-            raise DeclarationError(f"SAGA_FAULTS entry {part!r} is not name:kind[:times]")
+            raise DeclarationError(
+                f"SAGA_FAULTS entry {part!r} is not name:kind[:times][@saga_id]"
+            )
         name, kind = fields[0], fields[1]
         if name not in known:
             raise DeclarationError(f"SAGA_FAULTS names unknown step {name!r}")
@@ -56,7 +70,8 @@ def parse_faults(spec: str, known: Iterable[str]) -> dict[str, Fault]:
             if not (fields[2].isascii() and fields[2].isdigit()) or int(fields[2]) < 1:
                 raise DeclarationError(f"SAGA_FAULTS times {fields[2]!r} is not a positive integer")
             times = int(fields[2])
-        faults[name] = Fault(name, kind, times)
+        fault = Fault(name, kind, times, saga.strip() if at else None)
+        faults[fault.key] = fault
     return faults
 
 
@@ -77,7 +92,8 @@ class FaultInjector:
         return self.faults
 
     def _fires(self, name: str, saga_id: str, kinds: tuple[str, ...]) -> Fault | None:
-        fault = self.current().get(name)
+        faults = self.current()
+        fault = faults.get(f"{name}@{saga_id}") or faults.get(name)
         if fault is None or fault.kind not in kinds:
             return None
         seen = self._count(f"sagaflow:faults:{saga_id}:{name}")

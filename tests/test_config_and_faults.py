@@ -80,10 +80,31 @@ def test_fault_spec_parses_names_kinds_and_times():
     }
 
 
+def test_a_fault_aimed_at_one_saga_strikes_it_alone():
+    counts: dict[str, int] = {}
+
+    def count(key):
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
+
+    faults = parse_faults("use_balance:business@order-7,use_balance:transient:1", KNOWN)
+    assert faults["use_balance@order-7"] == Fault("use_balance", "business", None, "order-7")
+    injector = FaultInjector(faults, count, 0)
+    with pytest.raises(InjectedBusinessError):  # its own, not the one for every saga
+        injector.before("use_balance", "order-7")
+    with pytest.raises(TransientError):
+        injector.before("use_balance", "order-8")
+    injector.before("use_balance", "order-8")  # the every-saga fault's one time is spent
+    with pytest.raises(InjectedBusinessError):
+        injector.before("use_balance", "order-7")  # no times: every time, for order-7 alone
+    injector.before("decrease_stock", "order-7")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ("decrease_stocks:timeout", "unknown step"),
+        ("use_balance:timeout@", "names no saga"),
         ("use_balance:slow", "kind 'slow'"),
         ("use_balance:timeout:0", "positive integer"),
         ("use_balance", "name:kind"),
