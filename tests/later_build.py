@@ -2,8 +2,9 @@
 <module> [args...]` runs <module> as `python -m <module>` would (celery with `-A
 tasks.worker`, tasks.orchestrator, tasks.relay, dlq, gunicorn), with the order workflow
 first replaced by the build TEST_LATER_BUILD names. Every process of the shop reads the
-one mapping app.workflows.WORKFLOWS when it builds its runtime, so replacing it before
-anything else is imported is a build whose declaration changed:
+one mapping app.workflows.WORKFLOWS when it builds its runtime, and the API's routes
+import app.order_saga.ORDER when the app is made: replacing both before either is read
+is a build whose declaration changed:
 
 * `fraud-check`: the release tests/test_rolling_deploy.py deploys. ORDER_V2 checks each
   order for fraud before it takes the money (check_fraud on the balance service, undone by
@@ -21,7 +22,7 @@ import os
 import runpy
 import sys
 
-from app import workflows
+from app import order_saga, workflows
 from app.errors import BusinessError
 from app.order_context import OrderContext
 from app.order_saga import ORDER
@@ -80,7 +81,11 @@ def build(name: str) -> Workflow:
 
 
 def main() -> None:
-    workflows.WORKFLOWS[ORDER.name] = build(os.environ.get("TEST_LATER_BUILD", ""))
+    later = build(os.environ.get("TEST_LATER_BUILD", ""))
+    # As if app/order_saga.py declared it: what imports ORDER from here on (the API's
+    # routes start sagas of ORDER) gets the later build's, as does the mapping.
+    order_saga.ORDER = later
+    workflows.WORKFLOWS[ORDER.name] = later
     module, sys.argv = sys.argv[1], sys.argv[1:]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import requests
 from sqlalchemy import select
 
 from app.order_context import saga_id_of
@@ -20,6 +21,42 @@ def settled(order: dict) -> bool:
     if order["status"] == "COMPLETED":
         moving.add("pending")
     return not any(s["status"] in moving for s in order["steps"])
+
+
+class HttpClient:
+    """What Shop calls on Flask's test client, over real HTTP to an API process (gunicorn):
+    a shop that orders through the build that process runs."""
+
+    def __init__(self, base_url: str):
+        self.base_url, self.session = base_url, requests.Session()
+
+    def get(self, path: str, headers=None) -> _Answer:
+        return _Answer(self.session.get(self.base_url + path, headers=headers, timeout=30))
+
+    def post(self, path: str, json=None, headers=None) -> _Answer:
+        return _Answer(
+            self.session.post(self.base_url + path, json=json, headers=headers, timeout=30)
+        )
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class _Answer:
+    """A requests response read the way Flask's test response is."""
+
+    def __init__(self, response: requests.Response):
+        self.status_code, self.headers, self._response = (
+            response.status_code,
+            response.headers,
+            response,
+        )
+
+    def get_json(self):
+        return self._response.json()
+
+    def get_data(self, as_text: bool = False):
+        return self._response.text if as_text else self._response.content
 
 
 class Shop:

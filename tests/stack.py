@@ -25,6 +25,7 @@ from tests.support import (
     WorkerProcess,
     database_env,
     migrate,
+    on_later_build,
     postgres_admin_url,
     run_cli,
 )
@@ -126,6 +127,14 @@ class Stack:
         fault_env = {"SAGA_FAULTS": faults, "SAGA_FAULTS_ENABLED": "1"} if faults else {}
         return self._started(
             DeadLetterWorkerProcess({**self.env, **fault_env, **env}, self.workdir / "logs")
+        )
+
+    def on_later_build(self, process_class, build: str, *args, **env) -> ServiceProcess:
+        """A process of this stack run by a later build of the shop (tests/later_build.py:
+        `build` is its TEST_LATER_BUILD), with the stack's settings and `env`."""
+        later = on_later_build(process_class)
+        return self._started(
+            later({**self.env, "TEST_LATER_BUILD": build, **env}, self.workdir / "logs", *args)
         )
 
     def cli(self, *args: str, stdin: str | None = None, **env):

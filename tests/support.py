@@ -617,6 +617,20 @@ def http(method: str, url: str, body=None, headers=None, timeout: float = 30):
         return status, None
 
 
+def on_later_build(process_class: type[ServiceProcess]) -> type[ServiceProcess]:
+    """`process_class` (a process started as `python -m <module>`) run by a later build of
+    the shop, the one TEST_LATER_BUILD in its env names (tests/later_build.py)."""
+
+    class Later(process_class):  # type: ignore[valid-type,misc]
+        def argv(self) -> list[str]:
+            python, flag, *rest = super().argv()
+            assert flag == "-m", f"{process_class.__name__} is not started with python -m"
+            return [python, "-m", "tests.later_build", *rest]
+
+    Later.__name__ = Later.__qualname__ = f"Later{process_class.__name__}"
+    return Later
+
+
 class OrchestratorProcess(ServiceProcess):
     """The real `python -m tasks.orchestrator`: it keeps the saga log."""
 

@@ -12,15 +12,6 @@ from tests.stack import Stack
 from tests.support import WorkerProcess, wait_for
 
 
-class LaterWorker(WorkerProcess):
-    """A worker of a later build (tests/versioned_worker.py)."""
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        argv[argv.index("tasks.worker")] = "tests.versioned_worker"
-        return argv
-
-
 @pytest.fixture(scope="module")
 def stack(primary_backend, tmp_path_factory):
     stack = Stack(primary_backend, tmp_path_factory.mktemp("versions")).start()
@@ -29,8 +20,10 @@ def stack(primary_backend, tmp_path_factory):
 
 
 def _later_worker(stack, knows_shop_version: bool) -> WorkerProcess:
-    env = {**stack.env, "TEST_KNOWS_SHOP_VERSION": "1" if knows_shop_version else "0"}
-    return stack._started(LaterWorker(env, stack.workdir / "logs"))
+    """A worker of a later build (tests/later_build.py) whose current order workflow is the
+    shop's plan under another version, keeping the shop's own version or not."""
+    build = "renamed-knowing" if knows_shop_version else "renamed"
+    return stack.on_later_build(WorkerProcess, build)
 
 
 def test_a_worker_that_does_not_know_the_version_refuses_and_one_that_does_finishes(stack):
