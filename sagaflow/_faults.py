@@ -57,9 +57,7 @@ def parse_faults(spec: str, known: Iterable[str]) -> dict[str, Fault]:
             raise DeclarationError(f"SAGA_FAULTS entry {part!r} names no saga after @")
         fields = aimed.split(":")
         if len(fields) not in (2, 3):
-            raise DeclarationError(
-                f"SAGA_FAULTS entry {part!r} is not name:kind[:times][@saga_id]"
-            )
+            raise DeclarationError(f"SAGA_FAULTS entry {part!r} is not name:kind[:times][@saga_id]")
         name, kind = fields[0], fields[1]
         if name not in known:
             raise DeclarationError(f"SAGA_FAULTS names unknown step {name!r}")
