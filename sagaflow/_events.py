@@ -59,6 +59,8 @@ class RedisKeys:
 
 FENCE, FAILURE, INPUT = "sagaflow:fence:", "sagaflow:failure:", "sagaflow:input:"
 DONE = "sagaflow:done:"
+# One hash per saga: message id -> the task it was first delivered as (EventLog.first_delivery).
+DELIVERIES = "sagaflow:deliveries:"
 MARKER_TTL = 7 * 86_400
 INPUT_TTL = 2 * 86_400
 FENCE_TTL = 30 * 86_400
@@ -76,10 +78,14 @@ KEYS_GRACE_SECONDS = 3_600
 
 
 def saga_keys(saga_id: str, names: Iterable[str]) -> list[str]:
-    """The keys the workers may have left for one saga: its fence, and the failure marker,
-    kept input and done marker of each named step or compensation."""
+    """The keys the workers may have left for one saga: its fence, its deliveries, and the
+    failure marker, kept input and done marker of each named step or compensation."""
     work = [f"{saga_id}:{name}" for name in names]
-    return [FENCE + saga_id, *(prefix + w for w in work for prefix in (FAILURE, INPUT, DONE))]
+    return [
+        FENCE + saga_id,
+        DELIVERIES + saga_id,
+        *(prefix + w for w in work for prefix in (FAILURE, INPUT, DONE)),
+    ]
 
 
 # Shorten each key's expiry to ARGV[1] milliseconds, never lengthen it: a key without an
@@ -227,10 +233,24 @@ return 0
 """
 
 
+# Record the first delivery of message ARGV[1] as task ARGV[2] in the saga's hash: 1 if
+# this is it (or the same task again), 0 for a duplicate. A new hash gets ARGV[3] seconds;
+# one whose expiry the projector shortened (the saga is final) keeps it.
+_FIRST_DELIVERY = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+  return 1
+end
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 1 end
+return 0
+"""
+
+
 class EventLog:
     def __init__(self, redis: Redis, stream: str = STREAM) -> None:
         self.redis, self.stream = redis, stream
         self._emit_and_read = redis.register_script(_EMIT_AND_READ_FENCE)
+        self._first_delivery = redis.register_script(_FIRST_DELIVERY)
         self._turn_back = redis.register_script(_TURN_BACK)
         self._finish = redis.register_script(_FINISH)
 
@@ -312,14 +332,15 @@ class EventLog:
         """The work has succeeded (by any path): a failure reported for it now is stale."""
         return bool(self.redis.exists(f"{DONE}{saga_id}:{name}"))
 
-    def first_delivery(self, message_id: str, task_id: str) -> bool:
+    def first_delivery(self, saga_id: str, message_id: str, task_id: str) -> bool:
         """False when a message with this id was already delivered as another task: a
-        duplicate send. The same task delivered again (a redelivery) is not a duplicate."""
-        key = f"sagaflow:delivered:{message_id}"
-        if self.redis.set(key, task_id, nx=True, ex=MARKER_TTL):
-            return True
-        seen = self.redis.get(key)
-        return (seen.decode() if isinstance(seen, bytes) else seen) == task_id
+        duplicate send. The same task delivered again (a redelivery) is not a duplicate.
+        Kept in the saga's own hash, so that it expires with the saga's other keys once
+        the saga is final (KeyExpiry), not a week after each message."""
+        first = self._first_delivery(
+            keys=[DELIVERIES + saga_id], args=[message_id, task_id, MARKER_TTL]
+        )
+        return bool(first)
 
     def input(self, saga_id: str, name: str) -> dict[str, Any] | None:
         found = self.redis.get(f"{INPUT}{saga_id}:{name}")

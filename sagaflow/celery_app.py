@@ -188,7 +188,7 @@ class SagaTask(Task):  # type: ignore[misc]
                 self._unknown_version(unknown, self.work, saga_id, args, kwargs, fields)
         try:
             mid = kwargs.get("message_id")
-            if mid and not self.runner.events.first_delivery(mid, self.request.id):
+            if mid and not self.runner.events.first_delivery(saga_id, mid, self.request.id):
                 # The same outbox message sent twice (a relay crashed after sending it): the
                 # saga it starts already runs. A redelivery of this very task is not this.
                 log.info("duplicate message %s dropped %s", mid, fields)

@@ -90,11 +90,13 @@ class SyncDispatcher:
         """Run everything sent, and everything it sends, then bring the log up to date."""
         while self.work:
             kind, message_id, (name, version), *job = self.work.popleft()
+            wf = self._runner.plan(name, version)
+            saga_id = wf.saga_id(wf.parse(job[0])) if kind == "forward" else job[0]
             # A message id already delivered as another task is dropped (SagaTask does).
-            if message_id and not self._runner.events.first_delivery(message_id, str(uuid4())):
+            deliveries = self._runner.events
+            if message_id and not deliveries.first_delivery(saga_id, message_id, str(uuid4())):
                 self.dropped.append(message_id)
                 continue
-            wf = self._runner.plan(name, version)
             if kind == "forward":
                 self._forward(wf, *job)
             else:
