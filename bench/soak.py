@@ -39,9 +39,16 @@ def redis_figures(client) -> dict:
         "stream_entries": sum(client.xlen(s) for s in streams if client.type(s) == b"stream"),
         "saga_keys": sum(
             1
-            for pattern in ("sagaflow:done:*", "sagaflow:input:*", "sagaflow:fence:*")
+            for pattern in (
+                "sagaflow:done:*",
+                "sagaflow:input:*",
+                "sagaflow:fence:*",
+                "sagaflow:deliveries:*",
+            )
             for _ in client.scan_iter(match=pattern, count=1000)
         ),
+        # One per message until the deliveries were kept per saga: none from this release.
+        "per_message_keys": sum(1 for _ in client.scan_iter(match="sagaflow:delivered:*")),
     }
 
 
