@@ -226,7 +226,15 @@ def _lifetime(timeline: dict) -> tuple[float, float]:
 
 @pytest.mark.parametrize("mode", ["orchestration", "choreography"])
 def test_a_release_that_changes_the_saga_rolls_out_under_load(primary_backend, tmp_path, mode):
-    stack = Stack(primary_backend, tmp_path, SAGA_MODE=mode, SAGA_FAULTS_ENABLED="1").start()
+    stack = Stack(
+        primary_backend,
+        tmp_path,
+        SAGA_MODE=mode,
+        SAGA_FAULTS_ENABLED="1",
+        # Each customer orders every few seconds for as long as the deploy lasts, which a
+        # slow machine makes longer: not the per-customer limit's business here.
+        RATE_LIMIT_ORDERS="1000/minute",
+    ).start()
     traffic: list[Traffic] = []
     try:
         _drill(stack, mode, traffic)
