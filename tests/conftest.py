@@ -4,14 +4,13 @@ a server answers, SQLite files otherwise), the Flask app — and one real worker
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import redis as redis_lib
 
 from sagaflow.testing import memory_redis
 from tests.shop import Shop
-from tests.stack import Stack, available_backends
+from tests.stack import Stack, available_backends, primary_backend_name
 from tests.support import SLOW, RedisServer, postgres_admin_url, stop_leftovers
 
 _user_ids = itertools.count(1000)
@@ -45,10 +44,10 @@ def pytest_sessionfinish(session) -> None:
 def primary_backend() -> str:
     """PostgreSQL when a server answers, else SQLite; TEST_PRIMARY_BACKEND=sqlite runs the
     single-backend modules (crash, bad input...) on SQLite even then."""
-    chosen = os.environ.get("TEST_PRIMARY_BACKEND")
-    if chosen and chosen not in available_backends():
-        raise pytest.UsageError(f"TEST_PRIMARY_BACKEND={chosen}: have {available_backends()}")
-    return chosen or available_backends()[-1]
+    try:
+        return primary_backend_name()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")

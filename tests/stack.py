@@ -150,3 +150,12 @@ class Stack:
 
 def available_backends() -> list[str]:
     return ["sqlite", "postgresql"] if postgres_admin_url() else ["sqlite"]
+
+
+def primary_backend_name() -> str:
+    """PostgreSQL when a server answers, else SQLite; TEST_PRIMARY_BACKEND=sqlite chooses
+    SQLite even then (the single-backend modules, and the failure matrix's whole run)."""
+    chosen = os.environ.get("TEST_PRIMARY_BACKEND")
+    if chosen and chosen not in available_backends():
+        raise ValueError(f"TEST_PRIMARY_BACKEND={chosen}: have {available_backends()}")
+    return chosen or available_backends()[-1]
