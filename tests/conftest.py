@@ -22,6 +22,19 @@ def pytest_sessionstart(session) -> None:
     postgres_admin_url()
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The failure matrix runs whole on the primary backend only: a module that says which
+    of its cases a run leaves out (`off_its_backend`) has them deselected."""
+    left_out = [
+        item
+        for item in items
+        if getattr(item.module, "off_its_backend", None) and item.module.off_its_backend(item)
+    ]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+
+
 def pytest_report_header(config) -> list[str]:
     url = postgres_admin_url()
     where = f" (PostgreSQL at {url.rsplit('@', 1)[-1]})" if url else ""
