@@ -350,16 +350,17 @@ class SagaTask(Task):  # type: ignore[misc]
     def _policy(self) -> RetryPolicy:
         """This work's retry policy in the plan of the running message's saga (the version
         it carries; none: the current plan, as for every other use of the version)."""
-        registered = RetryPolicy(
+        if self.workflow is not None:
+            version = (self.request.kwargs or {}).get("version") or self.workflow.version
+            if version in self.policies:
+                return self.policies[version]
+        # The helper task (no workflow of its own): what it was registered with.
+        return RetryPolicy(
             max_retries=self.max_retries,
             backoff=int(self.retry_backoff),
             backoff_max=int(self.retry_backoff_max),
             jitter=bool(self.retry_jitter),
         )
-        if self.workflow is None:
-            return registered
-        version = (self.request.kwargs or {}).get("version") or self.workflow.version
-        return self.policies.get(version, registered)
 
     def retry(
         self,

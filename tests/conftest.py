@@ -25,14 +25,13 @@ def pytest_sessionstart(session) -> None:
 def pytest_collection_modifyitems(config, items) -> None:
     """The failure matrix runs whole on the primary backend only: a module that says which
     of its cases a run leaves out (`off_its_backend`) has them deselected."""
-    left_out = [
-        item
-        for item in items
-        if getattr(item.module, "off_its_backend", None) and item.module.off_its_backend(item)
-    ]
+    kept, left_out = [], []
+    for item in items:
+        off = getattr(item.module, "off_its_backend", None)
+        (left_out if off and off(item) else kept).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
-        items[:] = [item for item in items if item not in left_out]
+        items[:] = kept
 
 
 def pytest_report_header(config) -> list[str]:

@@ -34,6 +34,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,6 +93,16 @@ def _customers(shop: Shop) -> list[Customer]:
     return customers
 
 
+@contextlib.contextmanager
+def _shop_on(stack: Stack, api: ApiProcess) -> Iterator[Shop]:
+    """A shop whose customers order through `api` (its own HTTP client, closed after)."""
+    client = HttpClient(api.url)
+    try:
+        yield Shop(client, stack.rt, stack._user_ids, stack.credentials)
+    finally:
+        client.close()
+
+
 def _order(shop: Shop, customer: Customer, quantity: int = 1, coupon: int | None = None) -> int:
     order_id = shop.order(customer.user, customer.product, quantity, coupon)
     customer.orders.append(order_id)
@@ -119,8 +130,14 @@ class Traffic:
 
     def switch(self, api: ApiProcess, build: str) -> None:
         """From the next order on, `api`; returns once no order is under way on the old."""
-        with self._lock:
+        with self.paused():
             self._target = (api, build)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No order is placed by the stream while inside (one under way finishes first)."""
+        with self._lock:
+            yield
 
     def count(self, build: str | None = None) -> int:
         return sum(1 for _, b in self.placed if build in (None, b))
@@ -157,12 +174,8 @@ def _burst(stack: Stack, api: ApiProcess, customers: list[Customer]) -> list[int
     a backlog in flight when the first worker is replaced."""
 
     def place(part: int) -> list[int]:
-        client = HttpClient(api.url)
-        try:
-            shop = Shop(client, stack.rt, stack._user_ids, stack.credentials)
+        with _shop_on(stack, api) as shop:
             return [_order(shop, customers[i % CUSTOMERS]) for i in range(part, BURST, PLACING)]
-        finally:
-            client.close()
 
     with ThreadPoolExecutor(PLACING) as pool:
         return [o for placed in pool.map(place, range(PLACING)) for o in placed]
@@ -282,10 +295,8 @@ def _drill(stack: Stack, mode: str, started: list[Traffic]) -> None:
     new_api = stack.on_later_build(ApiProcess, NEW)
     # A v1 saga whose retries only v2's workers run, by v1's policy still: placed while
     # the stream waits (it holds its lock), so that its id is the one aimed at.
-    with traffic._lock:
-        shop = Shop(HttpClient(api.url), stack.rt, stack._user_ids, stack.credentials)
+    with traffic.paused(), _shop_on(stack, api) as shop:
         v1_timeout = _aimed_timeout(stack, shop, customers[10], _last_order(stack), aimed)
-        shop.client.close()
     traffic.switch(new_api, "v2")
     api.stop()
     api = deploy.api = new_api
@@ -298,9 +309,8 @@ def _drill(stack: Stack, mode: str, started: list[Traffic]) -> None:
         what=f"{V2_ORDERS} orders on v2",
     )
     traffic.stop()
-    shop = Shop(HttpClient(api.url), stack.rt, stack._user_ids, stack.credentials)
-    v2_timeout = _aimed_timeout(stack, shop, customers[11], _last_order(stack), aimed)
-    shop.client.close()
+    with _shop_on(stack, api) as shop:
+        v2_timeout = _aimed_timeout(stack, shop, customers[11], _last_order(stack), aimed)
     deploy.step("orders stopped")
     last_deploy_step = time.time()
 
@@ -319,12 +329,9 @@ def _drill(stack: Stack, mode: str, started: list[Traffic]) -> None:
     deploy.step("every order final")
 
     timelines = {o: stack.rt.saga_log.timeline(o) for o in orders}
+    lifetimes = [_lifetime(timelines[o]) for o in v1_orders]
     crossed = [
-        sum(
-            1
-            for o in v1_orders
-            if _lifetime(timelines[o])[0] < until and _lifetime(timelines[o])[1] > since
-        )
+        sum(1 for began, ended in lifetimes if began < until and ended > since)
         for since, until in deploy.replaced
     ]
     print(deploy.report(mode))
