@@ -30,6 +30,7 @@ from sagaflow._errors import (
     StepTimeout,
     TransientError,
     UnknownVersion,
+    WorkerLostTooOften,
     error_text,
 )
 from sagaflow._events import Event, EventLog, Phase, RedisKeys
@@ -100,6 +101,7 @@ __all__ = [
     "UnknownVersion",
     "UnusableDatabaseURL",
     "WorkKind",
+    "WorkerLostTooOften",
     "Workflow",
     "apply_once",
     "compensate_once",

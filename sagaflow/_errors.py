@@ -63,6 +63,13 @@ class StepTimeout(TransientError):
     code = "step_timeout"
 
 
+class WorkerLostTooOften(SagaError):
+    """The work's worker was lost (killed, out of memory) on more attempts than its saga's
+    version retries it: parked in the DLQ rather than run again (sagaflow.celery_app)."""
+
+    code = "worker_lost"
+
+
 class InjectedBusinessError(SagaError):
     """Raised by fault injection to drill the compensation path; every workflow treats it
     as a business error."""

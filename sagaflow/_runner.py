@@ -26,6 +26,7 @@ from sagaflow._errors import (
     InputNotKnown,
     NotApplicable,
     UnknownVersion,
+    WorkerLostTooOften,
     error_text,
 )
 from sagaflow._events import Event, EventLog, Phase
@@ -232,14 +233,15 @@ class Runner:
             return "dead_lettered"
         if how == PARKED:
             return "nothing to do"  # its own handler parked it
-        # It died without reaching its own handling (a hard time limit): park it rather
-        # than guess whether it applied.
+        # It died without reaching its own handling (its worker lost on every retry, a hard
+        # time limit): park it rather than guess whether it applied.
         self.dead_letter(
             wf,
             name,
             saga_id,
             self._parked_args(wf, name, saga_id, plan),
-            "failed without reaching its own error handling (hard time limit?)",
+            "failed without reaching its own error handling (its worker lost on every retry, or"
+            " a hard time limit)",
         )
         return "dead_lettered"
 
@@ -295,7 +297,8 @@ class Runner:
         if business and kind == WorkKind.AFTER_PIVOT:
             return  # the callback parks it (class 3)
         timeout = type(exc).__name__ == "SoftTimeLimitExceeded"
-        why = "retries exhausted" if timeout or isinstance(exc, wf.retryable) else "not retryable"
+        exhausted = timeout or isinstance(exc, (WorkerLostTooOften, *wf.retryable))
+        why = "retries exhausted" if exhausted else "not retryable"
         if business:
             why = "refused by the business (an undo must not refuse)"
         log.error("dead-lettering %s (%s) error=%r", fields or saga_id, why, str(exc))

@@ -34,6 +34,7 @@ from sagaflow._errors import (
     DependencyUnreachable,
     InjectedBusinessError,
     UnknownVersion,
+    WorkerLostTooOften,
     error_text,
 )
 from sagaflow._runner import Runner
@@ -193,6 +194,8 @@ class SagaTask(Task):  # type: ignore[misc]
                 # saga it starts already runs. A redelivery of this very task is not this.
                 log.info("duplicate message %s dropped %s", mid, fields)
                 raise Ignore()
+            if wf is not None and not dlq_entry:
+                self._within_its_versions_retries(wf)
             # A retry from the DLQ is one attempt: the DLQ counts and spaces them.
             own_run: Callable[..., Any] = self.run
             run = getattr(self, "_orig_run", own_run) if dlq_entry else own_run
@@ -361,6 +364,18 @@ class SagaTask(Task):  # type: ignore[misc]
             backoff_max=int(self.retry_backoff_max),
             jitter=bool(self.retry_jitter),
         )
+
+    def _within_its_versions_retries(self, wf: Workflow) -> None:
+        """A worker lost while running this work counts as a retry (task_retry_on_worker_
+        lost), bounded by the task's max_retries: Celery's worker reads it off the task,
+        with no saga's version at hand, so it is the most generous version's. A message
+        already past its own version's bound fails here, unrun, to the DLQ."""
+        allowed = self._policy().max_retries
+        if allowed is not None and self.request.retries > allowed:
+            raise WorkerLostTooOften(
+                f"its worker was lost on {self.request.retries} attempts; version"
+                f" {wf.version} of {wf.name} retries {self.work} {allowed} times"
+            )
 
     def retry(
         self,
@@ -552,6 +567,21 @@ def _policies(wf: Workflow, name: str, defaults: RetryPolicy) -> dict[str, Retry
     }
 
 
+def _versioned(
+    policies: dict[str, RetryPolicy], step_retry: RetryPolicy, defaults: RetryPolicy, plan: Workflow
+) -> dict[str, Any]:
+    """A task's options: the newest declaration's, and each version's policy (`policies`).
+    Its max_retries is the most generous version's: the bound Celery's worker puts on a
+    lost worker's retries, where no saga's version is at hand; each message is then held
+    to its own version's (SagaTask._within_its_versions_retries)."""
+    options = {**_options(step_retry, defaults, plan.retryable), "policies": policies}
+    bounds = [p.max_retries for p in policies.values()]
+    if bounds:
+        most = None if None in bounds else max(b for b in bounds if b is not None)
+        options["max_retries"] = most
+    return options
+
+
 @contextmanager
 def _outages_told_apart(service: str) -> Iterator[None]:
     """Inside the task body: an unreachable dependency leaves as DependencyUnreachable,
@@ -664,8 +694,7 @@ def install(
                 work=step.name,
                 service=step.queue,
                 throws=throws,
-                policies=_policies(wf, step.name, defaults),
-                **_options(step.retry, defaults, plan.retryable),
+                **_versioned(_policies(wf, step.name, defaults), step.retry, defaults, plan),
             )
             if step.compensation and f"{wf.name}.{step.compensation.name}" not in registered:
                 registered.add(f"{wf.name}.{step.compensation.name}")
@@ -679,8 +708,9 @@ def install(
                     work=step.compensation.name,
                     service=step.queue,
                     throws=throws,
-                    policies=_policies(wf, step.compensation.name, defaults),
-                    **_options(step.retry, defaults, plan.retryable),
+                    **_versioned(
+                        _policies(wf, step.compensation.name, defaults), step.retry, defaults, plan
+                    ),
                 )
 
     # The link_error callback retries what reaching Redis needs for as long as it takes.

@@ -25,6 +25,7 @@ from sagaflow import (
     SagaStatus,
     Step,
     UnknownVersion,
+    WorkerLostTooOften,
     Workflow,
     plan_of,
 )
@@ -438,6 +439,33 @@ def test_a_sagas_work_is_retried_and_timed_by_its_own_versions_policy(tmp_path, 
     assert all("time_limit" not in s.options for s in signatures)
     task = app.tasks["topup.notify"]
     assert (task.soft_time_limit, task.time_limit) == (5.0, 9.0)
+
+
+def test_a_lost_worker_counts_against_the_sagas_own_versions_retries(tmp_path, redis, monkeypatch):
+    """Celery's worker retries work whose worker was lost while running it (a kill, out of
+    memory) up to the task's max_retries, read where no saga's version is at hand: the
+    most generous version's, v2's four for notify. Each message is then held to its own
+    saga's version: v1's third loss is more than v1's two retries allow."""
+    world, app, call, _ = _adapter(tmp_path, redis, monkeypatch)
+    assert app.tasks["topup.notify"].max_retries == V2_NOTIFY_RETRY.max_retries == 4
+    ctx = TopUp(topup_id=10, user_id=7, amount=300).model_dump()
+
+    call("topup.notify", ctx, saga_id="topup-10", version="2", retries=3)
+    call("topup.notify", ctx, saga_id="topup-10", version="1", retries=2)
+    assert _ran_for(world, "topup-10") == ["notify@2", "notify@1"]
+
+    lost = TopUp(topup_id=11, user_id=7, amount=300).model_dump()
+    with pytest.raises(WorkerLostTooOften, match="lost on 3 attempts; version 1"):
+        call("topup.notify", lost, saga_id="topup-11", version="1", retries=3)
+    # Not run again: parked, with what its retry needs and its saga's version.
+    assert _ran_for(world, "topup-11") == []
+    [entry] = world.store.entries(saga_id="topup-11")
+    assert (entry["name"], entry["error_class"], entry["version"]) == (
+        "notify",
+        "WorkerLostTooOften",
+        "1",
+    )
+    assert "retries notify 2 times" in entry["error"]
 
 
 def test_a_failure_report_is_routed_by_its_sagas_version(adapter):
