@@ -122,6 +122,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20, group: bool = Fals
             try:
                 proc.wait(patient(timeout))
             except subprocess.TimeoutExpired:
+                # Said, since a process cut off mid-shutdown explains what follows (a
+                # worker killed this way loses a message it had popped).
+                sys.stderr.write(
+                    f"pid {proc.pid} ({_argv_text(proc.args)}) was still running"
+                    f" {patient(timeout):.0f} s after SIGTERM: SIGKILL\n"
+                )
                 _kill(proc, group)
                 proc.wait(patient(30))
             if group:
@@ -129,6 +135,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20, group: bool = Fals
     finally:
         if proc.returncode is not None:
             _tracked.pop(proc, None)
+
+
+def _argv_text(args) -> str:
+    words = [str(a) for a in args] if isinstance(args, (list, tuple)) else [str(args)]
+    return " ".join(words)[:160]
 
 
 def _kill(proc: subprocess.Popen, group: bool) -> None:

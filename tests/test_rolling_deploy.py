@@ -404,7 +404,7 @@ def _drill(stack: Stack, mode: str, started: list[Traffic]) -> None:
     for log in logs:
         assert "is not known here" not in log and "unregistered task" not in log.lower()
     lost = _lost_at_a_stop(stack, [e for e in entries if "stalled" in e["error"]], deploy, logs)
-    print(f"  messages lost at a worker's warm shutdown, found by the stall check: {lost}")
+    print(f"  messages lost at a worker's stop, found by the stall check: {lost}")
     # What the procedure waits for before v1 is dropped from `earlier`.
     assert _in_flight(api, stack.credentials) == {}
 
