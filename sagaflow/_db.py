@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The snapshots held open here (Database.snapshot), by database: its read()s join them.
+_SNAPSHOTS: ContextVar[dict[int, Session] | None] = ContextVar("sagaflow_snapshots", default=None)
 
 
 class DatabaseHandle(Protocol):
@@ -97,8 +100,33 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        held = (_SNAPSHOTS.get() or {}).get(id(self))
+        if held is not None:
+            yield held  # inside snapshot(): the moment it holds
+            return
         with Session(self._reader, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read() of this database inside the block sees one moment, so that an
+        answer made of several reads (an order and its sagas) never mixes two: one read
+        transaction, REPEATABLE READ on PostgreSQL (its default sees each statement's own
+        moment); SQLite's read transaction is a snapshot already. For reads only."""
+        held = dict(_SNAPSHOTS.get() or {})
+        if id(self) in held:
+            yield
+            return
+        bind = self._reader
+        if not self.is_sqlite:
+            bind = bind.execution_options(isolation_level="REPEATABLE READ")
+        with Session(bind, expire_on_commit=False) as session, session.begin():
+            held[id(self)] = session
+            token = _SNAPSHOTS.set(held)
+            try:
+                yield
+            finally:
+                _SNAPSHOTS.reset(token)
 
     def ping(self) -> None:
         with self._reader.connect() as conn:

@@ -3,6 +3,8 @@ answers JSON. Ids in paths are ASCII digits (`<id:...>`, app/http/converters.py)
 
 from __future__ import annotations
 
+import contextlib
+
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, Forbidden
 
@@ -27,6 +29,15 @@ ANYONE_SIGNED_IN = (CUSTOMER, *STAFF)
 def _rt():
     """The services this process serves (app/bootstrap.py)."""
     return current_app.extensions["services"]
+
+
+def _one_moment(*databases) -> contextlib.ExitStack:
+    """A snapshot of each of these databases (the orders' and the saga log's are one in
+    the shop): their reads inside see one moment (sagaflow Database.snapshot)."""
+    held = contextlib.ExitStack()
+    for db in {id(db): db for db in databases}.values():
+        held.enter_context(db.snapshot())
+    return held
 
 
 def _runner():
@@ -225,12 +236,15 @@ def list_orders():
 @bp.get("/orders/<id:order_id>")
 @allow(*ANYONE_SIGNED_IN)
 def get_order(order_id: int):
-    order = _own(_rt().orders.get(order_id), f"order {order_id} does not exist")
     saga_log = current_app.extensions["saga_log"]
-    timeline = saga_log.timeline(saga_id_of(order_id))
+    # The order's row and its sagas' as of one moment: never a status from one commit and
+    # steps from the next.
+    with _one_moment(_rt().orders.db, saga_log.db):
+        order = _own(_rt().orders.get(order_id), f"order {order_id} does not exist")
+        timeline = saga_log.timeline(saga_id_of(order_id))
+        refund = saga_log.timeline(REFUND.saga_id_for(order_id))
     order["saga_id"] = saga_id_of(order_id)
     order["steps"] = timeline["steps"] if timeline else []
-    refund = saga_log.timeline(REFUND.saga_id_for(order_id))
     order["refund"] = (
         None
         if refund is None
