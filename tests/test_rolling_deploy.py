@@ -203,7 +203,6 @@ class Deploy:
         self.began = time.time()
         self.steps: list[tuple[str, float, dict[str, int]]] = []
         self.replaced: list[tuple[float, float]] = []  # each worker's replacement, from/to
-        self.stops: list[tuple[float, float]] = []  # each v1 worker's warm shutdown, from/to
 
     def step(self, what: str) -> None:
         self.steps.append((what, time.time() - self.began, _in_flight(self.api, self.credentials)))
@@ -286,11 +285,11 @@ def _drill(stack: Stack, mode: str, started: list[Traffic]) -> None:
         every_worker.append(workers[index])
         stopping = time.time()
         old.stop()
-        deploy.replaced.append((begun, time.time()))
-        deploy.stops.append((stopping, time.time()))
+        ended = time.time()
+        deploy.replaced.append((begun, ended))
         deploy.step(
             f"worker {index + 1} of 2 replaced by v2 (up in {stopping - begun:.1f} s,"
-            f" v1 stopped in {time.time() - stopping:.1f} s, exit {old.proc.returncode})"
+            f" v1 stopped in {ended - stopping:.1f} s, exit {old.proc.returncode})"
         )
     stack.orchestrator.stop()
     stack.orchestrator = stack.on_later_build(OrchestratorProcess, NEW)
@@ -423,14 +422,12 @@ def _lost_at_a_stop(
     for entry in stalled:
         saga_id, name, parked = entry["saga_id"], entry["name"], entry["first_failed_at"]
         timeline = stack.rt.saga_log.log.timeline(saga_id)
-        moments = [datetime.fromisoformat(timeline["created_at"]).timestamp()]
-        moments += [
-            datetime.fromisoformat(s["finished_at"]).timestamp()
-            for s in timeline["steps"]
-            if s["finished_at"] and datetime.fromisoformat(s["finished_at"]).timestamp() < parked
-        ]
-        last_moved = max(moments)
-        assert any(last_moved <= ended for _, ended in deploy.stops), (entry, deploy.stops)
+        moments = [timeline["created_at"], *(s["finished_at"] for s in timeline["steps"])]
+        last_moved = max(
+            t for t in (datetime.fromisoformat(m).timestamp() for m in moments if m) if t < parked
+        )
+        # A worker's replacement ends with the old one's stop.
+        assert any(last_moved <= ended for _, ended in deploy.replaced), (entry, deploy.replaced)
         ran = re.compile(
             rf"^(\S+ \S+) .*saga_id={re.escape(saga_id)} step={re.escape(name)}\b", re.M
         )
